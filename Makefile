@@ -1,0 +1,43 @@
+# understudy — build, run, test, bench. Everything here is idempotent and runs as root
+# on a fresh Debian 12 machine.
+
+CARGO    ?= cargo
+DATA_DIR ?= images
+BIN      := target/release/understudy
+
+# Debian packages the tests call as real, independent clients and tools.
+TEST_PKGS  := rsync acl attr libcap2-bin util-linux python3 tar zstd e2fsprogs
+BENCH_PKGS := $(TEST_PKGS) debootstrap casync
+
+.PHONY: all build run test bench deps bench-deps fmt lint clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+# Starts the server on its embedded defaults (data dir images/, HTTP on 127.0.0.1:8080).
+run: build
+	$(BIN) --data-dir $(DATA_DIR) serve
+
+deps:
+	@./.ci/apt-ensure $(TEST_PKGS)
+
+bench-deps:
+	@./.ci/apt-ensure $(BENCH_PKGS)
+
+test: deps
+	$(CARGO) test --locked -- --test-threads=4
+
+bench: bench-deps build
+	UNDERSTUDY_BIN=$(BIN) ./benches/store.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,14 @@
+//! understudy: clone a cluster's primary head node onto a standby and keep it ready.
+//!
+//! The library holds every component; `main.rs` only parses the command line and wires
+//! them together.
+
+pub mod archive;
+pub mod capture;
+pub mod cli;
+pub mod db;
+pub mod deploy;
+pub mod fsx;
+pub mod images;
+pub mod progress;
+pub mod store;
