@@ -1,0 +1,131 @@
+//! Re-captures read only what changed and store only new chunks.
+
+mod common;
+use common::*;
+
+#[test]
+fn unchanged_recapture_reads_nothing_and_adds_nothing() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    tricky_tree(&src, false);
+    let first = sb.json(&["capture", "--name", "img", "--json", src.to_str().unwrap()]);
+    assert!(first["read_bytes"].as_u64().unwrap() > 3 << 20);
+    let second = sb.json(&["capture", "--name", "img", "--json", src.to_str().unwrap()]);
+    assert_eq!(second["version"], 2);
+    assert_eq!(second["id"], first["id"], "same tree, same manifest");
+    assert_eq!(second["read_bytes"], 0, "unchanged files must not be read: {second}");
+    assert_eq!(second["added_bytes"], 0);
+    assert_eq!(second["reused_files"], second["files"]);
+}
+
+#[test]
+fn changed_tree_stores_only_new_chunks() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // 40 files of 1 MiB of incompressible data, then change one in the middle.
+    for i in 0..40u64 {
+        std::fs::write(src.join(format!("f{i:02}")), noise(1 << 20, i + 100)).unwrap();
+    }
+    let first = sb.json(&["capture", "--name", "img", "--json", src.to_str().unwrap()]);
+    let mut data = noise(1 << 20, 120);
+    data.splice(
+        500_000..500_000,
+        b"an insertion that shifts everything after it".iter().copied(),
+    );
+    std::fs::write(src.join("f20"), &data).unwrap();
+    let second = sb.json(&["capture", "--name", "img", "--json", src.to_str().unwrap()]);
+    assert_ne!(second["id"], first["id"]);
+    assert_eq!(second["reused_files"], 39);
+    assert_eq!(
+        second["read_bytes"].as_u64().unwrap(),
+        data.len() as u64,
+        "only the changed file is read"
+    );
+    let added = second["added_bytes"].as_u64().unwrap();
+    // Content-defined chunking: only the chunk(s) around the insertion are new.
+    assert!(added > 0 && added < 600 << 10, "added {added} bytes for one insertion");
+
+    // Both versions deploy correctly.
+    let out1 = sb.path("v1");
+    let out2 = sb.path("v2");
+    sb.ok(&["deploy", "img@1", out1.to_str().unwrap()]);
+    sb.ok(&["deploy", "img", out2.to_str().unwrap()]);
+    assert_eq!(std::fs::read(out1.join("f20")).unwrap(), noise(1 << 20, 120));
+    assert_eq!(std::fs::read(out2.join("f20")).unwrap(), data);
+    assert_eq!(rsync_diff(&src, &out2, &[]), "");
+}
+
+#[test]
+fn versions_are_addressable_by_name_version_and_id() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"one").unwrap();
+    let v1 = sb.json(&["capture", "--name", "x", "--json", src.to_str().unwrap()]);
+    std::fs::write(src.join("a"), b"two").unwrap();
+    sb.ok(&["capture", "--name", "x", src.to_str().unwrap()]);
+    let list = sb.json(&["images", "list", "--json"]);
+    let arr = list.as_array().unwrap();
+    assert_eq!(arr.len(), 2);
+    for k in ["name", "id", "version", "created", "files", "bytes", "stored_bytes"] {
+        assert!(arr[0].get(k).is_some(), "images list lacks {k}");
+    }
+    let id = v1["id"].as_str().unwrap();
+    let by_id = sb.json(&["images", "show", &id[..12], "--json"]);
+    assert_eq!(by_id["image"]["version"], 1);
+    let newest = sb.json(&["images", "show", "x", "--json"]);
+    assert_eq!(newest["image"]["version"], 2);
+    assert!(sb.fails(&["images", "show", "x@9"]).contains("no image"));
+    // Deleting v1 keeps v2 deployable after gc.
+    sb.ok(&["images", "delete", "x@1"]);
+    let gc = sb.json(&["images", "gc", "--json"]);
+    assert_eq!(gc["removed_manifests"], 1);
+    let out = sb.path("out");
+    sb.ok(&["deploy", "x", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(out.join("a")).unwrap(), b"two");
+    assert!(sb.ok(&["images", "verify"]).contains("0 fault"));
+    // Versions are never reused after a delete.
+    let v3 = sb.json(&["capture", "--name", "x", "--json", src.to_str().unwrap()]);
+    assert_eq!(v3["version"], 3);
+}
+
+#[test]
+fn gc_waits_for_a_running_capture_and_keeps_its_data() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..150u64 {
+        std::fs::write(src.join(format!("f{i:03}")), noise(1 << 20, i)).unwrap();
+    }
+    let old = sb.path("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("x"), noise(1 << 20, 999)).unwrap();
+    sb.ok(&["capture", "--name", "old", old.to_str().unwrap()]);
+    sb.ok(&["images", "delete", "old"]);
+
+    let capture = sb
+        .cmd(&["capture", "--name", "live", "-q", src.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let gc = sb
+        .cmd(&["images", "gc", "--json"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let out = capture.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    assert!(
+        String::from_utf8_lossy(&gc.stderr).contains("waiting for the store lock"),
+        "gc did not wait: {}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&gc.stdout).unwrap();
+    assert_eq!(rep["removed_manifests"], 1, "only the deleted image goes: {rep}");
+    assert!(sb.ok(&["images", "verify"]).contains("0 fault"));
+    let dst = sb.path("dst");
+    sb.ok(&["deploy", "live", dst.to_str().unwrap()]);
+    assert_eq!(rsync_diff(&src, &dst, &[]), "");
+}
