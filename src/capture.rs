@@ -153,19 +153,12 @@ impl Excludes {
                 Some(b) if !b.is_empty() => (b, true),
                 _ => (p.as_str(), false),
             };
-            let glob = if body.starts_with('/') {
-                body.to_string()
-            } else {
-                format!("/**/{body}")
-            };
+            let glob = if body.starts_with('/') { body.to_string() } else { format!("/**/{body}") };
             let g = GlobBuilder::new(&glob)
                 .literal_separator(true)
                 .backslash_escape(true)
                 .build()
-                .map_err(|e| CaptureError::Pattern {
-                    pattern: p.clone(),
-                    why: e.to_string(),
-                })?;
+                .map_err(|e| CaptureError::Pattern { pattern: p.clone(), why: e.to_string() })?;
             if dir_only {
                 dirs.add(g)
             } else {
@@ -173,15 +166,9 @@ impl Excludes {
             };
         }
         let build = |b: GlobSetBuilder| {
-            b.build().map_err(|e| CaptureError::Pattern {
-                pattern: "(set)".into(),
-                why: e.to_string(),
-            })
+            b.build().map_err(|e| CaptureError::Pattern { pattern: "(set)".into(), why: e.to_string() })
         };
-        Ok(Excludes {
-            any: build(any)?,
-            dirs: build(dirs)?,
-        })
+        Ok(Excludes { any: build(any)?, dirs: build(dirs)? })
     }
 
     /// Is the image path `rel` (no leading slash) excluded?
@@ -218,10 +205,8 @@ fn load_cache(store: &Store, id: &ChunkId) -> Option<Vec<CacheRec>> {
 
 fn save_cache(store: &Store, id: &ChunkId, recs: &[CacheRec]) -> Result<(), StoreError> {
     let mut body = CACHE_MAGIC.to_vec();
-    body = postcard::to_extend(&recs, body).map_err(|e| StoreError::Io {
-        what: "encoding cache".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    body = postcard::to_extend(&recs, body)
+        .map_err(|e| StoreError::Io { what: "encoding cache".into(), source: std::io::Error::other(e.to_string()) })?;
     let z = zstd::bulk::compress(&body, 3).map_err(crate::store::io_err("compressing cache"))?;
     write_atomic(&store.tmp_dir(), &store.cache_path(id), &z).map_err(crate::store::io_err("writing capture cache"))
 }
@@ -291,31 +276,20 @@ fn read_file(store: &Store, job: &Job, stats: &Stats) -> Result<(Vec<Extent>, Ve
         let mut chunks = Vec::new();
         let mut store_err = None;
         let got = params
-            .cut_reader(
-                RegionReader {
-                    file: &file,
-                    pos: offset,
-                    left: len,
-                },
-                len,
-                |c| match store.put(c) {
-                    Ok((id, put)) => {
-                        if put.added > 0 {
-                            stats.new_chunks.fetch_add(1, Ordering::Relaxed);
-                            stats.added.fetch_add(put.added, Ordering::Relaxed);
-                        }
-                        chunks.push(ChunkRef {
-                            id,
-                            len: c.len() as u32,
-                        });
-                        Ok(())
+            .cut_reader(RegionReader { file: &file, pos: offset, left: len }, len, |c| match store.put(c) {
+                Ok((id, put)) => {
+                    if put.added > 0 {
+                        stats.new_chunks.fetch_add(1, Ordering::Relaxed);
+                        stats.added.fetch_add(put.added, Ordering::Relaxed);
                     }
-                    Err(e) => {
-                        store_err = Some(e);
-                        Err(std::io::Error::other("store failed"))
-                    }
-                },
-            )
+                    chunks.push(ChunkRef { id, len: c.len() as u32 });
+                    Ok(())
+                }
+                Err(e) => {
+                    store_err = Some(e);
+                    Err(std::io::Error::other("store failed"))
+                }
+            })
             .map_err(|e| match store_err.take() {
                 Some(se) => format!("STORE:{se}"),
                 None => e.to_string(),
@@ -365,9 +339,7 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 fn is_virtual_fs(fd: BorrowedFd<'_>) -> bool {
-    rustix::fs::fstatfs(fd)
-        .map(|s| VIRTUAL_FS_MAGIC.contains(&{ s.f_type }))
-        .unwrap_or(false)
+    rustix::fs::fstatfs(fd).map(|s| VIRTUAL_FS_MAGIC.contains(&{ s.f_type })).unwrap_or(false)
 }
 
 /// Capture `source` into the store. `parent` is the previous version of the same image,
@@ -379,10 +351,7 @@ pub fn capture(
     opts: &CaptureOptions,
 ) -> Result<Captured, CaptureError> {
     fsx::raise_nofile_limit();
-    let src_err = |e: std::io::Error| CaptureError::Source {
-        path: source.into(),
-        source: e,
-    };
+    let src_err = |e: std::io::Error| CaptureError::Source { path: source.into(), source: e };
     let canonical = std::fs::canonicalize(source).map_err(src_err)?;
     let root_fd = fsx::open_dir(&canonical).map_err(src_err)?;
     let root_st = rustix::fs::fstat(&root_fd).map_err(|e| src_err(e.into()))?;
@@ -395,11 +364,7 @@ pub fn capture(
         .skip_paths
         .iter()
         .filter_map(|p| std::fs::canonicalize(p).ok())
-        .filter_map(|p| {
-            p.strip_prefix(&canonical)
-                .ok()
-                .map(|r| r.as_os_str().as_bytes().to_vec())
-        })
+        .filter_map(|p| p.strip_prefix(&canonical).ok().map(|r| r.as_os_str().as_bytes().to_vec()))
         .filter(|r| !r.is_empty())
         .collect();
     let excludes = Excludes::new(&patterns)?;
@@ -422,10 +387,7 @@ pub fn capture(
 
     let progress = Progress::new("capture", None, opts.quiet);
     let stats = Stats::default();
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 8);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
     let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(1024);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
 
@@ -456,11 +418,7 @@ pub fn capture(
             let root_xattrs = fsx::fd_xattrs(root_fd.as_fd()).map_err(src_err)?;
             entries.push(meta_entry(Vec::new(), Kind::Dir, &root_st, root_xattrs));
             let names = list_dir(root_fd.as_fd()).map_err(src_err)?;
-            let mut stack = vec![Frame {
-                fd: Arc::new(root_fd),
-                path: Vec::new(),
-                names: names.into_iter(),
-            }];
+            let mut stack = vec![Frame { fd: Arc::new(root_fd), path: Vec::new(), names: names.into_iter() }];
             while let Some(frame) = stack.last_mut() {
                 let Some(name) = frame.names.next() else {
                     stack.pop();
@@ -535,11 +493,7 @@ pub fn capture(
                             continue;
                         }
                         match list_dir(fd.as_fd()) {
-                            Ok(names) => stack.push(Frame {
-                                fd: Arc::new(fd),
-                                path: rel,
-                                names: names.into_iter(),
-                            }),
+                            Ok(names) => stack.push(Frame { fd: Arc::new(fd), path: rel, names: names.into_iter() }),
                             Err(e) => fail(&mut errors, format!("listing: {e}")),
                         }
                     }
@@ -577,18 +531,19 @@ pub fn capture(
                             ctime_nsec: st.st_ctime_nsec as u32,
                             ino: st.st_ino,
                         };
+                        // Same size, mtime, ctime and inode: neither data nor xattrs changed
+                        // (setting an xattr updates ctime), so both are reused unread.
                         let hit = reuse.get(rel.as_slice()).and_then(|(c, e)| match &e.kind {
                             Kind::File { extents, .. }
                                 if **c == rec
                                     && extents.iter().all(|x| x.chunks.iter().all(|ch| store.contains(&ch.id))) =>
                             {
-                                Some(extents.clone())
+                                Some((extents.clone(), e.xattrs.clone()))
                             }
                             _ => None,
                         });
                         cache_out.push(rec);
-                        if let Some(extents) = hit {
-                            let x = link_x(&mut errors);
+                        if let Some((extents, x)) = hit {
                             entries.push(meta_entry(rel, Kind::File { size, extents }, &st, x));
                             cs.reused_files += 1;
                             progress.add(1, 0);
@@ -597,16 +552,7 @@ pub fn capture(
                         let idx = entries.len();
                         entries.push(meta_entry(rel, Kind::File { size, extents: vec![] }, &st, vec![]));
                         let sparse = (st.st_blocks as u64) * 512 < size;
-                        if job_tx
-                            .send(Job {
-                                idx,
-                                dir,
-                                name,
-                                size,
-                                sparse,
-                            })
-                            .is_err()
-                        {
+                        if job_tx.send(Job { idx, dir, name, size, sparse }).is_err() {
                             break;
                         }
                     }
@@ -673,25 +619,14 @@ pub fn capture(
     }
     // Everything the manifest refers to must be durable before the manifest is.
     store.flush()?;
-    let manifest = Manifest {
-        chunker: store.params(),
-        entries,
-    };
-    manifest.validate().map_err(|e| StoreError::ManifestCorrupt {
-        id: [0; 32],
-        why: e.to_string(),
-    })?;
+    let manifest = Manifest { chunker: store.params(), entries };
+    manifest.validate().map_err(|e| StoreError::ManifestCorrupt { id: [0; 32], why: e.to_string() })?;
     let id = store.write_manifest(&manifest)?;
     save_cache(store, &id, &cache_out)?;
     cs.entries = manifest.entries.len() as u64;
     cs.new_chunks = stats.new_chunks.load(Ordering::Relaxed);
     cs.added_bytes = stats.added.load(Ordering::Relaxed);
-    Ok(Captured {
-        id,
-        manifest,
-        stats: cs,
-        warnings,
-    })
+    Ok(Captured { id, manifest, stats: cs, warnings })
 }
 
 fn meta_entry(path: Vec<u8>, kind: Kind, st: &rustix::fs::Stat, xattrs: Vec<Xattr>) -> Entry {
@@ -731,10 +666,7 @@ mod tests {
         assert!(e.matches(b"var/log/a.log", false));
         assert!(!e.matches(b"var/log/a.log.gz", false));
         assert!(e.matches(b"home/x/cache", true));
-        assert!(
-            !e.matches(b"home/x/cache", false),
-            "dir-only pattern must not match a file"
-        );
+        assert!(!e.matches(b"home/x/cache", false), "dir-only pattern must not match a file");
     }
 
     #[test]

@@ -3,8 +3,12 @@
 
 use crate::archive;
 use crate::capture::CaptureOptions;
+use crate::config::Config;
+use crate::db::{Deployment, Event, ImageRow, Node};
 use crate::deploy::{self, DeployOptions};
+use crate::http::api::{DeploymentCreated, ImageDetail, Job, NodeCreate, NodePatch, Page, WhoAmI};
 use crate::images::{self, Inventory};
+use crate::remote::{Client, PullOptions, RemoteSource, encode};
 use crate::store::{LockMode, Store};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -18,13 +22,14 @@ use std::time::Instant;
 #[command(name = "understudy", version, about)]
 pub struct Cli {
     /// Data directory: the image store and the inventory database.
-    #[arg(
-        long,
-        global = true,
-        env = "UNDERSTUDY_DATA_DIR",
-        default_value = "/var/lib/understudy"
-    )]
+    #[arg(long, global = true, env = "UNDERSTUDY_DATA_DIR", default_value = "/var/lib/understudy")]
     pub data_dir: PathBuf,
+    /// Talk to a running server instead of the local data dir (inventory and deploy).
+    #[arg(long, global = true, env = "UNDERSTUDY_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token for --server: the admin token or a deployment token.
+    #[arg(long, global = true, env = "UNDERSTUDY_TOKEN", value_name = "T", hide_env_values = true)]
+    pub token: Option<String>,
     /// Only warnings and errors on stderr, and no progress bar.
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -41,8 +46,155 @@ pub enum Command {
     /// Inspect and manage stored images.
     #[command(subcommand)]
     Images(ImagesCmd),
-    /// Write an image into an empty or new directory.
+    /// Write an image into an empty or new directory (from a server with --server).
     Deploy(DeployArgs),
+    /// Run the configured services (HTTP API now; DHCP, TFTP and failover join later).
+    Serve {
+        /// TOML config file; embedded defaults when omitted.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Manage nodes (the standby and compute machines).
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Create and follow deployments.
+    #[command(subcommand)]
+    Deployments(DeploymentsCmd),
+    /// Show the event log, newest first.
+    Events(EventsArgs),
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Check a config file; errors name the key and line.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// `nodes` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NodesCmd {
+    /// Add a node.
+    Add {
+        /// Node name.
+        name: String,
+        /// MAC address (repeatable).
+        #[arg(long = "mac")]
+        macs: Vec<String>,
+        /// Reserved IP address (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<String>,
+        /// Image to deploy (NAME, NAME@N or id).
+        #[arg(long)]
+        image: Option<String>,
+        /// standby or compute.
+        #[arg(long, default_value = "standby")]
+        role: String,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List nodes.
+    List {
+        /// JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one node.
+    Show {
+        /// Node name.
+        name: String,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a node; options not given stay as they are.
+    Set {
+        /// Node name.
+        name: String,
+        /// Replace the MACs (repeatable).
+        #[arg(long = "mac")]
+        macs: Vec<String>,
+        /// Replace the IPs (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<String>,
+        /// Image reference ("" clears it).
+        #[arg(long)]
+        image: Option<String>,
+        /// standby or compute.
+        #[arg(long)]
+        role: Option<String>,
+        /// New state.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Delete a node.
+    Delete {
+        /// Node name.
+        name: String,
+    },
+    /// Deploy the node's image again at its next network boot.
+    Redeploy {
+        /// Node name.
+        name: String,
+    },
+}
+
+/// `deployments` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeploymentsCmd {
+    /// Create a deployment; prints its scoped token once.
+    Create {
+        /// Target node.
+        #[arg(long)]
+        node: String,
+        /// Image (defaults to the node's).
+        #[arg(long)]
+        image: Option<String>,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List deployments.
+    List {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one deployment.
+    Show {
+        /// Deployment id.
+        id: i64,
+    },
+}
+
+/// `events` arguments.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this node.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only this kind (a trailing `.` matches a prefix, e.g. `image.`).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Not before this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    /// JSON array on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `capture` arguments.
@@ -153,11 +305,7 @@ fn human(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
 }
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -169,20 +317,33 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
 
 /// Run a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let inv = Inventory::open(&cli.data_dir)
-        .await
-        .with_context(|| format!("opening data dir {}", cli.data_dir.display()))?;
     match cli.command {
+        Command::Serve { config } => return serve_cmd(&cli.data_dir, config.as_deref()).await,
+        Command::Config(ConfigCmd::Check { file }) => {
+            let cfg = Config::load(&file)?;
+            println!("{}: ok ({})", file.display(), if cfg.http.is_some() { "http" } else { "no services" });
+            return Ok(0);
+        }
+        _ => {}
+    }
+    if let Some(server) = &cli.server {
+        let client = Client::new(server, cli.token.clone())?;
+        return remote_cmd(&client, cli.command, cli.quiet).await;
+    }
+    let inv =
+        Inventory::open(&cli.data_dir).await.with_context(|| format!("opening data dir {}", cli.data_dir.display()))?;
+    match cli.command {
+        Command::Serve { .. } | Command::Config(_) => unreachable!("handled above"),
+        Command::Nodes(cmd) => nodes_cmd(&Api::local(inv), cmd).await,
+        Command::Deployments(cmd) => deployments_cmd(&Api::local(inv), cmd).await,
+        Command::Events(a) => events_cmd(&Api::local(inv), a).await,
         Command::Capture(a) => {
             let mut excludes = a.excludes.clone();
             for f in &a.exclude_from {
                 let text =
                     std::fs::read_to_string(f).with_context(|| format!("reading exclude file {}", f.display()))?;
                 excludes.extend(
-                    text.lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(String::from),
+                    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
                 );
             }
             let opts = CaptureOptions {
@@ -226,10 +387,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let m = inv.manifest(&row).await?;
             let dd = inv.data_dir.clone();
             let t = Instant::now();
-            let opts = DeployOptions {
-                quiet: cli.quiet || a.json,
-                sync: !a.no_sync,
-            };
+            let opts = DeployOptions { quiet: cli.quiet || a.json, sync: !a.no_sync, counters: None };
             let target = a.target.clone();
             let stats = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let store = Store::open(&dd, LockMode::Shared)?;
@@ -309,26 +467,14 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
                     "image     {}@{}\nid        {}\ncreated   {}\nsource    {}",
                     row.name, row.version, row.id, row.created, row.source
                 );
-                println!(
-                    "size      {} in {} files ({} entries)",
-                    human(row.bytes as u64),
-                    row.files,
-                    row.entries
-                );
+                println!("size      {} in {} files ({} entries)", human(row.bytes as u64), row.files, row.entries);
                 println!(
                     "stored    {} in {} chunks; this version added {}",
                     human(row.stored_bytes as u64),
                     chunks.len(),
                     human(row.added_bytes as u64)
                 );
-                println!(
-                    "types     {}",
-                    kinds
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
+                println!("types     {}", kinds.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
             }
             Ok(0)
         }
@@ -398,13 +544,7 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
                 }
             })
             .await??;
-            tracing::info!(
-                "exported {}@{}: {} entries, {}",
-                row.name,
-                row.version,
-                stats.entries,
-                human(stats.bytes)
-            );
+            tracing::info!("exported {}@{}: {} entries, {}", row.name, row.version, stats.entries, human(stats.bytes));
             Ok(0)
         }
         ImagesCmd::Import { name, file, json } => {
@@ -414,11 +554,7 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
             let (store, m, id, stats, stored) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let store = Store::open_for_write(&dd)?;
                 let (m, stats) = if src == "-" {
-                    archive::import(
-                        &store,
-                        std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock()),
-                        quiet,
-                    )?
+                    archive::import(&store, std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock()), quiet)?
                 } else {
                     let f = std::fs::File::open(&src).with_context(|| format!("opening {src}"))?;
                     archive::import(&store, std::io::BufReader::with_capacity(1 << 20, f), quiet)?
@@ -429,20 +565,10 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
                 Ok((store, m, id, stats, stored))
             })
             .await??;
-            let source = if file == "-" {
-                "import:stdin".to_string()
-            } else {
-                format!("import:{file}")
-            };
+            let source = if file == "-" { "import:stdin".to_string() } else { format!("import:{file}") };
             let row = inv.record(&name, &id, &source, &m, stored, stats.added_bytes).await?;
             drop(store);
-            inv.db
-                .event(
-                    None,
-                    "image.import",
-                    &format!("imported {}@{} from {file}", row.name, row.version),
-                )
-                .await?;
+            inv.db.event(None, "image.import", &format!("imported {}@{} from {file}", row.name, row.version)).await?;
             if json {
                 print_json(
                     &json!({"name": row.name, "version": row.version, "id": row.id, "entries": row.entries, "files": row.files, "bytes": row.bytes, "stored_bytes": row.stored_bytes, "added_bytes": row.added_bytes, "skipped": stats.skipped}),
@@ -471,4 +597,466 @@ pub fn preflight(cli: &Cli) -> anyhow::Result<()> {
         bail!("capture source {} is not a directory", a.source.display());
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- API-backed commands
+
+/// Where inventory commands go: a remote server, or the API served in-process over the
+/// local data dir (one code path for both).
+enum Api {
+    Remote(Client),
+    Local(axum::Router, String),
+}
+
+impl Api {
+    fn local(inv: Inventory) -> Api {
+        let token = crate::http::auth::new_token();
+        let state = std::sync::Arc::new(crate::http::AppState::new(
+            inv,
+            crate::config::HttpConfig::default(),
+            &token,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        Api::Local(crate::http::router(state), token)
+    }
+
+    async fn call<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<T> {
+        match self {
+            Api::Remote(c) => Ok(c.call(method, path, body).await?),
+            Api::Local(router, token) => {
+                use tower::ServiceExt;
+                let mut req = axum::http::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
+                let body = match body {
+                    Some(b) => {
+                        req = req.header(axum::http::header::CONTENT_TYPE, "application/json");
+                        axum::body::Body::from(serde_json::to_vec(b)?)
+                    }
+                    None => axum::body::Body::empty(),
+                };
+                let resp = router.clone().oneshot(req.body(body)?).await?;
+                let status = resp.status();
+                let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await?;
+                if !status.is_success() {
+                    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                    bail!("{} ({})", v["error"]["message"].as_str().unwrap_or("request failed"), status);
+                }
+                let v: serde_json::Value =
+                    if bytes.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&bytes)? };
+                Ok(serde_json::from_value(v)?)
+            }
+        }
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call::<(), T>(reqwest::Method::GET, path, None).await
+    }
+
+    /// Every item of a paged list.
+    async fn all<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<Vec<T>> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut out = Vec::new();
+        loop {
+            let page: Page<T> = self.get(&format!("{path}{sep}limit=1000&offset={}", out.len())).await?;
+            let n = page.items.len();
+            out.extend(page.items);
+            if n == 0 || out.len() as i64 >= page.total {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn print_nodes(nodes: &[Node]) {
+    println!("{:<20} {:<8} {:<11} {:<20} {:<36} IPS", "NAME", "ROLE", "STATE", "IMAGE", "MACS");
+    for n in nodes {
+        println!(
+            "{:<20} {:<8} {:<11} {:<20} {:<36} {}",
+            n.name,
+            n.role,
+            n.state,
+            n.image.as_deref().unwrap_or("-"),
+            n.macs.join(","),
+            n.ips.join(",")
+        );
+    }
+}
+
+async fn nodes_cmd(api: &Api, cmd: NodesCmd) -> anyhow::Result<i32> {
+    use reqwest::Method;
+    match cmd {
+        NodesCmd::Add { name, macs, ips, image, role, json } => {
+            let n: Node = api
+                .call(Method::POST, "/api/v1/nodes", Some(&NodeCreate { name, role: Some(role), image, macs, ips }))
+                .await?;
+            if json { print_json(&n)? } else { print_nodes(&[n]) }
+        }
+        NodesCmd::List { json } => {
+            let nodes: Vec<Node> = api.all("/api/v1/nodes").await?;
+            if json { print_json(&nodes)? } else { print_nodes(&nodes) }
+        }
+        NodesCmd::Show { name, json } => {
+            let n: Node = api.get(&format!("/api/v1/nodes/{}", encode(&name))).await?;
+            if json { print_json(&n)? } else { print_nodes(&[n]) }
+        }
+        NodesCmd::Set { name, macs, ips, image, role, state } => {
+            let p = NodePatch {
+                role,
+                image,
+                state,
+                macs: (!macs.is_empty()).then_some(macs),
+                ips: (!ips.is_empty()).then_some(ips),
+            };
+            let n: Node = api.call(Method::PATCH, &format!("/api/v1/nodes/{}", encode(&name)), Some(&p)).await?;
+            print_nodes(&[n]);
+        }
+        NodesCmd::Delete { name } => {
+            api.call::<(), serde_json::Value>(Method::DELETE, &format!("/api/v1/nodes/{}", encode(&name)), None)
+                .await?;
+            println!("deleted node {name}");
+        }
+        NodesCmd::Redeploy { name } => {
+            let n: Node =
+                api.call::<(), Node>(Method::POST, &format!("/api/v1/nodes/{}/redeploy", encode(&name)), None).await?;
+            print_nodes(&[n]);
+        }
+    }
+    Ok(0)
+}
+
+fn print_deployments(ds: &[Deployment]) {
+    println!(
+        "{:>5} {:<16} {:<20} {:<8} {:<12} {:>12} {:>8}",
+        "ID", "NODE", "IMAGE", "STATUS", "PHASE", "BYTES", "FILES"
+    );
+    for d in ds {
+        println!(
+            "{:>5} {:<16} {:<20} {:<8} {:<12} {:>12} {:>8}",
+            d.id, d.node, d.image, d.status, d.phase, d.bytes_done, d.files_done
+        );
+    }
+}
+
+async fn deployments_cmd(api: &Api, cmd: DeploymentsCmd) -> anyhow::Result<i32> {
+    match cmd {
+        DeploymentsCmd::Create { node, image, json } => {
+            let c: DeploymentCreated = api
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/deployments",
+                    Some(&crate::http::api::DeploymentCreate { node, image }),
+                )
+                .await?;
+            if json {
+                print_json(&c)?;
+            } else {
+                print_deployments(std::slice::from_ref(&c.deployment));
+                println!("token (shown only now, valid until {}): {}", c.deployment.expires, c.token);
+            }
+        }
+        DeploymentsCmd::List { node, json } => {
+            let path = match node {
+                Some(n) => format!("/api/v1/deployments?node={}", encode(&n)),
+                None => "/api/v1/deployments".into(),
+            };
+            let ds: Vec<Deployment> = api.all(&path).await?;
+            if json { print_json(&ds)? } else { print_deployments(&ds) }
+        }
+        DeploymentsCmd::Show { id } => {
+            let d: Deployment = api.get(&format!("/api/v1/deployments/{id}")).await?;
+            print_json(&d)?;
+        }
+    }
+    Ok(0)
+}
+
+async fn events_cmd(api: &Api, a: EventsArgs) -> anyhow::Result<i32> {
+    let mut q = format!("/api/v1/events?limit={}", a.limit.clamp(1, 1000));
+    for (k, v) in [("node", &a.node), ("kind", &a.kind), ("since", &a.since)] {
+        if let Some(v) = v {
+            q.push_str(&format!("&{k}={}", encode(v)));
+        }
+    }
+    let page: Page<Event> = api.get(&q).await?;
+    if a.json {
+        print_json(&page.items)?;
+    } else {
+        for e in page.items {
+            println!("{} {:<16} {:<14} {}", e.ts, e.kind, e.node.as_deref().unwrap_or("-"), e.message);
+        }
+    }
+    Ok(0)
+}
+
+async fn wait_job(api: &Api, job: Job) -> anyhow::Result<Job> {
+    let mut j = job;
+    while j.state == "running" {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        j = api.get(&format!("/api/v1/jobs/{}", j.id)).await?;
+    }
+    if let Some(e) = &j.error {
+        bail!("{} job failed: {e}", j.kind);
+    }
+    Ok(j)
+}
+
+/// Commands against a running server.
+async fn remote_cmd(client: &Client, cmd: Command, quiet: bool) -> anyhow::Result<i32> {
+    let api = Api::Remote(client.clone());
+    match cmd {
+        Command::Nodes(c) => nodes_cmd(&api, c).await,
+        Command::Deployments(c) => deployments_cmd(&api, c).await,
+        Command::Events(a) => events_cmd(&api, a).await,
+        Command::Images(ImagesCmd::List { json }) => {
+            let rows: Vec<ImageRow> = api.all("/api/v1/images").await?;
+            if json {
+                print_json(&rows)?;
+            } else {
+                for r in rows {
+                    println!(
+                        "{:<24} {:>4} {:<16} {:<24} {:>8} {:>10}",
+                        r.name,
+                        r.version,
+                        &r.id[..16],
+                        r.created,
+                        r.files,
+                        human(r.bytes as u64)
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Images(ImagesCmd::Show { image, json }) => {
+            let d: ImageDetail = api.get(&format!("/api/v1/images/{}", encode(&image))).await?;
+            if json {
+                print_json(&d)?;
+            } else {
+                println!(
+                    "image     {}@{}\nid        {}\ncreated   {}",
+                    d.image.name, d.image.version, d.image.id, d.image.created
+                );
+                println!("size      {} in {} files; {} chunks", human(d.image.bytes as u64), d.image.files, d.chunks);
+            }
+            Ok(0)
+        }
+        Command::Images(ImagesCmd::Delete { image }) => {
+            let v: serde_json::Value =
+                api.call::<(), _>(reqwest::Method::DELETE, &format!("/api/v1/images/{}", encode(&image)), None).await?;
+            println!("deleted {} version(s) of {image}", v["deleted"]);
+            Ok(0)
+        }
+        Command::Images(ImagesCmd::Verify { image, json }) => {
+            let Some(image) = image else { bail!("with --server, name the image to verify") };
+            let job: Job = api
+                .call::<(), _>(reqwest::Method::POST, &format!("/api/v1/images/{}/verify", encode(&image)), None)
+                .await?;
+            let j = wait_job(&api, job).await?;
+            let rep = j.result.unwrap_or_default();
+            let faults = rep["faults"].as_array().cloned().unwrap_or_default();
+            if json {
+                print_json(&rep)?;
+            } else {
+                for f in &faults {
+                    println!("FAULT {}", f.as_str().unwrap_or_default());
+                }
+                println!("verified {image}: {} chunks, {} fault(s)", rep["chunks"], faults.len());
+            }
+            Ok(if faults.is_empty() { 0 } else { 1 })
+        }
+        Command::Images(ImagesCmd::Gc { json }) => {
+            let job: Job = api.call::<(), _>(reqwest::Method::POST, "/api/v1/gc", None).await?;
+            let j = wait_job(&api, job).await?;
+            let rep = j.result.unwrap_or_default();
+            if json {
+                print_json(&rep)?
+            } else {
+                println!("gc freed {} bytes", rep["freed_bytes"])
+            }
+            Ok(0)
+        }
+        Command::Deploy(a) => deploy_remote(client, a, quiet).await,
+        Command::Capture(_) | Command::Images(_) => {
+            bail!("capture, import and export run on the server host against its data dir (omit --server)")
+        }
+        Command::Serve { .. } | Command::Config(_) => unreachable!("handled before"),
+    }
+}
+
+async fn report(
+    client: &Client,
+    id: i64,
+    status: &str,
+    phase: &str,
+    c: &crate::deploy::DeployCounters,
+    error: Option<String>,
+) {
+    use std::sync::atomic::Ordering;
+    let body = crate::http::api::Progress {
+        status: status.into(),
+        phase: phase.into(),
+        bytes_done: c.bytes.load(Ordering::Relaxed) as i64,
+        files_done: c.files.load(Ordering::Relaxed) as i64,
+        error,
+    };
+    if let Err(e) = client
+        .call::<_, serde_json::Value>(reqwest::Method::POST, &format!("/api/v1/deployments/{id}/progress"), Some(&body))
+        .await
+    {
+        tracing::warn!("could not report progress: {e}");
+    }
+}
+
+/// `deploy --server`: pull the image over HTTP and write it like a local deploy.
+async fn deploy_remote(client: &Client, a: DeployArgs, quiet: bool) -> anyhow::Result<i32> {
+    let who: WhoAmI = client.get("/api/v1/whoami").await?;
+    let (m, id, label) = client.manifest(&a.image).await?;
+    let counters = std::sync::Arc::new(crate::deploy::DeployCounters::default());
+    let dep = who.deployment.map(|d| d.id);
+    if let Some(d) = dep {
+        report(client, d, "running", "writing", &counters, None).await;
+    }
+    let t = Instant::now();
+    let src = RemoteSource::start(
+        client.clone(),
+        crate::store::hex_id(&id),
+        &m,
+        PullOptions::default(),
+        &tokio::runtime::Handle::current(),
+    );
+    let opts = DeployOptions { quiet: quiet || a.json, sync: !a.no_sync, counters: Some(counters.clone()) };
+    let target = a.target.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ticker = dep.map(|d| {
+        let (client, counters, stop) = (client.clone(), counters.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => report(&client, d, "running", "writing", &counters, None).await,
+                }
+            }
+        })
+    });
+    let res = tokio::task::spawn_blocking(move || deploy::deploy(&src, &m, &target, opts)).await?;
+    stop.cancel();
+    if let Some(t) = ticker {
+        let _ = t.await;
+    }
+    match res {
+        Ok(stats) => {
+            if let Some(d) = dep {
+                report(client, d, "done", "done", &counters, None).await;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            if a.json {
+                print_json(
+                    &json!({"image": label, "id": crate::store::hex_id(&id), "target": a.target, "entries": stats.entries, "files": stats.files, "bytes": stats.bytes, "seconds": secs}),
+                )?;
+            } else {
+                println!(
+                    "deployed {label} from the server into {}: {} entries, {} in {secs:.1}s",
+                    a.target.display(),
+                    stats.entries,
+                    human(stats.bytes)
+                );
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            if let Some(d) = dep {
+                report(client, d, "failed", "writing", &counters, Some(e.to_string())).await;
+            }
+            Err(e.into())
+        }
+    }
+}
+
+// ---------------------------------------------------------------- serve
+
+/// Read the admin token, or create it (0600) and print it once.
+fn admin_token(data_dir: &std::path::Path, file: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = data_dir.join(file);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            let t = t.trim().to_string();
+            if t.len() < 16 {
+                bail!(
+                    "admin token file {} holds no usable token (16+ characters); delete it to make a new one",
+                    path.display()
+                );
+            }
+            if std::fs::metadata(&path)?.permissions().mode() & 0o077 != 0 {
+                tracing::warn!("admin token file {} is readable by others; chmod 600 it", path.display());
+            }
+            Ok(t)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let t = crate::http::auth::new_token();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(format!("{t}\n").as_bytes())?;
+            f.sync_all()?;
+            println!("admin token (saved to {}, shown only now): {t}", path.display());
+            Ok(t)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<i32> {
+    let cfg = match config {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded_default(),
+    };
+    let data_dir = cfg.data_dir.clone().unwrap_or_else(|| data_dir_flag.to_path_buf());
+    let inv = Inventory::open(&data_dir).await.with_context(|| format!("opening data dir {}", data_dir.display()))?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        });
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(h) = cfg.http.clone() {
+        let token = admin_token(&data_dir, &h.admin_token_file)?;
+        let listener =
+            tokio::net::TcpListener::bind(h.listen).await.with_context(|| format!("binding HTTP to {}", h.listen))?;
+        let addr = listener.local_addr()?;
+        println!("understudy: HTTP API on http://{addr} (data dir {})", data_dir.display());
+        std::io::stdout().flush()?;
+        tracing::info!("HTTP API listening on http://{addr}");
+        let state = std::sync::Arc::new(crate::http::AppState::new(inv.clone(), h, &token, shutdown.clone()));
+        tasks.spawn(async move { crate::http::serve(state, listener).await.context("HTTP service") });
+    }
+    if tasks.is_empty() {
+        bail!("nothing to serve: the configuration enables no service");
+    }
+    inv.db.event(None, "server.start", "understudy serve started").await?;
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r? {
+            shutdown.cancel();
+            return Err(e);
+        }
+    }
+    inv.db.event(None, "server.stop", "understudy serve stopped").await?;
+    Ok(0)
 }

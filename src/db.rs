@@ -21,7 +21,7 @@ pub enum DbError {
 pub type Result<T> = std::result::Result<T, DbError>;
 
 /// An image version row.
-#[derive(Debug, Clone, FromRow, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, FromRow, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ImageRow {
     /// Image name.
     pub name: String,
@@ -70,6 +70,13 @@ pub struct NewImage<'a> {
 macro_rules! image_select {
     ($rest:literal) => {
         concat!("SELECT name, version, manifest_id AS id, created, source, entries, files, bytes, stored_bytes, added_bytes FROM images ", $rest)
+    };
+}
+
+/// Columns of a [`Deployment`], as a literal so queries stay static strings.
+macro_rules! deployment_cols {
+    () => {
+        "id, node, image, manifest_id, expires, status, phase, bytes_done, bytes_total, files_done, files_total, created, started, finished, error"
     };
 }
 
@@ -135,16 +142,12 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.image(img.name, Some(version))
-            .await?
-            .ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))
+        self.image(img.name, Some(version)).await?.ok_or(DbError::Sqlx(sqlx::Error::RowNotFound))
     }
 
     /// All image versions, by name then version.
     pub async fn images(&self) -> Result<Vec<ImageRow>> {
-        Ok(sqlx::query_as(image_select!("ORDER BY name, version"))
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(image_select!("ORDER BY name, version")).fetch_all(&self.pool).await?)
     }
 
     /// One version (the newest when `version` is None).
@@ -169,13 +172,11 @@ impl Db {
 
     /// The newest version whose manifest id starts with `prefix`.
     pub async fn image_by_id_prefix(&self, prefix: &str) -> Result<Vec<ImageRow>> {
-        Ok(sqlx::query_as(image_select!(
-            "WHERE substr(manifest_id, 1, ?) = ? ORDER BY created DESC"
-        ))
-        .bind(prefix.len() as i64)
-        .bind(prefix)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(image_select!("WHERE substr(manifest_id, 1, ?) = ? ORDER BY created DESC"))
+            .bind(prefix.len() as i64)
+            .bind(prefix)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Delete one version, or every version of a name when `version` is None.
@@ -188,21 +189,15 @@ impl Db {
                     .execute(&self.pool)
                     .await?
             }
-            None => {
-                sqlx::query("DELETE FROM images WHERE name = ?")
-                    .bind(name)
-                    .execute(&self.pool)
-                    .await?
-            }
+            None => sqlx::query("DELETE FROM images WHERE name = ?").bind(name).execute(&self.pool).await?,
         };
         Ok(r.rows_affected())
     }
 
     /// Distinct manifest ids referenced by any image.
     pub async fn live_manifests(&self) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT manifest_id FROM images")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT DISTINCT manifest_id FROM images").fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
@@ -216,5 +211,495 @@ impl Db {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+/// A node with its addresses.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct Node {
+    /// Node name.
+    pub name: String,
+    /// `standby` or `compute`.
+    pub role: String,
+    /// Image to deploy (a reference: NAME, NAME@N or id), if any.
+    pub image: Option<String>,
+    /// discovered, assigned, deploying, deployed or failed.
+    pub state: String,
+    /// MAC addresses, lowercase colon form.
+    pub macs: Vec<String>,
+    /// IP addresses.
+    pub ips: Vec<String>,
+    /// Creation time.
+    pub created: String,
+    /// Last change.
+    pub updated: String,
+}
+
+#[derive(FromRow)]
+struct NodeRow {
+    name: String,
+    role: String,
+    image: Option<String>,
+    state: String,
+    created: String,
+    updated: String,
+}
+
+/// A deployment row.
+#[derive(Debug, Clone, FromRow, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Deployment {
+    /// Deployment id.
+    pub id: i64,
+    /// Target node.
+    pub node: String,
+    /// Image reference as resolved (NAME@N).
+    pub image: String,
+    /// Manifest id the token is scoped to.
+    pub manifest_id: String,
+    /// Token expiry.
+    pub expires: String,
+    /// pending, running, done or failed.
+    pub status: String,
+    /// Current phase (free text from the deploy client: fetching, writing, ...).
+    pub phase: String,
+    /// Bytes written so far.
+    pub bytes_done: i64,
+    /// Bytes to write.
+    pub bytes_total: i64,
+    /// Files written so far.
+    pub files_done: i64,
+    /// Files to write.
+    pub files_total: i64,
+    /// Creation time.
+    pub created: String,
+    /// When the client started.
+    pub started: Option<String>,
+    /// When it finished or failed.
+    pub finished: Option<String>,
+    /// Failure message.
+    pub error: Option<String>,
+}
+
+/// A deployment to record.
+#[derive(Debug, Clone)]
+pub struct NewDeployment<'a> {
+    /// Target node.
+    pub node: &'a str,
+    /// Resolved image label (NAME@N).
+    pub image: &'a str,
+    /// Manifest id the token is scoped to.
+    pub manifest_id: &'a str,
+    /// BLAKE3 of the token (hex).
+    pub token_hash: &'a str,
+    /// Expiry (RFC 3339).
+    pub expires: &'a str,
+    /// Bytes to write.
+    pub bytes_total: i64,
+    /// Files to write.
+    pub files_total: i64,
+}
+
+/// An event row.
+#[derive(Debug, Clone, FromRow, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Event {
+    /// Event id (increasing).
+    pub id: i64,
+    /// Time, RFC 3339 UTC.
+    pub ts: String,
+    /// Node concerned, if any.
+    pub node: Option<String>,
+    /// Kind, dotted (image.capture, node.create, deploy.done, ...).
+    pub kind: String,
+    /// Human-readable text.
+    pub message: String,
+}
+
+/// Filter for listing events.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this node.
+    pub node: Option<String>,
+    /// Only this kind (exact) or kind prefix ending in `.`.
+    pub kind: Option<String>,
+    /// Not before this time (RFC 3339).
+    pub since: Option<String>,
+    /// Before this time (RFC 3339).
+    pub until: Option<String>,
+}
+
+/// Why a write to the inventory was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// Something with that key exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// The named row does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A database failure.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for Refused {
+    fn from(e: sqlx::Error) -> Self {
+        Refused::Db(DbError::Sqlx(e))
+    }
+}
+
+impl Db {
+    async fn node_addrs(&self, name: &str) -> Result<(Vec<String>, Vec<String>)> {
+        let macs: Vec<(String,)> = sqlx::query_as("SELECT mac FROM node_macs WHERE node = ? ORDER BY mac")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        let ips: Vec<(String,)> = sqlx::query_as("SELECT ip FROM node_ips WHERE node = ? ORDER BY ip")
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok((macs.into_iter().map(|m| m.0).collect(), ips.into_iter().map(|i| i.0).collect()))
+    }
+
+    async fn node_from(&self, r: NodeRow) -> Result<Node> {
+        let (macs, ips) = self.node_addrs(&r.name).await?;
+        Ok(Node {
+            name: r.name,
+            role: r.role,
+            image: r.image,
+            state: r.state,
+            macs,
+            ips,
+            created: r.created,
+            updated: r.updated,
+        })
+    }
+
+    /// One node.
+    pub async fn node(&self, name: &str) -> Result<Option<Node>> {
+        let r: Option<NodeRow> =
+            sqlx::query_as("SELECT name, role, image, state, created, updated FROM nodes WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        match r {
+            Some(r) => Ok(Some(self.node_from(r).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The node that owns a MAC.
+    pub async fn node_by_mac(&self, mac: &str) -> Result<Option<Node>> {
+        let r: Option<(String,)> =
+            sqlx::query_as("SELECT node FROM node_macs WHERE mac = ?").bind(mac).fetch_optional(&self.pool).await?;
+        match r {
+            Some((n,)) => self.node(&n).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A page of nodes by name, and the total count.
+    pub async fn nodes(&self, limit: i64, offset: i64) -> Result<(Vec<Node>, i64)> {
+        let rows: Vec<NodeRow> = sqlx::query_as(
+            "SELECT name, role, image, state, created, updated FROM nodes ORDER BY name LIMIT ? OFFSET ?",
+        )
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let (total,): (i64,) = sqlx::query_as("SELECT count(*) FROM nodes").fetch_one(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(self.node_from(r).await?);
+        }
+        Ok((out, total))
+    }
+
+    /// Write a node's MACs and IPs inside a transaction, refusing ones another node owns.
+    async fn set_addrs(
+        tx: &mut sqlx::SqliteConnection,
+        name: &str,
+        macs: &[String],
+        ips: &[String],
+    ) -> std::result::Result<(), Refused> {
+        sqlx::query("DELETE FROM node_macs WHERE node = ?").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM node_ips WHERE node = ?").bind(name).execute(&mut *tx).await?;
+        for m in macs {
+            if let Some((owner,)) = sqlx::query_as::<_, (String,)>("SELECT node FROM node_macs WHERE mac = ?")
+                .bind(m)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                return Err(Refused::Conflict(format!("MAC {m} already belongs to node {owner}")));
+            }
+            sqlx::query("INSERT INTO node_macs (mac, node) VALUES (?, ?)").bind(m).bind(name).execute(&mut *tx).await?;
+        }
+        for ip in ips {
+            if let Some((owner,)) = sqlx::query_as::<_, (String,)>("SELECT node FROM node_ips WHERE ip = ?")
+                .bind(ip)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                return Err(Refused::Conflict(format!("IP {ip} is already reserved for node {owner}")));
+            }
+            sqlx::query("INSERT INTO node_ips (ip, node) VALUES (?, ?)").bind(ip).bind(name).execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Create a node.
+    pub async fn create_node(&self, n: &Node) -> std::result::Result<Node, Refused> {
+        let mut tx = self.pool.begin().await?;
+        if sqlx::query_as::<_, (String,)>("SELECT name FROM nodes WHERE name = ?")
+            .bind(&n.name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some()
+        {
+            return Err(Refused::Conflict(format!("node {} exists", n.name)));
+        }
+        let ts = now();
+        sqlx::query("INSERT INTO nodes (name, role, image, state, created, updated) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&n.name)
+            .bind(&n.role)
+            .bind(&n.image)
+            .bind(&n.state)
+            .bind(&ts)
+            .bind(&ts)
+            .execute(&mut *tx)
+            .await?;
+        Self::set_addrs(&mut tx, &n.name, &n.macs, &n.ips).await?;
+        sqlx::query("INSERT INTO events (ts, node, kind, message) VALUES (?, ?, 'node.create', ?)")
+            .bind(&ts)
+            .bind(&n.name)
+            .bind(format!("node {} created ({}, state {})", n.name, n.role, n.state))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.node(&n.name).await?.ok_or_else(|| Refused::NotFound(n.name.clone()))
+    }
+
+    /// Replace a node's fields (name stays).
+    pub async fn update_node(&self, n: &Node) -> std::result::Result<Node, Refused> {
+        let mut tx = self.pool.begin().await?;
+        let old: Option<(String,)> =
+            sqlx::query_as("SELECT state FROM nodes WHERE name = ?").bind(&n.name).fetch_optional(&mut *tx).await?;
+        let Some((old_state,)) = old else { return Err(Refused::NotFound(format!("no node {}", n.name))) };
+        let ts = now();
+        sqlx::query("UPDATE nodes SET role = ?, image = ?, state = ?, updated = ? WHERE name = ?")
+            .bind(&n.role)
+            .bind(&n.image)
+            .bind(&n.state)
+            .bind(&ts)
+            .bind(&n.name)
+            .execute(&mut *tx)
+            .await?;
+        Self::set_addrs(&mut tx, &n.name, &n.macs, &n.ips).await?;
+        let msg = if old_state != n.state {
+            format!("node {} updated; state {old_state} -> {}", n.name, n.state)
+        } else {
+            format!("node {} updated", n.name)
+        };
+        sqlx::query("INSERT INTO events (ts, node, kind, message) VALUES (?, ?, 'node.update', ?)")
+            .bind(&ts)
+            .bind(&n.name)
+            .bind(msg)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.node(&n.name).await?.ok_or_else(|| Refused::NotFound(n.name.clone()))
+    }
+
+    /// Delete a node (its addresses and deployments go with it).
+    pub async fn delete_node(&self, name: &str) -> std::result::Result<(), Refused> {
+        let r = sqlx::query("DELETE FROM nodes WHERE name = ?").bind(name).execute(&self.pool).await?;
+        if r.rows_affected() == 0 {
+            return Err(Refused::NotFound(format!("no node {name}")));
+        }
+        self.event(Some(name), "node.delete", &format!("node {name} deleted")).await?;
+        Ok(())
+    }
+
+    /// Events matching a filter, newest first.
+    pub async fn events(&self, f: &EventFilter, limit: i64, offset: i64) -> Result<(Vec<Event>, i64)> {
+        let kind_exact = f.kind.as_deref().filter(|k| !k.ends_with('.'));
+        let kind_prefix = f.kind.as_deref().filter(|k| k.ends_with('.')).map(|k| format!("{k}%"));
+        let rows: Vec<Event> = sqlx::query_as(
+            "SELECT id, ts, node, kind, message FROM events
+             WHERE (?1 IS NULL OR node = ?1) AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR kind LIKE ?3)
+               AND (?4 IS NULL OR ts >= ?4) AND (?5 IS NULL OR ts < ?5)
+             ORDER BY id DESC LIMIT ?6 OFFSET ?7",
+        )
+        .bind(&f.node)
+        .bind(kind_exact)
+        .bind(&kind_prefix)
+        .bind(&f.since)
+        .bind(&f.until)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let (total,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM events
+             WHERE (?1 IS NULL OR node = ?1) AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR kind LIKE ?3)
+               AND (?4 IS NULL OR ts >= ?4) AND (?5 IS NULL OR ts < ?5)",
+        )
+        .bind(&f.node)
+        .bind(kind_exact)
+        .bind(&kind_prefix)
+        .bind(&f.since)
+        .bind(&f.until)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((rows, total))
+    }
+
+    /// Create a deployment for a node and image with a hashed token.
+    pub async fn create_deployment(&self, d: &NewDeployment<'_>) -> std::result::Result<Deployment, Refused> {
+        let ts = now();
+        let NewDeployment { node, image, manifest_id, token_hash, expires, bytes_total, files_total } = *d;
+        let mut tx = self.pool.begin().await?;
+        if sqlx::query_as::<_, (String,)>("SELECT name FROM nodes WHERE name = ?")
+            .bind(node)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_none()
+        {
+            return Err(Refused::NotFound(format!("no node {node}")));
+        }
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO deployments (node, image, manifest_id, token_hash, expires, status, bytes_total, files_total, created)
+             VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?) RETURNING id",
+        )
+        .bind(node)
+        .bind(image)
+        .bind(manifest_id)
+        .bind(token_hash)
+        .bind(expires)
+        .bind(bytes_total)
+        .bind(files_total)
+        .bind(&ts)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO events (ts, node, kind, message) VALUES (?, ?, 'deploy.create', ?)")
+            .bind(&ts)
+            .bind(node)
+            .bind(format!("deployment {id} of {image} to {node} created"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.deployment(id).await?.ok_or_else(|| Refused::NotFound(format!("deployment {id}")))
+    }
+
+    /// One deployment.
+    pub async fn deployment(&self, id: i64) -> Result<Option<Deployment>> {
+        Ok(sqlx::query_as(concat!("SELECT ", deployment_cols!(), " FROM deployments WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The deployment a token hash belongs to.
+    pub async fn deployment_by_token(&self, token_hash: &str) -> Result<Option<Deployment>> {
+        Ok(sqlx::query_as(concat!("SELECT ", deployment_cols!(), " FROM deployments WHERE token_hash = ?"))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Deployments, newest first, optionally of one node.
+    pub async fn deployments(&self, node: Option<&str>, limit: i64, offset: i64) -> Result<(Vec<Deployment>, i64)> {
+        let rows = sqlx::query_as(concat!(
+            "SELECT ",
+            deployment_cols!(),
+            " FROM deployments WHERE (?1 IS NULL OR node = ?1) ORDER BY id DESC LIMIT ?2 OFFSET ?3"
+        ))
+        .bind(node)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let (total,): (i64,) = sqlx::query_as("SELECT count(*) FROM deployments WHERE (?1 IS NULL OR node = ?1)")
+            .bind(node)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((rows, total))
+    }
+
+    /// Record progress reported by a deploy client; moves the node's state along.
+    pub async fn deployment_progress(
+        &self,
+        id: i64,
+        status: &str,
+        phase: &str,
+        bytes_done: i64,
+        files_done: i64,
+        error: Option<&str>,
+    ) -> std::result::Result<Deployment, Refused> {
+        let ts = now();
+        let mut tx = self.pool.begin().await?;
+        let cur: Option<(String, String)> = sqlx::query_as("SELECT status, node FROM deployments WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((old, node)) = cur else { return Err(Refused::NotFound(format!("no deployment {id}"))) };
+        if old == "done" || old == "failed" {
+            return Err(Refused::Conflict(format!("deployment {id} is already {old}")));
+        }
+        let finished = matches!(status, "done" | "failed").then(|| ts.clone());
+        sqlx::query(
+            "UPDATE deployments SET status = ?, phase = ?, bytes_done = ?, files_done = ?, error = ?,
+             started = COALESCE(started, ?), finished = ? WHERE id = ?",
+        )
+        .bind(status)
+        .bind(phase)
+        .bind(bytes_done)
+        .bind(files_done)
+        .bind(error)
+        .bind(&ts)
+        .bind(&finished)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let node_state = match status {
+            "running" => Some("deploying"),
+            "done" => Some("deployed"),
+            "failed" => Some("failed"),
+            _ => None,
+        };
+        if let Some(s) = node_state {
+            sqlx::query("UPDATE nodes SET state = ?, updated = ? WHERE name = ? AND state != ?")
+                .bind(s)
+                .bind(&ts)
+                .bind(&node)
+                .bind(s)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if old != status {
+            let msg = match error {
+                Some(e) => format!("deployment {id}: {old} -> {status}: {e}"),
+                None => format!("deployment {id}: {old} -> {status}"),
+            };
+            sqlx::query("INSERT INTO events (ts, node, kind, message) VALUES (?, ?, ?, ?)")
+                .bind(&ts)
+                .bind(&node)
+                .bind(format!("deploy.{status}"))
+                .bind(msg)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.deployment(id).await?.ok_or_else(|| Refused::NotFound(format!("deployment {id}")))
+    }
+
+    /// Image versions, paged, and the total count.
+    pub async fn images_page(&self, limit: i64, offset: i64) -> Result<(Vec<ImageRow>, i64)> {
+        let rows = sqlx::query_as(image_select!("ORDER BY name, version LIMIT ? OFFSET ?"))
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let (total,): (i64,) = sqlx::query_as("SELECT count(*) FROM images").fetch_one(&self.pool).await?;
+        Ok((rows, total))
     }
 }

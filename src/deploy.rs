@@ -26,21 +26,29 @@ impl ChunkSource for Store {
     }
 }
 
+/// Live counters of a running deploy, for progress reports to the server.
+#[derive(Debug, Default)]
+pub struct DeployCounters {
+    /// Files written.
+    pub files: std::sync::atomic::AtomicU64,
+    /// File bytes written.
+    pub bytes: std::sync::atomic::AtomicU64,
+}
+
 /// Deploy options.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DeployOptions {
     /// Suppress the progress bar.
     pub quiet: bool,
     /// syncfs() the target at the end, so "deployed" means "on disk".
     pub sync: bool,
+    /// Counters updated as files finish.
+    pub counters: Option<Arc<DeployCounters>>,
 }
 
 impl Default for DeployOptions {
     fn default() -> Self {
-        DeployOptions {
-            quiet: false,
-            sync: true,
-        }
+        DeployOptions { quiet: false, sync: true, counters: None }
     }
 }
 
@@ -100,10 +108,7 @@ fn name_of(e: &Entry) -> &[u8] {
 }
 
 fn entry_err(e: &Entry) -> impl Fn(std::io::Error) -> DeployError + '_ {
-    move |source| DeployError::Entry {
-        path: display_path(&e.path),
-        source,
-    }
+    move |source| DeployError::Entry { path: display_path(&e.path), source }
 }
 
 fn errno(e: rustix::io::Errno) -> std::io::Error {
@@ -119,10 +124,7 @@ pub fn deploy(
 ) -> Result<DeployStats, DeployError> {
     manifest.validate().map_err(|e| DeployError::Manifest(e.to_string()))?;
     fsx::raise_nofile_limit();
-    let terr = |source| DeployError::Target {
-        path: target.into(),
-        source,
-    };
+    let terr = |source| DeployError::Target { path: target.into(), source };
     std::fs::create_dir_all(target).map_err(terr)?;
     let root = fsx::open_dir(target).map_err(terr)?;
     if rustix::fs::Dir::read_from(&root)
@@ -137,11 +139,7 @@ pub fn deploy(
     }
     let total = manifest.total_bytes();
     let progress = Progress::new("deploy", Some(total), opts.quiet);
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 8)
-        + 1;
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8) + 1;
     let (tx, rx) = crossbeam_channel::bounded::<FileJob>(1024);
     let mut stats = DeployStats::default();
     let entries = &manifest.entries;
@@ -152,12 +150,18 @@ pub fn deploy(
     let worker_errors = std::thread::scope(|s| -> Result<Vec<DeployError>, DeployError> {
         let (etx, erx) = crossbeam_channel::unbounded::<DeployError>();
         for _ in 0..workers {
-            let (rx, etx, progress) = (rx.clone(), etx.clone(), &progress);
+            let (rx, etx, progress, counters) = (rx.clone(), etx.clone(), &progress, opts.counters.clone());
             s.spawn(move || {
                 for job in rx {
                     let e = &entries[job.idx];
                     match write_file(src, job.dir.as_fd(), e, as_root) {
-                        Ok(n) => progress.add(1, n),
+                        Ok(n) => {
+                            progress.add(1, n);
+                            if let Some(c) = &counters {
+                                c.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                c.bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
                         Err(err) => {
                             let _ = etx.send(err);
                             return;
@@ -178,10 +182,7 @@ pub fn deploy(
                     stack.pop();
                 }
                 let Some((_, dir)) = stack.last() else {
-                    return Err(DeployError::Manifest(format!(
-                        "{}: parent not open",
-                        display_path(&e.path)
-                    )));
+                    return Err(DeployError::Manifest(format!("{}: parent not open", display_path(&e.path))));
                 };
                 let dir = dir.clone();
                 stats.entries += 1;
@@ -222,11 +223,7 @@ pub fn deploy(
                         finish_special(dir.as_fd(), e, as_root, true).map_err(entry_err(e))?;
                     }
                     Kind::Fifo | Kind::Socket => {
-                        let ft = if e.kind == Kind::Fifo {
-                            FileType::Fifo
-                        } else {
-                            FileType::Socket
-                        };
+                        let ft = if e.kind == Kind::Fifo { FileType::Fifo } else { FileType::Socket };
                         rustix::fs::mknodat(dir.as_fd(), cn.as_c_str(), ft, Mode::from_raw_mode(0o600), 0)
                             .map_err(|x| entry_err(e)(errno(x)))?;
                         finish_special(dir.as_fd(), e, as_root, true).map_err(entry_err(e))?;
@@ -255,10 +252,7 @@ pub fn deploy(
         let (lp, ln) = split_parent(&e.path).unwrap_or((b"", &e.path));
         let tdir = fsx::open_rel_dir(root.as_fd(), tp).map_err(entry_err(e))?;
         let ldir = fsx::open_rel_dir(root.as_fd(), lp).map_err(entry_err(e))?;
-        let (tn, ln) = (
-            fsx::cname(tn).map_err(entry_err(e))?,
-            fsx::cname(ln).map_err(entry_err(e))?,
-        );
+        let (tn, ln) = (fsx::cname(tn).map_err(entry_err(e))?, fsx::cname(ln).map_err(entry_err(e))?);
         rustix::fs::linkat(&tdir, tn.as_c_str(), &ldir, ln.as_c_str(), AtFlags::empty())
             .map_err(|x| entry_err(e)(errno(x)))?;
     }
@@ -278,11 +272,7 @@ pub fn deploy(
 
 fn apply_fd_meta(fd: BorrowedFd<'_>, e: &Entry, as_root: bool) -> std::io::Result<()> {
     if as_root {
-        rustix::fs::fchown(
-            fd,
-            Some(rustix::fs::Uid::from_raw(e.uid)),
-            Some(rustix::fs::Gid::from_raw(e.gid)),
-        )?;
+        rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(e.uid)), Some(rustix::fs::Gid::from_raw(e.gid)))?;
     }
     rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode))?;
     // After chown: changing the owner clears security.capability.
@@ -328,17 +318,13 @@ fn write_file(src: &dyn ChunkSource, dir: BorrowedFd<'_>, e: &Entry, as_root: bo
         for x in extents {
             let mut off = x.offset;
             for c in &x.chunks {
-                let data = src.read_chunk(&c.id).map_err(|source| DeployError::Chunk {
-                    path: display_path(&e.path),
-                    source,
-                })?;
+                let data = src
+                    .read_chunk(&c.id)
+                    .map_err(|source| DeployError::Chunk { path: display_path(&e.path), source })?;
                 if data.len() != c.len as usize {
                     return Err(DeployError::Chunk {
                         path: display_path(&e.path),
-                        source: StoreError::ChunkCorrupt {
-                            id: c.id,
-                            why: "length differs from the manifest".into(),
-                        },
+                        source: StoreError::ChunkCorrupt { id: c.id, why: "length differs from the manifest".into() },
                     });
                 }
                 file.write_all_at(&data, off).map_err(entry_err(e))?;

@@ -27,11 +27,7 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
 
 /// Open a directory by path (any length).
 pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
+    Ok(rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
 }
 
 /// Walk `rel` (an image path, `/`-separated) from `root`, one component at a time,
@@ -93,10 +89,7 @@ pub fn fd_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<Xattr>> {
             Err(e) => return Err(e.into()),
         };
         match grow_read(|b| rustix::fs::fgetxattr(fd, n, b), sz) {
-            Ok(value) => out.push(Xattr {
-                name: name.to_vec(),
-                value,
-            }),
+            Ok(value) => out.push(Xattr { name: name.to_vec(), value }),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NODATA.raw_os_error()) => continue,
             Err(e) => return Err(e),
         }
@@ -127,10 +120,7 @@ pub fn link_xattrs(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<Xattr>> {
             Err(e) => return Err(e.into()),
         };
         match grow_read(|b| rustix::fs::lgetxattr(p, n, b), sz) {
-            Ok(value) => out.push(Xattr {
-                name: name.to_vec(),
-                value,
-            }),
+            Ok(value) => out.push(Xattr { name: name.to_vec(), value }),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NODATA.raw_os_error()) => continue,
             Err(e) => return Err(e),
         }
@@ -142,18 +132,14 @@ pub fn link_xattrs(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<Xattr>> {
 /// Set xattrs on an open file or directory.
 pub fn set_fd_xattrs(fd: BorrowedFd<'_>, xs: &[Xattr]) -> io::Result<()> {
     for x in xs {
-        rustix::fs::fsetxattr(
-            fd,
-            OsStr::from_bytes(&x.name),
-            &x.value,
-            rustix::fs::XattrFlags::empty(),
-        )
-        .map_err(|e| {
-            io::Error::new(
-                io::Error::from(e).kind(),
-                format!("setting xattr {}: {e}", String::from_utf8_lossy(&x.name)),
-            )
-        })?;
+        rustix::fs::fsetxattr(fd, OsStr::from_bytes(&x.name), &x.value, rustix::fs::XattrFlags::empty()).map_err(
+            |e| {
+                io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("setting xattr {}: {e}", String::from_utf8_lossy(&x.name)),
+                )
+            },
+        )?;
     }
     Ok(())
 }
@@ -212,14 +198,8 @@ pub fn data_regions(fd: BorrowedFd<'_>, size: u64) -> io::Result<Vec<(u64, u64)>
 
 /// Set mtime (and atime to the same value) on `name` in `dir` without following it.
 pub fn set_times_at(dir: BorrowedFd<'_>, name: &[u8], sec: i64, nsec: u32) -> io::Result<()> {
-    let ts = rustix::fs::Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec as _,
-    };
-    let t = rustix::fs::Timestamps {
-        last_access: ts,
-        last_modification: ts,
-    };
+    let ts = rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec as _ };
+    let t = rustix::fs::Timestamps { last_access: ts, last_modification: ts };
     let n = cname(if name.is_empty() { b"." } else { name })?;
     rustix::fs::utimensat(dir, n.as_c_str(), &t, AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(())
@@ -227,17 +207,8 @@ pub fn set_times_at(dir: BorrowedFd<'_>, name: &[u8], sec: i64, nsec: u32) -> io
 
 /// Set mtime on an open file.
 pub fn set_times_fd(fd: BorrowedFd<'_>, sec: i64, nsec: u32) -> io::Result<()> {
-    let ts = rustix::fs::Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec as _,
-    };
-    rustix::fs::futimens(
-        fd,
-        &rustix::fs::Timestamps {
-            last_access: ts,
-            last_modification: ts,
-        },
-    )?;
+    let ts = rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec as _ };
+    rustix::fs::futimens(fd, &rustix::fs::Timestamps { last_access: ts, last_modification: ts })?;
     Ok(())
 }
 

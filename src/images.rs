@@ -46,14 +46,8 @@ pub fn check_name(name: &str) -> Result<()> {
         && name.len() <= 64
         && !name.starts_with('.')
         && !name.starts_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ImageError::BadName(name.into()))
-    }
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok { Ok(()) } else { Err(ImageError::BadName(name.into())) }
 }
 
 /// A parsed image reference.
@@ -83,6 +77,7 @@ pub fn parse_ref(s: &str) -> Result<ImageRef> {
 }
 
 /// The data dir: store plus inventory.
+#[derive(Clone)]
 pub struct Inventory {
     /// Data directory.
     pub data_dir: PathBuf,
@@ -105,18 +100,13 @@ pub fn stored_bytes(store: &Store, m: &Manifest) -> u64 {
     m.chunk_refs()
         .filter(|(_, c)| seen.insert(c.id))
         .map(|(_, c)| {
-            store
-                .locate(&c.id)
-                .map(|l| l.stored_len as u64 + store::pack::RECORD_HEADER_LEN as u64)
-                .unwrap_or(0)
+            store.locate(&c.id).map(|l| l.stored_len as u64 + store::pack::RECORD_HEADER_LEN as u64).unwrap_or(0)
         })
         .sum()
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ImageError::Join(e.to_string()))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| ImageError::Join(e.to_string()))?
 }
 
 impl Inventory {
@@ -125,10 +115,7 @@ impl Inventory {
         std::fs::create_dir_all(data_dir)
             .map_err(store::io_err(format!("creating data dir {}", data_dir.display())))?;
         let db = Db::open(data_dir).await?;
-        Ok(Inventory {
-            data_dir: data_dir.into(),
-            db,
-        })
+        Ok(Inventory { data_dir: data_dir.into(), db })
     }
 
     /// Resolve `NAME`, `NAME@N` or a manifest id (prefix of at least 8 hex digits).
@@ -172,26 +159,14 @@ impl Inventory {
         // The store lock is held until the image is recorded, so gc cannot see the new
         // manifest as garbage in between.
         let row = self
-            .record(
-                name,
-                &cap.id,
-                &source.display().to_string(),
-                &cap.manifest,
-                stored,
-                cap.stats.added_bytes,
-            )
+            .record(name, &cap.id, &source.display().to_string(), &cap.manifest, stored, cap.stats.added_bytes)
             .await?;
         drop(store);
         self.db
             .event(
                 None,
                 "image.capture",
-                &format!(
-                    "captured {} version {} from {}",
-                    row.name,
-                    row.version,
-                    source.display()
-                ),
+                &format!("captured {} version {} from {}", row.name, row.version, source.display()),
             )
             .await?;
         Ok((row, cap))
@@ -207,11 +182,7 @@ impl Inventory {
         stored: u64,
         added: u64,
     ) -> Result<ImageRow> {
-        let files = m
-            .entries
-            .iter()
-            .filter(|e| matches!(e.kind, store::manifest::Kind::File { .. }))
-            .count();
+        let files = m.entries.iter().filter(|e| matches!(e.kind, store::manifest::Kind::File { .. })).count();
         let hex = store::hex_id(id);
         Ok(self
             .db
@@ -242,9 +213,7 @@ impl Inventory {
         if count == 0 {
             return Err(ImageError::NotFound(s.into()));
         }
-        self.db
-            .event(None, "image.delete", &format!("deleted {s} ({count} version(s))"))
-            .await?;
+        self.db.event(None, "image.delete", &format!("deleted {s} ({count} version(s))")).await?;
         Ok(count)
     }
 
@@ -273,16 +242,9 @@ impl Inventory {
         // Take the exclusive lock first, then read the live set: a capture that finished
         // before we got the lock has recorded its image by then.
         let store = blocking(move || Ok(Store::open(&dd, LockMode::Exclusive)?)).await?;
-        let live: Vec<ChunkId> = db
-            .live_manifests()
-            .await?
-            .iter()
-            .filter_map(|h| store::parse_id(h))
-            .collect();
+        let live: Vec<ChunkId> = db.live_manifests().await?.iter().filter_map(|h| store::parse_id(h)).collect();
         let rep = blocking(move || Ok(store::gc::gc(&store, &live)?)).await?;
-        self.db
-            .event(None, "image.gc", &format!("gc freed {} bytes", rep.freed_bytes))
-            .await?;
+        self.db.event(None, "image.gc", &format!("gc freed {} bytes", rep.freed_bytes)).await?;
         Ok(rep)
     }
 }

@@ -6,9 +6,13 @@
 pub mod archive;
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod db;
 pub mod deploy;
 pub mod fsx;
+pub mod http;
 pub mod images;
+pub mod nodes;
 pub mod progress;
+pub mod remote;
 pub mod store;

@@ -64,16 +64,10 @@ impl Progress {
             *last = Instant::now();
             let secs = self.started.elapsed().as_secs_f64().max(0.001);
             match self.total {
-                Some(t) => tracing::info!(
-                    "{}: {f} files, {b} of {t} bytes ({:.0} MB/s)",
-                    self.what,
-                    b as f64 / secs / 1e6
-                ),
-                None => tracing::info!(
-                    "{}: {f} files, {b} bytes ({:.0} MB/s)",
-                    self.what,
-                    b as f64 / secs / 1e6
-                ),
+                Some(t) => {
+                    tracing::info!("{}: {f} files, {b} of {t} bytes ({:.0} MB/s)", self.what, b as f64 / secs / 1e6)
+                }
+                None => tracing::info!("{}: {f} files, {b} bytes ({:.0} MB/s)", self.what, b as f64 / secs / 1e6),
             }
         }
     }

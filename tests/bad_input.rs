@@ -25,16 +25,8 @@ fn hostile_tars_are_rejected_or_confined() {
     let sb = Sandbox::new();
     let cases = [
         ("dotdot", "d('a')\nf('a/../../escaped')", "'..'"),
-        (
-            "symlink-escape",
-            "sl('link', '/tmp')\nf('link/pwned')",
-            "not a directory",
-        ),
-        (
-            "symlink-escape-rel",
-            "sl('up', '../..')\nf('up/pwned')",
-            "not a directory",
-        ),
+        ("symlink-escape", "sl('link', '/tmp')\nf('link/pwned')", "not a directory"),
+        ("symlink-escape-rel", "sl('up', '../..')\nf('up/pwned')", "not a directory"),
         ("hardlink-escape", "hl('h', '../../etc/passwd')", "'..'"),
         ("hardlink-missing", "hl('h', 'nowhere')", "hard link"),
         ("hardlink-to-dir", "d('x')\nhl('h', 'x')", "hard link"),
@@ -91,10 +83,7 @@ fn bad_names_and_targets_are_refused() {
     let err = sb.fails(&["deploy", "ok", full.to_str().unwrap()]);
     assert!(err.contains("not empty"), "{err}");
     assert_eq!(std::fs::read(full.join("keep")).unwrap(), b"mine");
-    assert!(
-        sb.fails(&["deploy", "nope", sb.path("o").to_str().unwrap()])
-            .contains("no image")
-    );
+    assert!(sb.fails(&["deploy", "nope", sb.path("o").to_str().unwrap()]).contains("no image"));
     let err = sb.fails(&["capture", "--name", "p", "--exclude", "a[", src.to_str().unwrap()]);
     assert!(err.contains("bad exclude pattern"), "{err}");
 }
@@ -106,16 +95,9 @@ fn unreadable_files_are_listed_or_skipped_with_a_warning() {
     std::fs::create_dir_all(src.join("d")).unwrap();
     std::fs::write(src.join("readable"), b"ok").unwrap();
     std::fs::write(src.join("d/secret"), b"root only").unwrap();
-    sh(&format!(
-        "chmod 600 '{0}/d/secret' && chmod 755 '{0}' '{0}/d' && chmod 644 '{0}/readable'",
-        src.display()
-    ));
+    sh(&format!("chmod 600 '{0}/d/secret' && chmod 755 '{0}' '{0}/d' && chmod 644 '{0}/readable'", src.display()));
     std::fs::create_dir_all(sb.data()).unwrap();
-    sh(&format!(
-        "chown -R 65534:65534 '{}' && chmod 755 '{}'",
-        sb.data().display(),
-        sb.dir.path().display()
-    ));
+    sh(&format!("chown -R 65534:65534 '{}' && chmod 755 '{}'", sb.data().display(), sb.dir.path().display()));
     // Run as nobody, for whom d/secret is unreadable.
     let run = |extra: &[&str]| {
         let mut c = Command::new("setpriv");
@@ -131,10 +113,7 @@ fn unreadable_files_are_listed_or_skipped_with_a_warning() {
     };
     let o = run(&[]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("/d/secret") && err.contains("--skip-unreadable"),
-        "{err}"
-    );
+    assert!(!o.status.success() && err.contains("/d/secret") && err.contains("--skip-unreadable"), "{err}");
     let o = run(&["--skip-unreadable", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -158,10 +137,7 @@ fn full_disk_is_a_clear_error_and_the_store_stays_consistent() {
     std::fs::write(src.join("small"), b"fits").unwrap();
     let data = sb.data();
     std::fs::create_dir_all(&data).unwrap();
-    sh(&format!(
-        "mount -t tmpfs -o size=6m understudy-test '{}'",
-        data.display()
-    ));
+    sh(&format!("mount -t tmpfs -o size=6m understudy-test '{}'", data.display()));
     let _m = Mount(data.clone());
     sb.ok(&["capture", "--name", "small", src.to_str().unwrap()]);
     for i in 0..12u64 {

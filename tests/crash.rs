@@ -6,9 +6,7 @@ use common::*;
 use std::time::Duration;
 
 fn packs(sb: &Sandbox) -> usize {
-    std::fs::read_dir(sb.data().join("store/packs"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(sb.data().join("store/packs")).map(|d| d.count()).unwrap_or(0)
 }
 
 #[test]
@@ -29,10 +27,7 @@ fn killed_captures_leave_a_consistent_reusable_store() {
     // Kill at increasing delays; the last ones land after some packs are sealed.
     let mut killed = 0;
     for (round, ms) in [5u64, 60, 150, 300, 500, 800, 1200].into_iter().enumerate() {
-        let mut child = sb
-            .cmd(&["capture", "--name", "big", "-q", src.to_str().unwrap()])
-            .spawn()
-            .unwrap();
+        let mut child = sb.cmd(&["capture", "--name", "big", "-q", src.to_str().unwrap()]).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(ms));
         let finished = child.try_wait().unwrap().is_some();
         let _ = child.kill(); // SIGKILL
@@ -62,10 +57,7 @@ fn killed_captures_leave_a_consistent_reusable_store() {
     let stored = cap["stored_bytes"].as_u64().unwrap();
     let added = cap["added_bytes"].as_u64().unwrap();
     if sealed > 0 {
-        assert!(
-            added < stored,
-            "packs written by killed captures were not reused ({added} of {stored})"
-        );
+        assert!(added < stored, "packs written by killed captures were not reused ({added} of {stored})");
     }
     assert!(sb.ok(&["images", "verify"]).contains("0 fault"));
     let out = sb.path("out");

@@ -33,10 +33,7 @@ fn flipped_byte_in_a_pack_is_named_and_blocks_deploy() {
     let o = sb.run(&["images", "verify"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(!o.status.success(), "verify passed a corrupt pack");
-    assert!(
-        text.contains("image img@1") && text.contains("/big") && text.contains("corrupt"),
-        "{text}"
-    );
+    assert!(text.contains("image img@1") && text.contains("/big") && text.contains("corrupt"), "{text}");
     assert!(!text.contains("/small"), "the intact file was blamed: {text}");
 
     let out = sb.path("out");
@@ -53,10 +50,7 @@ fn damaged_index_is_reported_then_rebuilt_from_its_pack() {
     let o = sb.run(&["images", "verify"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(!o.status.success());
-    assert!(
-        text.contains("store index") && text.contains("missing") && text.contains("/big"),
-        "{text}"
-    );
+    assert!(text.contains("store index") && text.contains("missing") && text.contains("/big"), "{text}");
     // The next writer rebuilds the index from the self-describing pack.
     sb.ok(&["capture", "--name", "other", src.to_str().unwrap()]);
     assert!(sb.ok(&["images", "verify"]).contains("0 fault"));
@@ -70,12 +64,7 @@ fn truncated_pack_and_corrupt_manifest_are_faults_not_panics() {
     let (sb, _src) = setup();
     let pack = files_in(&sb.data().join("store/packs")).remove(0);
     let len = std::fs::metadata(&pack).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&pack)
-        .unwrap()
-        .set_len(len / 3)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(len / 3).unwrap();
     let o = sb.run(&["images", "verify"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("/big"));
@@ -84,10 +73,7 @@ fn truncated_pack_and_corrupt_manifest_are_faults_not_panics() {
     std::fs::write(&mf, b"\x28\xb5\x2f\xfd garbage").unwrap();
     let o = sb.run(&["images", "verify"]);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        !o.status.success() && text.contains("manifest") && text.contains("img@1"),
-        "{text}"
-    );
+    assert!(!o.status.success() && text.contains("manifest") && text.contains("img@1"), "{text}");
     let err = sb.fails(&["deploy", "img", sb.path("out").to_str().unwrap()]);
     assert!(err.contains("manifest"), "{err}");
     // gc refuses to run when it cannot read what an image reaches.

@@ -20,11 +20,7 @@ fn capture_deploy_round_trip_is_exact() {
     assert_eq!(diff, "", "rsync sees differences");
     assert_eq!(read_deep(&out), b"at the bottom of a very long path");
     // Sparse files stay sparse.
-    assert!(
-        allocated(&out.join("sparse")) < 2 << 20,
-        "sparse file was filled in: {}",
-        allocated(&out.join("sparse"))
-    );
+    assert!(allocated(&out.join("sparse")) < 2 << 20, "sparse file was filled in: {}", allocated(&out.join("sparse")));
     assert!(allocated(&out.join("all-hole")) < 64 << 10);
 
     // The deployed tree, captured again, is the same image down to the manifest id:
@@ -66,11 +62,7 @@ fn gnu_tar_extracts_our_export() {
     sb.ok(&["images", "export", "t", "-o", tar.to_str().unwrap()]);
     let gnu = sb.path("gnu");
     std::fs::create_dir(&gnu).unwrap();
-    sh(&format!(
-        "tar --xattrs --xattrs-include='*' --numeric-owner -xpf '{}' -C '{}'",
-        tar.display(),
-        gnu.display()
-    ));
+    sh(&format!("tar --xattrs --xattrs-include='*' --numeric-owner -xpf '{}' -C '{}'", tar.display(), gnu.display()));
     assert_eq!(rsync_diff(&src, &gnu, &["--exclude=/sock"]), "");
     assert!(allocated(&gnu.join("sparse")) < 2 << 20, "GNU tar filled the holes");
 }

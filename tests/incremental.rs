@@ -29,19 +29,12 @@ fn changed_tree_stores_only_new_chunks() {
     }
     let first = sb.json(&["capture", "--name", "img", "--json", src.to_str().unwrap()]);
     let mut data = noise(1 << 20, 120);
-    data.splice(
-        500_000..500_000,
-        b"an insertion that shifts everything after it".iter().copied(),
-    );
+    data.splice(500_000..500_000, b"an insertion that shifts everything after it".iter().copied());
     std::fs::write(src.join("f20"), &data).unwrap();
     let second = sb.json(&["capture", "--name", "img", "--json", src.to_str().unwrap()]);
     assert_ne!(second["id"], first["id"]);
     assert_eq!(second["reused_files"], 39);
-    assert_eq!(
-        second["read_bytes"].as_u64().unwrap(),
-        data.len() as u64,
-        "only the changed file is read"
-    );
+    assert_eq!(second["read_bytes"].as_u64().unwrap(), data.len() as u64, "only the changed file is read");
     let added = second["added_bytes"].as_u64().unwrap();
     // Content-defined chunking: only the chunk(s) around the insertion are new.
     assert!(added > 0 && added < 600 << 10, "added {added} bytes for one insertion");
@@ -104,16 +97,9 @@ fn gc_waits_for_a_running_capture_and_keeps_its_data() {
     sb.ok(&["capture", "--name", "old", old.to_str().unwrap()]);
     sb.ok(&["images", "delete", "old"]);
 
-    let capture = sb
-        .cmd(&["capture", "--name", "live", "-q", src.to_str().unwrap()])
-        .spawn()
-        .unwrap();
+    let capture = sb.cmd(&["capture", "--name", "live", "-q", src.to_str().unwrap()]).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(150));
-    let gc = sb
-        .cmd(&["images", "gc", "--json"])
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
+    let gc = sb.cmd(&["images", "gc", "--json"]).env("RUST_LOG", "info").output().unwrap();
     let out = capture.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));

@@ -31,10 +31,7 @@ impl Read for ChunkReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
             let Some(c) = self.chunks.next() else { return Ok(0) };
-            self.buf = self
-                .src
-                .read_chunk(&c.id)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.buf = self.src.read_chunk(&c.id).map_err(|e| std::io::Error::other(e.to_string()))?;
             self.pos = 0;
         }
         let n = out.len().min(self.buf.len() - self.pos);
@@ -94,10 +91,7 @@ fn base_header(e: &Entry, ty: EntryType, pax: &mut Vec<(String, Vec<u8>)>) -> He
 }
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> ArchiveError + '_ {
-    move |source| ArchiveError::Io {
-        what: what.to_string(),
-        source,
-    }
+    move |source| ArchiveError::Io { what: what.to_string(), source }
 }
 
 fn append<W: Write>(
@@ -107,8 +101,7 @@ fn append<W: Write>(
     data: impl Read,
 ) -> Result<(), ArchiveError> {
     if !pax.is_empty() {
-        b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-            .map_err(io("writing archive"))?;
+        b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).map_err(io("writing archive"))?;
     }
     h.set_cksum();
     b.append(h, data).map_err(io("writing archive"))
@@ -176,17 +169,12 @@ pub fn export<W: Write>(src: &dyn ChunkSource, m: &Manifest, out: W, quiet: bool
                 append(&mut b, &pax, &mut h, std::io::empty())?;
             }
             Kind::CharDev { rdev } | Kind::BlockDev { rdev } => {
-                let ty = if matches!(data_entry.kind, Kind::CharDev { .. }) {
-                    EntryType::Char
-                } else {
-                    EntryType::Block
-                };
+                let ty =
+                    if matches!(data_entry.kind, Kind::CharDev { .. }) { EntryType::Char } else { EntryType::Block };
                 let mut h = base_header(data_entry, ty, &mut pax);
                 set_name(&mut h, &e.path, false, &mut pax);
-                h.set_device_major(rustix::fs::major(*rdev))
-                    .map_err(io("device number"))?;
-                h.set_device_minor(rustix::fs::minor(*rdev))
-                    .map_err(io("device number"))?;
+                h.set_device_major(rustix::fs::major(*rdev)).map_err(io("device number"))?;
+                h.set_device_minor(rustix::fs::minor(*rdev)).map_err(io("device number"))?;
                 append(&mut b, &pax, &mut h, std::io::empty())?;
             }
             Kind::Fifo => {
@@ -207,12 +195,7 @@ pub fn export<W: Write>(src: &dyn ChunkSource, m: &Manifest, out: W, quiet: bool
                 let chunks: Vec<ChunkRef> = extents.iter().flat_map(|x| x.chunks.iter().copied()).collect();
                 let data_len: u64 = extents.iter().map(|x| x.len()).sum();
                 let mut h = base_header(data_entry, EntryType::Regular, &mut pax);
-                let reader = ChunkReader {
-                    src,
-                    chunks: chunks.into_iter(),
-                    buf: Vec::new(),
-                    pos: 0,
-                };
+                let reader = ChunkReader { src, chunks: chunks.into_iter(), buf: Vec::new(), pos: 0 };
                 if is_dense(*size, extents) {
                     set_name(&mut h, &e.path, false, &mut pax);
                     h.set_size(*size);
@@ -248,10 +231,7 @@ pub fn export<W: Write>(src: &dyn ChunkSource, m: &Manifest, out: W, quiet: bool
         }
     }
     b.finish().map_err(io("finishing archive"))?;
-    b.into_inner()
-        .map_err(io("finishing archive"))?
-        .flush()
-        .map_err(io("flushing archive"))?;
+    b.into_inner().map_err(io("finishing archive"))?.flush().map_err(io("flushing archive"))?;
     progress.finish();
     Ok(st)
 }

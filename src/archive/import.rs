@@ -35,10 +35,7 @@ pub fn normalize(raw: &[u8]) -> Result<Vec<u8>, ArchiveError> {
         match c {
             b"" | b"." => continue,
             b".." => {
-                return Err(ArchiveError::Unsafe {
-                    path: lossy(raw),
-                    why: "path contains '..'".into(),
-                });
+                return Err(ArchiveError::Unsafe { path: lossy(raw), why: "path contains '..'".into() });
             }
             _ => {
                 if !out.is_empty() {
@@ -48,10 +45,7 @@ pub fn normalize(raw: &[u8]) -> Result<Vec<u8>, ArchiveError> {
             }
         }
     }
-    check_path(&out).map_err(|w| ArchiveError::Unsafe {
-        path: lossy(raw),
-        why: w.into(),
-    })?;
+    check_path(&out).map_err(|w| ArchiveError::Unsafe { path: lossy(raw), why: w.into() })?;
     Ok(out)
 }
 
@@ -66,15 +60,9 @@ pub fn parse_pax(mut data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
         if data.iter().all(|&b| b == 0) {
             break;
         }
-        let sp = data
-            .iter()
-            .take(20)
-            .position(|&b| b == b' ')
-            .ok_or("PAX record without a length")?;
-        let len: usize = std::str::from_utf8(&data[..sp])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or("PAX record with a bad length")?;
+        let sp = data.iter().take(20).position(|&b| b == b' ').ok_or("PAX record without a length")?;
+        let len: usize =
+            std::str::from_utf8(&data[..sp]).ok().and_then(|s| s.parse().ok()).ok_or("PAX record with a bad length")?;
         if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
             return Err("PAX record length does not match its contents".into());
         }
@@ -88,32 +76,17 @@ pub fn parse_pax(mut data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
 }
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> ArchiveError + '_ {
-    move |source| ArchiveError::Io {
-        what: what.to_string(),
-        source,
-    }
+    move |source| ArchiveError::Io { what: what.to_string(), source }
 }
 
 fn default_dir(path: Vec<u8>, mtime: i64) -> Entry {
-    Entry {
-        path,
-        kind: Kind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime,
-        mtime_nsec: 0,
-        xattrs: vec![],
-    }
+    Entry { path, kind: Kind::Dir, mode: 0o755, uid: 0, gid: 0, mtime, mtime_nsec: 0, xattrs: vec![] }
 }
 
 /// Read the PAX sparse 1.0 map at the start of an entry's data: (offset, len) pairs and
 /// the number of bytes the map block took.
 fn read_sparse_map(r: &mut impl Read, path: &[u8]) -> Result<(Vec<(u64, u64)>, u64), ArchiveError> {
-    let bad = |why: &str| ArchiveError::Malformed {
-        path: lossy(path),
-        why: format!("sparse map: {why}"),
-    };
+    let bad = |why: &str| ArchiveError::Malformed { path: lossy(path), why: format!("sparse map: {why}") };
     let mut consumed = 0u64;
     let mut line = Vec::new();
     let mut next_num = |r: &mut dyn Read, consumed: &mut u64| -> Result<u64, ArchiveError> {
@@ -130,10 +103,7 @@ fn read_sparse_map(r: &mut impl Read, path: &[u8]) -> Result<(Vec<(u64, u64)>, u
             }
             line.push(b[0]);
         }
-        std::str::from_utf8(&line)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("not a decimal number"))
+        std::str::from_utf8(&line).ok().and_then(|s| s.parse().ok()).ok_or_else(|| bad("not a decimal number"))
     };
     let n = next_num(r, &mut consumed)?;
     if n > 1 << 20 {
@@ -182,19 +152,15 @@ pub fn import(store: &Store, input: impl Read, quiet: bool) -> Result<(Manifest,
         match ty {
             EntryType::XGlobalHeader => {
                 global.extend(
-                    parse_pax(&read_meta(&mut member)?).map_err(|why| ArchiveError::Malformed {
-                        path: lossy(&header_path),
-                        why,
-                    })?,
+                    parse_pax(&read_meta(&mut member)?)
+                        .map_err(|why| ArchiveError::Malformed { path: lossy(&header_path), why })?,
                 );
                 continue;
             }
             EntryType::XHeader => {
                 local = Some(
-                    parse_pax(&read_meta(&mut member)?).map_err(|why| ArchiveError::Malformed {
-                        path: lossy(&header_path),
-                        why,
-                    })?,
+                    parse_pax(&read_meta(&mut member)?)
+                        .map_err(|why| ArchiveError::Malformed { path: lossy(&header_path), why })?,
                 );
                 continue;
             }
@@ -235,48 +201,32 @@ pub fn import(store: &Store, input: impl Read, quiet: bool) -> Result<(Manifest,
         };
         let path = normalize(&raw_path)?;
         let h = member.header().clone();
-        let num =
-            |k: &str, fallback: u64| -> Result<u64, ArchiveError> {
-                match get(k) {
-                    Some(v) => std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
-                        ArchiveError::Malformed {
-                            path: lossy(&raw_path),
-                            why: format!("bad pax {k}"),
-                        }
-                    }),
-                    None => Ok(fallback),
-                }
-            };
-        let hdr_err = |e: std::io::Error| ArchiveError::Malformed {
-            path: lossy(&raw_path),
-            why: e.to_string(),
+        let num = |k: &str, fallback: u64| -> Result<u64, ArchiveError> {
+            match get(k) {
+                Some(v) => std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| ArchiveError::Malformed { path: lossy(&raw_path), why: format!("bad pax {k}") }),
+                None => Ok(fallback),
+            }
         };
-        let uid = u32::try_from(num("uid", h.uid().map_err(hdr_err)?)?).map_err(|_| ArchiveError::Malformed {
-            path: lossy(&raw_path),
-            why: "uid out of range".into(),
-        })?;
-        let gid = u32::try_from(num("gid", h.gid().map_err(hdr_err)?)?).map_err(|_| ArchiveError::Malformed {
-            path: lossy(&raw_path),
-            why: "gid out of range".into(),
-        })?;
+        let hdr_err = |e: std::io::Error| ArchiveError::Malformed { path: lossy(&raw_path), why: e.to_string() };
+        let uid = u32::try_from(num("uid", h.uid().map_err(hdr_err)?)?)
+            .map_err(|_| ArchiveError::Malformed { path: lossy(&raw_path), why: "uid out of range".into() })?;
+        let gid = u32::try_from(num("gid", h.gid().map_err(hdr_err)?)?)
+            .map_err(|_| ArchiveError::Malformed { path: lossy(&raw_path), why: "gid out of range".into() })?;
         let (mtime, mtime_nsec) = match get("mtime") {
             Some(v) => std::str::from_utf8(v)
                 .ok()
                 .and_then(parse_pax_time)
-                .ok_or_else(|| ArchiveError::Malformed {
-                    path: lossy(&raw_path),
-                    why: "bad pax mtime".into(),
-                })?,
+                .ok_or_else(|| ArchiveError::Malformed { path: lossy(&raw_path), why: "bad pax mtime".into() })?,
             None => (h.mtime().map_err(hdr_err)? as i64, 0),
         };
         let mode = h.mode().map_err(hdr_err)? & 0o7777;
         let mut xattrs: Vec<Xattr> = pax
             .iter()
             .filter_map(|(k, v)| {
-                k.strip_prefix("SCHILY.xattr.").map(|n| Xattr {
-                    name: n.as_bytes().to_vec(),
-                    value: v.clone(),
-                })
+                k.strip_prefix("SCHILY.xattr.").map(|n| Xattr { name: n.as_bytes().to_vec(), value: v.clone() })
             })
             .collect();
         xattrs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -293,10 +243,7 @@ pub fn import(store: &Store, input: impl Read, quiet: bool) -> Result<(Manifest,
                             .cut_reader(r.take(len), len, |c| match store.put(c) {
                                 Ok((id, put)) => {
                                     st.added_bytes += put.added;
-                                    chunks.push(ChunkRef {
-                                        id,
-                                        len: c.len() as u32,
-                                    });
+                                    chunks.push(ChunkRef { id, len: c.len() as u32 });
                                     Ok(())
                                 }
                                 Err(e) => {
@@ -306,10 +253,7 @@ pub fn import(store: &Store, input: impl Read, quiet: bool) -> Result<(Manifest,
                             })
                             .map_err(|e| match store_err.take() {
                                 Some(se) => ArchiveError::Store(se),
-                                None => ArchiveError::Io {
-                                    what: format!("reading {}", lossy(&raw_path)),
-                                    source: e,
-                                },
+                                None => ArchiveError::Io { what: format!("reading {}", lossy(&raw_path)), source: e },
                             })?;
                         if got != len {
                             return Err(ArchiveError::Malformed {
@@ -402,11 +346,7 @@ pub fn import(store: &Store, input: impl Read, quiet: bool) -> Result<(Manifest,
                 let maj = h.device_major().map_err(hdr_err)?.unwrap_or(0);
                 let min = h.device_minor().map_err(hdr_err)?.unwrap_or(0);
                 let rdev = rustix::fs::makedev(maj, min);
-                if ty == EntryType::Char {
-                    Kind::CharDev { rdev }
-                } else {
-                    Kind::BlockDev { rdev }
-                }
+                if ty == EntryType::Char { Kind::CharDev { rdev } } else { Kind::BlockDev { rdev } }
             }
             EntryType::Fifo => Kind::Fifo,
             EntryType::XGlobalHeader => continue,
@@ -441,16 +381,7 @@ pub fn import(store: &Store, input: impl Read, quiet: bool) -> Result<(Manifest,
         for m in missing {
             map.insert(m.clone(), default_dir(m, mtime));
         }
-        let entry = Entry {
-            path: path.clone(),
-            kind,
-            mode,
-            uid,
-            gid,
-            mtime,
-            mtime_nsec,
-            xattrs,
-        };
+        let entry = Entry { path: path.clone(), kind, mode, uid, gid, mtime, mtime_nsec, xattrs };
         match map.get(&path).map(|e| &e.kind) {
             Some(Kind::Dir) if entry.kind != Kind::Dir => {
                 return Err(ArchiveError::Unsafe {
@@ -471,14 +402,8 @@ pub fn import(store: &Store, input: impl Read, quiet: bool) -> Result<(Manifest,
     progress.finish();
     let mut entries: Vec<Entry> = map.into_values().collect();
     entries.sort_by(|a, b| path_cmp(&a.path, &b.path));
-    let m = Manifest {
-        chunker: params,
-        entries,
-    };
-    m.validate().map_err(|e| ArchiveError::Malformed {
-        path: String::new(),
-        why: e.to_string(),
-    })?;
+    let m = Manifest { chunker: params, entries };
+    m.validate().map_err(|e| ArchiveError::Malformed { path: String::new(), why: e.to_string() })?;
     Ok((m, st))
 }
 

@@ -46,11 +46,7 @@ pub fn pax_time(sec: i64, nsec: u32) -> String {
     let sign = if total < 0 { "-" } else { "" };
     let a = total.unsigned_abs();
     let (s, n) = (a / 1_000_000_000, a % 1_000_000_000);
-    if n == 0 {
-        format!("{sign}{s}")
-    } else {
-        format!("{sign}{s}.{n:09}")
-    }
+    if n == 0 { format!("{sign}{s}") } else { format!("{sign}{s}.{n:09}") }
 }
 
 /// Parse a PAX decimal time into (sec, nsec).
@@ -83,14 +79,7 @@ mod tests {
 
     #[test]
     fn pax_times_round_trip() {
-        for (s, n) in [
-            (0, 0),
-            (1, 5),
-            (1_700_000_000, 123_456_789),
-            (-1, 500_000_000),
-            (-5, 0),
-            (-2, 1),
-        ] {
+        for (s, n) in [(0, 0), (1, 5), (1_700_000_000, 123_456_789), (-1, 500_000_000), (-5, 0), (-2, 1)] {
             assert_eq!(parse_pax_time(&pax_time(s, n)), Some((s, n)), "{s}.{n}");
         }
         assert_eq!(parse_pax_time("12.5"), Some((12, 500_000_000)));

@@ -20,12 +20,7 @@ pub struct ChunkerParams {
 
 impl ChunkerParams {
     /// The parameters of store format 1: 16 KiB / 64 KiB / 256 KiB, normalization 1.
-    pub const V1: ChunkerParams = ChunkerParams {
-        min: 16 * 1024,
-        avg: 64 * 1024,
-        max: 256 * 1024,
-        level: 1,
-    };
+    pub const V1: ChunkerParams = ChunkerParams { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024, level: 1 };
 
     fn normalization(&self) -> Normalization {
         match self.level {
@@ -44,13 +39,8 @@ impl ChunkerParams {
             }
             return Ok(());
         }
-        let cdc = FastCDC::with_level(
-            data,
-            self.min as usize,
-            self.avg as usize,
-            self.max as usize,
-            self.normalization(),
-        );
+        let cdc =
+            FastCDC::with_level(data, self.min as usize, self.avg as usize, self.max as usize, self.normalization());
         for c in cdc {
             f(&data[c.offset..c.offset + c.length])?;
         }
@@ -72,13 +62,8 @@ impl ChunkerParams {
             self.cut_slice(&buf, &mut f)?;
             return Ok(buf.len() as u64);
         }
-        let cdc = StreamCDC::with_level(
-            r,
-            self.min as usize,
-            self.avg as usize,
-            self.max as usize,
-            self.normalization(),
-        );
+        let cdc =
+            StreamCDC::with_level(r, self.min as usize, self.avg as usize, self.max as usize, self.normalization());
         let mut total = 0u64;
         for c in cdc {
             let c = c.map_err(|e| match e {

@@ -45,10 +45,7 @@ pub fn gc(store: &Store, live: &[ChunkId]) -> Result<GcReport> {
             rep.removed_manifests += 1;
         }
     }
-    for e in fs::read_dir(store.root.join("cache"))
-        .map_err(io_err("listing cache"))?
-        .flatten()
-    {
+    for e in fs::read_dir(store.root.join("cache")).map_err(io_err("listing cache"))?.flatten() {
         let name = e.file_name();
         let keep = name
             .to_str()
@@ -100,10 +97,7 @@ pub fn gc(store: &Store, live: &[ChunkId]) -> Result<GcReport> {
         fs::remove_file(&ip).map_err(io_err("removing index"))?;
         fs::remove_file(&pp).map_err(io_err("removing pack"))?;
         store.files.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        let added: u64 = records
-            .iter()
-            .map(|(_, (_, _, p))| (p.len() + pack::RECORD_HEADER_LEN) as u64)
-            .sum();
+        let added: u64 = records.iter().map(|(_, (_, _, p))| (p.len() + pack::RECORD_HEADER_LEN) as u64).sum();
         rep.freed_bytes += before.saturating_sub(added);
         rep.rewritten_packs += 1;
     }

@@ -271,10 +271,7 @@ impl Manifest {
                     if x.offset < end {
                         return Err(bad(&e.path, "overlapping or unordered extents"));
                     }
-                    end = x
-                        .offset
-                        .checked_add(x.len())
-                        .ok_or_else(|| bad(&e.path, "extent overflows"))?;
+                    end = x.offset.checked_add(x.len()).ok_or_else(|| bad(&e.path, "extent overflows"))?;
                 }
                 if end > *size {
                     return Err(bad(&e.path, "extents extend past the file size"));
@@ -320,11 +317,7 @@ impl Manifest {
 
 /// Printable form of an image path (lossy; for messages only).
 pub fn display_path(p: &[u8]) -> String {
-    if p.is_empty() {
-        "/".into()
-    } else {
-        format!("/{}", lossy(p))
-    }
+    if p.is_empty() { "/".into() } else { format!("/{}", lossy(p)) }
 }
 
 #[cfg(test)]
@@ -349,10 +342,7 @@ mod tests {
     }
 
     fn m(entries: Vec<Entry>) -> Manifest {
-        Manifest {
-            chunker: ChunkerParams::V1,
-            entries,
-        }
+        Manifest { chunker: ChunkerParams::V1, entries }
     }
 
     #[test]
@@ -364,18 +354,10 @@ mod tests {
                 "etc/f",
                 Kind::File {
                     size: 10,
-                    extents: vec![Extent {
-                        offset: 0,
-                        chunks: vec![ChunkRef { id: [1; 32], len: 10 }],
-                    }],
+                    extents: vec![Extent { offset: 0, chunks: vec![ChunkRef { id: [1; 32], len: 10 }] }],
                 },
             ),
-            with(
-                "etc/l",
-                Kind::Hardlink {
-                    target: b"etc/f".to_vec(),
-                },
-            ),
+            with("etc/l", Kind::Hardlink { target: b"etc/f".to_vec() }),
         ]);
         let enc = a.encode();
         assert_eq!(Manifest::decode(&enc).unwrap(), a);
@@ -397,16 +379,7 @@ mod tests {
             assert!(mf.validate().is_err(), "{bad_path} accepted");
         }
         // parent is a symlink
-        let mf = m(vec![
-            dir(""),
-            with(
-                "a",
-                Kind::Symlink {
-                    target: b"/etc".to_vec(),
-                },
-            ),
-            dir("a/x"),
-        ]);
+        let mf = m(vec![dir(""), with("a", Kind::Symlink { target: b"/etc".to_vec() }), dir("a/x")]);
         assert!(mf.validate().is_err());
         // missing parent
         assert!(m(vec![dir(""), dir("x/y")]).validate().is_err());
@@ -414,35 +387,12 @@ mod tests {
         assert!(m(vec![dir(""), dir("b"), dir("a")]).validate().is_err());
         assert!(m(vec![dir(""), dir("a"), dir("a")]).validate().is_err());
         // hard link to a directory or a missing path
-        assert!(
-            m(vec![
-                dir(""),
-                dir("a"),
-                with("l", Kind::Hardlink { target: b"a".to_vec() })
-            ])
-            .validate()
-            .is_err()
-        );
-        assert!(
-            m(vec![
-                dir(""),
-                with(
-                    "l",
-                    Kind::Hardlink {
-                        target: b"../x".to_vec()
-                    }
-                )
-            ])
-            .validate()
-            .is_err()
-        );
+        assert!(m(vec![dir(""), dir("a"), with("l", Kind::Hardlink { target: b"a".to_vec() })]).validate().is_err());
+        assert!(m(vec![dir(""), with("l", Kind::Hardlink { target: b"../x".to_vec() })]).validate().is_err());
         // extents past size
         let f = Kind::File {
             size: 5,
-            extents: vec![Extent {
-                offset: 0,
-                chunks: vec![ChunkRef { id: [0; 32], len: 10 }],
-            }],
+            extents: vec![Extent { offset: 0, chunks: vec![ChunkRef { id: [0; 32], len: 10 }] }],
         };
         assert!(m(vec![dir(""), with("f", f)]).validate().is_err());
         // no root

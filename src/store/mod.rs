@@ -136,6 +136,18 @@ struct Index {
     packs: Vec<ChunkId>,
 }
 
+/// Indexes shared between `Store` values of one long-running process.
+#[derive(Default)]
+pub struct IndexCache {
+    inner: Mutex<Option<CachedIndex>>,
+}
+
+struct CachedIndex {
+    ids: Vec<ChunkId>,
+    index: Arc<RwLock<Index>>,
+    problems: Vec<OpenProblem>,
+}
+
 /// A problem found while opening the store (a damaged index, say); the store still opens.
 #[derive(Debug, Clone)]
 pub struct OpenProblem {
@@ -159,8 +171,10 @@ pub struct Store {
     root: PathBuf,
     params: ChunkerParams,
     _lock: File,
-    index: RwLock<Index>,
+    index: Arc<RwLock<Index>>,
     writer: Mutex<Option<PackWriter>>,
+    /// Packs being made durable in the background; joined by `flush`.
+    sealing: Mutex<Vec<std::thread::JoinHandle<Result<()>>>>,
     files: Mutex<HashMap<u32, Arc<File>>>,
     problems: Vec<OpenProblem>,
 }
@@ -216,6 +230,16 @@ pub fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8]) -> std::io::Result
 impl Store {
     /// Create the store layout if needed and open it with the lock held in `mode`.
     pub fn open(data_dir: &Path, mode: LockMode) -> Result<Store> {
+        Store::open_with(data_dir, mode, None)
+    }
+
+    /// Open shared for reading, reusing indexes already loaded into `cache` when the set
+    /// of index files is unchanged (the server opens the store once per request).
+    pub fn open_cached(data_dir: &Path, cache: &IndexCache) -> Result<Store> {
+        Store::open_with(data_dir, LockMode::Shared, Some(cache))
+    }
+
+    fn open_with(data_dir: &Path, mode: LockMode, cache: Option<&IndexCache>) -> Result<Store> {
         let root = data_dir.join("store");
         for d in ["packs", "index", "manifests", "cache", "tmp"] {
             fs::create_dir_all(root.join(d)).map_err(io_err(format!("creating {}", root.join(d).display())))?;
@@ -233,11 +257,7 @@ impl Store {
         if rustix::fs::flock(&lock, nonblocking(op)).is_err() {
             tracing::info!(
                 "waiting for the store lock ({})",
-                if mode == LockMode::Exclusive {
-                    "running captures must finish"
-                } else {
-                    "gc is running"
-                }
+                if mode == LockMode::Exclusive { "running captures must finish" } else { "gc is running" }
             );
             rustix::fs::flock(&lock, op).map_err(|e| io_err("locking store")(e.into()))?;
         }
@@ -246,15 +266,16 @@ impl Store {
             root,
             params,
             _lock: lock,
-            index: RwLock::new(Index::default()),
+            index: Arc::new(RwLock::new(Index::default())),
             writer: Mutex::new(None),
+            sealing: Mutex::new(Vec::new()),
             files: Mutex::new(HashMap::new()),
             problems: Vec::new(),
         };
         if mode == LockMode::Exclusive {
             store.recover()?;
         }
-        store.load_index()?;
+        store.load_index(cache)?;
         Ok(store)
     }
 
@@ -262,10 +283,7 @@ impl Store {
     pub fn open_for_write(data_dir: &Path) -> Result<Store> {
         let root = data_dir.join("store");
         if root.join("lock").exists() {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(root.join("lock"))
-                .map_err(io_err("opening store lock"))?;
+            let f = OpenOptions::new().write(true).open(root.join("lock")).map_err(io_err("opening store lock"))?;
             let excl = rustix::fs::FlockOperation::NonBlockingLockExclusive;
             if rustix::fs::flock(&f, excl).is_ok() {
                 drop(f);
@@ -281,27 +299,17 @@ impl Store {
         let path = root.join("config");
         match fs::read(&path) {
             Ok(b) => {
-                let c: StoreConfig = serde_json::from_slice(&b).map_err(|e| StoreError::Config {
-                    path: path.clone(),
-                    why: e.to_string(),
-                })?;
+                let c: StoreConfig = serde_json::from_slice(&b)
+                    .map_err(|e| StoreError::Config { path: path.clone(), why: e.to_string() })?;
                 if c.format != pack::FORMAT_VERSION {
-                    return Err(StoreError::Config {
-                        path,
-                        why: format!("unsupported store format {}", c.format),
-                    });
+                    return Err(StoreError::Config { path, why: format!("unsupported store format {}", c.format) });
                 }
                 Ok(c.chunker)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let c = StoreConfig {
-                    format: pack::FORMAT_VERSION,
-                    chunker: ChunkerParams::V1,
-                };
-                let body = serde_json::to_vec_pretty(&c).map_err(|e| StoreError::Config {
-                    path: path.clone(),
-                    why: e.to_string(),
-                })?;
+                let c = StoreConfig { format: pack::FORMAT_VERSION, chunker: ChunkerParams::V1 };
+                let body = serde_json::to_vec_pretty(&c)
+                    .map_err(|e| StoreError::Config { path: path.clone(), why: e.to_string() })?;
                 write_atomic(&root.join("tmp"), &path, &body).map_err(io_err("writing store config"))?;
                 Ok(c.chunker)
             }
@@ -374,27 +382,32 @@ impl Store {
         self.list_ids("manifests", "mf")
     }
 
-    fn load_index(&mut self) -> Result<()> {
+    fn load_index(&mut self, cache: Option<&IndexCache>) -> Result<()> {
+        let ids = self.list_ids("index", "idx")?;
+        if let Some(c) = cache {
+            let guard = c.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = guard.as_ref()
+                && c.ids == ids
+            {
+                self.index = c.index.clone();
+                self.problems = c.problems.clone();
+                return Ok(());
+            }
+        }
         let mut idx = Index::default();
         let mut problems = Vec::new();
-        for pid in self.list_ids("index", "idx")? {
+        for pid in ids.iter().copied() {
             let p = self.index_path(&pid);
             let entries = match fs::read(&p) {
                 Ok(b) => match pack::decode_index(&b) {
                     Ok(e) => e,
                     Err(e) => {
-                        problems.push(OpenProblem {
-                            file: p,
-                            why: e.to_string(),
-                        });
+                        problems.push(OpenProblem { file: p, why: e.to_string() });
                         continue;
                     }
                 },
                 Err(e) => {
-                    problems.push(OpenProblem {
-                        file: p,
-                        why: e.to_string(),
-                    });
+                    problems.push(OpenProblem { file: p, why: e.to_string() });
                     continue;
                 }
             };
@@ -414,8 +427,12 @@ impl Store {
         for p in &problems {
             tracing::warn!(file = %p.file.display(), "damaged store index: {}", p.why);
         }
+        self.index = Arc::new(RwLock::new(idx));
+        if let Some(c) = cache {
+            *c.inner.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(CachedIndex { ids, index: self.index.clone(), problems: problems.clone() });
+        }
         self.problems = problems;
-        *self.index.write().unwrap_or_else(|e| e.into_inner()) = idx;
         Ok(())
     }
 
@@ -428,10 +445,7 @@ impl Store {
         }
         for pid in self.pack_ids()? {
             let ip = self.index_path(&pid);
-            let ok = fs::read(&ip)
-                .ok()
-                .map(|b| pack::decode_index(&b).is_ok())
-                .unwrap_or(false);
+            let ok = fs::read(&ip).ok().map(|b| pack::decode_index(&b).is_ok()).unwrap_or(false);
             if ok {
                 continue;
             }
@@ -450,13 +464,7 @@ impl Store {
 
     /// Is this chunk stored (or pending in the open pack)?
     pub fn contains(&self, id: &ChunkId) -> bool {
-        if self
-            .index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .map
-            .contains_key(id)
-        {
+        if self.index.read().unwrap_or_else(|e| e.into_inner()).map.contains_key(id) {
             return true;
         }
         let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -465,12 +473,7 @@ impl Store {
 
     /// Location of a stored chunk.
     pub fn locate(&self, id: &ChunkId) -> Option<Loc> {
-        self.index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .map
-            .get(id)
-            .copied()
+        self.index.read().unwrap_or_else(|e| e.into_inner()).map.get(id).copied()
     }
 
     /// Number of chunks in the index.
@@ -490,16 +493,11 @@ impl Store {
         if self.contains(&id) {
             return Ok(PutStats::default());
         }
-        let raw_len = u32::try_from(data.len()).map_err(|_| StoreError::ChunkCorrupt {
-            id,
-            why: "chunk larger than 4 GiB".into(),
-        })?;
+        let raw_len = u32::try_from(data.len())
+            .map_err(|_| StoreError::ChunkCorrupt { id, why: "chunk larger than 4 GiB".into() })?;
         let compressed = compress(data).map_err(io_err("compressing chunk"))?;
-        let (flags, payload): (u8, &[u8]) = if compressed.len() < data.len() {
-            (FLAG_ZSTD, &compressed)
-        } else {
-            (FLAG_RAW, data)
-        };
+        let (flags, payload): (u8, &[u8]) =
+            if compressed.len() < data.len() { (FLAG_ZSTD, &compressed) } else { (FLAG_RAW, data) };
         self.append_record(id, flags, raw_len, payload)
     }
 
@@ -511,9 +509,7 @@ impl Store {
         if guard.is_none() {
             *guard = Some(self.new_pack_writer()?);
         }
-        let Some(w) = guard.as_mut() else {
-            unreachable!("writer was just created")
-        };
+        let Some(w) = guard.as_mut() else { unreachable!("writer was just created") };
         let hdr = pack::record_header(&id, flags, raw_len, payload.len() as u32);
         let offset = w.len as u32;
         let what = || format!("writing pack {}", w.tmp_path.display());
@@ -523,109 +519,62 @@ impl Store {
         w.hasher.update(payload);
         let added = (RECORD_HEADER_LEN + payload.len()) as u64;
         w.len += added;
-        w.entries.push(IndexEntry {
-            id,
-            offset,
-            stored_len: payload.len() as u32,
-            raw_len,
-            flags,
-        });
+        w.entries.push(IndexEntry { id, offset, stored_len: payload.len() as u32, raw_len, flags });
         w.pending.insert(id);
         if w.len >= PACK_TARGET
             && let Some(w) = guard.take()
         {
-            self.seal(w)?;
+            drop(guard);
+            // fsync takes long: seal in the background so workers keep going.
+            let (root, index) = (self.root.clone(), self.index.clone());
+            let h = std::thread::spawn(move || seal_pack(&root, &index, w));
+            self.sealing.lock().unwrap_or_else(|e| e.into_inner()).push(h);
         }
         Ok(PutStats { added })
     }
 
     fn new_pack_writer(&self) -> Result<PackWriter> {
-        let tmp_path = self
-            .tmp_dir()
-            .join(format!("pack-{}-{}", std::process::id(), rand::random::<u64>()));
+        let tmp_path = self.tmp_dir().join(format!("pack-{}-{}", std::process::id(), rand::random::<u64>()));
         let f = File::create(&tmp_path).map_err(io_err(format!("creating {}", tmp_path.display())))?;
         let mut out = BufWriter::with_capacity(1 << 20, f);
         let hdr = pack::pack_header();
         out.write_all(&hdr).map_err(io_err("writing pack header"))?;
         let mut hasher = blake3::Hasher::new();
         hasher.update(&hdr);
-        Ok(PackWriter {
-            tmp_path,
-            out,
-            hasher,
-            len: hdr.len() as u64,
-            entries: Vec::new(),
-            pending: HashSet::new(),
-        })
-    }
-
-    /// Make a finished pack durable, then its index, then publish its chunks.
-    fn seal(&self, w: PackWriter) -> Result<()> {
-        let PackWriter {
-            tmp_path,
-            out,
-            hasher,
-            entries,
-            ..
-        } = w;
-        let res = (|| {
-            let f = out.into_inner().map_err(|e| io_err("flushing pack")(e.into_error()))?;
-            f.sync_all().map_err(io_err("syncing pack"))?;
-            drop(f);
-            let pid = *hasher.finalize().as_bytes();
-            let dest = self.pack_path(&pid);
-            fs::rename(&tmp_path, &dest).map_err(io_err("publishing pack"))?;
-            sync_dir(&self.root.join("packs")).map_err(io_err("syncing packs directory"))?;
-            write_atomic(&self.tmp_dir(), &self.index_path(&pid), &pack::encode_index(&entries))
-                .map_err(io_err("writing pack index"))?;
-            Ok(pid)
-        })();
-        let pid = match res {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp_path);
-                return Err(e);
-            }
-        };
-        let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
-        let n = idx.packs.len() as u32;
-        idx.packs.push(pid);
-        for e in entries {
-            idx.map.entry(e.id).or_insert(Loc {
-                pack: n,
-                offset: e.offset,
-                stored_len: e.stored_len,
-                raw_len: e.raw_len,
-                flags: e.flags,
-            });
-        }
-        Ok(())
+        Ok(PackWriter { tmp_path, out, hasher, len: hdr.len() as u64, entries: Vec::new(), pending: HashSet::new() })
     }
 
     /// Seal the open pack, if any, so that everything put so far is durable.
     pub fn flush(&self) -> Result<()> {
         let w = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match w {
-            Some(w) if !w.entries.is_empty() => self.seal(w),
+        let mut res = match w {
+            Some(w) if !w.entries.is_empty() => seal_pack(&self.root, &self.index, w),
             Some(w) => {
                 let _ = fs::remove_file(&w.tmp_path);
                 Ok(())
             }
             None => Ok(()),
+        };
+        let handles: Vec<_> = self.sealing.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        for h in handles {
+            let r = h.join().unwrap_or_else(|_| {
+                Err(StoreError::Io {
+                    what: "sealing pack".into(),
+                    source: std::io::Error::other("sealer thread panicked"),
+                })
+            });
+            if res.is_ok() {
+                res = r;
+            }
         }
+        res
     }
 
     fn pack_file(&self, n: u32) -> Result<Arc<File>> {
         if let Some(f) = self.files.lock().unwrap_or_else(|e| e.into_inner()).get(&n) {
             return Ok(f.clone());
         }
-        let pid = self
-            .index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .packs
-            .get(n as usize)
-            .copied();
+        let pid = self.index.read().unwrap_or_else(|e| e.into_inner()).packs.get(n as usize).copied();
         let Some(pid) = pid else {
             return Err(StoreError::Io {
                 what: "pack lookup".into(),
@@ -634,10 +583,7 @@ impl Store {
         };
         let p = self.pack_path(&pid);
         let f = Arc::new(File::open(&p).map_err(io_err(format!("opening pack {}", p.display())))?);
-        self.files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(n, f.clone());
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(n, f.clone());
         Ok(f)
     }
 
@@ -647,22 +593,14 @@ impl Store {
         let (flags, raw_len, payload) = self.read_payload(id, loc)?;
         let data = match flags {
             FLAG_RAW => payload,
-            _ => zstd::bulk::decompress(&payload, raw_len as usize).map_err(|e| StoreError::ChunkCorrupt {
-                id: *id,
-                why: format!("zstd: {e}"),
-            })?,
+            _ => zstd::bulk::decompress(&payload, raw_len as usize)
+                .map_err(|e| StoreError::ChunkCorrupt { id: *id, why: format!("zstd: {e}") })?,
         };
         if data.len() != raw_len as usize {
-            return Err(StoreError::ChunkCorrupt {
-                id: *id,
-                why: "wrong length after decompression".into(),
-            });
+            return Err(StoreError::ChunkCorrupt { id: *id, why: "wrong length after decompression".into() });
         }
         if blake3::hash(&data).as_bytes() != id {
-            return Err(StoreError::ChunkCorrupt {
-                id: *id,
-                why: "content does not match its hash".into(),
-            });
+            return Err(StoreError::ChunkCorrupt { id: *id, why: "content does not match its hash".into() });
         }
         Ok(data)
     }
@@ -672,19 +610,11 @@ impl Store {
         let f = self.pack_file(loc.pack)?;
         let mut buf = vec![0u8; RECORD_HEADER_LEN + loc.stored_len as usize];
         f.read_exact_at(&mut buf, loc.offset as u64)
-            .map_err(|e| StoreError::ChunkCorrupt {
-                id: *id,
-                why: format!("reading pack: {e}"),
-            })?;
-        let (rid, flags, raw, stored) = pack::parse_record_header(&buf).map_err(|e| StoreError::ChunkCorrupt {
-            id: *id,
-            why: e.to_string(),
-        })?;
+            .map_err(|e| StoreError::ChunkCorrupt { id: *id, why: format!("reading pack: {e}") })?;
+        let (rid, flags, raw, stored) =
+            pack::parse_record_header(&buf).map_err(|e| StoreError::ChunkCorrupt { id: *id, why: e.to_string() })?;
         if rid != *id || flags != loc.flags || raw != loc.raw_len || stored != loc.stored_len {
-            return Err(StoreError::ChunkCorrupt {
-                id: *id,
-                why: "pack record does not match its index entry".into(),
-            });
+            return Err(StoreError::ChunkCorrupt { id: *id, why: "pack record does not match its index entry".into() });
         }
         buf.drain(..RECORD_HEADER_LEN);
         Ok((flags, raw, buf))
@@ -695,12 +625,20 @@ impl Store {
         let enc = m.encode();
         let id = *blake3::hash(&enc).as_bytes();
         let path = self.manifest_path(&id);
-        if path.exists() && self.read_manifest(&id).is_ok() {
+        if self.manifest_intact(&id) {
             return Ok(id);
         }
         let z = zstd::bulk::compress(&enc, ZSTD_LEVEL).map_err(io_err("compressing manifest"))?;
         write_atomic(&self.tmp_dir(), &path, &z).map_err(io_err("writing manifest"))?;
         Ok(id)
+    }
+
+    /// Is the stored manifest present and does it hash to its id? (No decode.)
+    fn manifest_intact(&self, id: &ChunkId) -> bool {
+        let Ok(f) = File::open(self.manifest_path(id)) else { return false };
+        let Ok(dec) = zstd::stream::read::Decoder::new(f) else { return false };
+        let mut h = blake3::Hasher::new();
+        std::io::copy(&mut dec.take(MANIFEST_MAX), &mut h).is_ok() && h.finalize().as_bytes() == id
     }
 
     /// Read, check and decode a manifest.
@@ -714,9 +652,7 @@ impl Store {
         let corrupt = |why: String| StoreError::ManifestCorrupt { id: *id, why };
         let dec = zstd::stream::read::Decoder::new(f).map_err(|e| corrupt(e.to_string()))?;
         let mut enc = Vec::new();
-        dec.take(MANIFEST_MAX)
-            .read_to_end(&mut enc)
-            .map_err(|e| corrupt(format!("decompressing: {e}")))?;
+        dec.take(MANIFEST_MAX).read_to_end(&mut enc).map_err(|e| corrupt(format!("decompressing: {e}")))?;
         if blake3::hash(&enc).as_bytes() != id {
             return Err(corrupt("content does not match its id".into()));
         }
@@ -726,6 +662,57 @@ impl Store {
     /// Whether a manifest file exists.
     pub fn has_manifest(&self, id: &ChunkId) -> bool {
         self.manifest_path(id).exists()
+    }
+}
+
+/// Make a finished pack durable, then its index, then publish its chunks.
+fn seal_pack(root: &Path, index: &RwLock<Index>, w: PackWriter) -> Result<()> {
+    let PackWriter { tmp_path, out, hasher, entries, .. } = w;
+    let res = (|| {
+        let f = out.into_inner().map_err(|e| io_err("flushing pack")(e.into_error()))?;
+        f.sync_all().map_err(io_err("syncing pack"))?;
+        drop(f);
+        let pid = *hasher.finalize().as_bytes();
+        let dest = root.join("packs").join(format!("{}.pack", hex_id(&pid)));
+        fs::rename(&tmp_path, &dest).map_err(io_err("publishing pack"))?;
+        sync_dir(&root.join("packs")).map_err(io_err("syncing packs directory"))?;
+        write_atomic(
+            &root.join("tmp"),
+            &root.join("index").join(format!("{}.idx", hex_id(&pid))),
+            &pack::encode_index(&entries),
+        )
+        .map_err(io_err("writing pack index"))?;
+        Ok(pid)
+    })();
+    let pid = match res {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+    };
+    let mut idx = index.write().unwrap_or_else(|e| e.into_inner());
+    let n = idx.packs.len() as u32;
+    idx.packs.push(pid);
+    for e in entries {
+        idx.map.entry(e.id).or_insert(Loc {
+            pack: n,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            flags: e.flags,
+        });
+    }
+    Ok(())
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Background sealers finish before the lock is released.
+        let handles: Vec<_> = self.sealing.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        for h in handles {
+            let _ = h.join();
+        }
     }
 }
 
@@ -765,13 +752,7 @@ pub fn scan_pack(path: &Path) -> Result<Vec<IndexEntry>> {
         if !ok || off > u32::MAX as usize {
             break;
         }
-        out.push(IndexEntry {
-            id,
-            offset: off as u32,
-            stored_len: stored,
-            raw_len: raw,
-            flags,
-        });
+        out.push(IndexEntry { id, offset: off as u32, stored_len: stored, raw_len: raw, flags });
         off = end;
     }
     Ok(out)

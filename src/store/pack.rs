@@ -158,13 +158,7 @@ pub fn decode_index(data: &[u8]) -> Result<Vec<IndexEntry>, FormatError> {
         if flags > FLAG_ZSTD {
             return Err(FormatError::Invalid("index flags"));
         }
-        out.push(IndexEntry {
-            id,
-            offset: u(32),
-            stored_len: u(36),
-            raw_len: u(40),
-            flags,
-        });
+        out.push(IndexEntry { id, offset: u(32), stored_len: u(36), raw_len: u(40), flags });
     }
     Ok(out)
 }
@@ -174,13 +168,7 @@ mod tests {
     use super::*;
 
     fn entry(i: u8) -> IndexEntry {
-        IndexEntry {
-            id: [i; 32],
-            offset: 16 + i as u32 * 100,
-            stored_len: 50,
-            raw_len: 80,
-            flags: FLAG_ZSTD,
-        }
+        IndexEntry { id: [i; 32], offset: 16 + i as u32 * 100, stored_len: 50, raw_len: 80, flags: FLAG_ZSTD }
     }
 
     #[test]

@@ -22,10 +22,7 @@ const PATHS_PER_FAULT: usize = 20;
 
 /// Verify the given images (label, manifest id) against the store.
 pub fn verify(store: &Store, images: &[(String, ChunkId)]) -> VerifyReport {
-    let mut rep = VerifyReport {
-        images: images.len(),
-        ..Default::default()
-    };
+    let mut rep = VerifyReport { images: images.len(), ..Default::default() };
     for p in store.problems() {
         rep.faults.push(format!("store index {}: {}", p.file.display(), p.why));
     }
@@ -45,10 +42,7 @@ pub fn verify(store: &Store, images: &[(String, ChunkId)]) -> VerifyReport {
     let wanted: Vec<ChunkId> = wanted.into_iter().collect();
     let bad: Mutex<HashMap<ChunkId, String>> = Mutex::new(HashMap::new());
     let bytes = std::sync::atomic::AtomicU64::new(0);
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .min(8);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
     let per = wanted.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
         for part in wanted.chunks(per) {
@@ -92,11 +86,7 @@ pub fn verify(store: &Store, images: &[(String, ChunkId)]) -> VerifyReport {
         let mut ids: Vec<_> = per_chunk.into_iter().collect();
         ids.sort_by(|a, b| a.1.1.cmp(&b.1.1));
         for (id, (n, paths)) in ids {
-            let more = if n > paths.len() {
-                format!(" and {} more", n - paths.len())
-            } else {
-                String::new()
-            };
+            let more = if n > paths.len() { format!(" and {} more", n - paths.len()) } else { String::new() };
             rep.faults.push(format!(
                 "image {label}: chunk {} {} — affects {}{more}",
                 &hex_id(&id)[..16],

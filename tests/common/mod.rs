@@ -25,12 +25,7 @@ impl Sandbox {
     pub fn new() -> Sandbox {
         // Under target/ rather than /tmp: same disk, and user xattrs work everywhere.
         let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        Sandbox {
-            dir: tempfile::Builder::new()
-                .prefix("us-")
-                .tempdir_in(base)
-                .expect("tempdir"),
-        }
+        Sandbox { dir: tempfile::Builder::new().prefix("us-").tempdir_in(base).expect("tempdir") }
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -54,12 +49,7 @@ impl Sandbox {
     /// Run and require success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "understudy {args:?} failed: {}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert!(o.status.success(), "understudy {args:?} failed: {}\n{}", o.status, String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -67,11 +57,7 @@ impl Sandbox {
     pub fn fails(&self, args: &[&str]) -> String {
         let o = self.run(args);
         assert!(!o.status.success(), "understudy {args:?} unexpectedly succeeded");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
@@ -89,11 +75,7 @@ pub fn rsync_diff(src: &Path, dst: &Path, extra: &[&str]) -> String {
         .arg(format!("{}/", dst.display()))
         .output()
         .expect("rsync must be installed (make deps)");
-    assert!(
-        o.status.success(),
-        "rsync failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "rsync failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -111,13 +93,9 @@ fn open_dir(p: &Path) -> OwnedFd {
 }
 
 fn write_at(dir: &OwnedFd, n: &[u8], data: &[u8]) {
-    let fd = rustix::fs::openat(
-        dir,
-        name(n),
-        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
-        Mode::from_raw_mode(0o644),
-    )
-    .expect("create");
+    let fd =
+        rustix::fs::openat(dir, name(n), OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC, Mode::from_raw_mode(0o644))
+            .expect("create");
     let f = std::fs::File::from(fd);
     use std::io::Write;
     (&f).write_all(data).expect("write");
@@ -137,14 +115,8 @@ pub fn noise(n: usize, seed: u64) -> Vec<u8> {
 }
 
 fn set_time(dir: &OwnedFd, n: &[u8], sec: i64, nsec: i64) {
-    let ts = rustix::fs::Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec as _,
-    };
-    let t = rustix::fs::Timestamps {
-        last_access: ts,
-        last_modification: ts,
-    };
+    let ts = rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec as _ };
+    let t = rustix::fs::Timestamps { last_access: ts, last_modification: ts };
     rustix::fs::utimensat(dir, name(n), &t, AtFlags::SYMLINK_NOFOLLOW).expect("utimensat");
 }
 
@@ -224,25 +196,15 @@ pub fn tricky_tree(root: &Path, with_long_path: bool) {
     rustix::fs::mknodat(&d, name(b"sock"), FileType::Socket, Mode::from_raw_mode(0o777), 0).unwrap();
     // Sparse files: data islands in holes, and one that is all hole.
     {
-        let fd = rustix::fs::openat(
-            &d,
-            name(b"sparse"),
-            OFlags::WRONLY | OFlags::CREATE,
-            Mode::from_raw_mode(0o600),
-        )
-        .unwrap();
+        let fd = rustix::fs::openat(&d, name(b"sparse"), OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o600))
+            .unwrap();
         let f = std::fs::File::from(fd);
         use std::os::unix::fs::FileExt;
         f.write_all_at(&noise(100_000, 2), 0).unwrap();
         f.write_all_at(&noise(70_000, 3), 40 << 20).unwrap();
         f.set_len(100 << 20).unwrap();
-        let fd = rustix::fs::openat(
-            &d,
-            name(b"all-hole"),
-            OFlags::WRONLY | OFlags::CREATE,
-            Mode::from_raw_mode(0o600),
-        )
-        .unwrap();
+        let fd = rustix::fs::openat(&d, name(b"all-hole"), OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o600))
+            .unwrap();
         std::fs::File::from(fd).set_len(1 << 30).unwrap();
     }
     // xattrs, ACLs and file capabilities.
@@ -252,15 +214,9 @@ pub fn tricky_tree(root: &Path, with_long_path: bool) {
     xattr(&p("one"), "trusted.t", b"\x00\x01binary\xff");
     sh(&format!("setcap cap_net_raw+ep '{}'", p("suid").display()));
     sh(&format!("chmod 4755 '{}'", p("suid").display()));
-    sh(&format!(
-        "setfacl -m u:1000:rwx,g:2000:r '{}'",
-        p("random-3m").display()
-    ));
+    sh(&format!("setfacl -m u:1000:rwx,g:2000:r '{}'", p("random-3m").display()));
     sh(&format!("setfacl -d -m u:1000:rx '{}'", p("sub").display()));
-    sh(&format!(
-        "setfattr -h -n trusted.onlink -v yes '{}'",
-        p("abs-link").display()
-    ));
+    sh(&format!("setfattr -h -n trusted.onlink -v yes '{}'", p("abs-link").display()));
     // A path longer than PATH_MAX.
     if with_long_path {
         rustix::fs::mkdirat(&d, name(b"deep"), Mode::from_raw_mode(0o755)).unwrap();
@@ -268,13 +224,8 @@ pub fn tricky_tree(root: &Path, with_long_path: bool) {
         for i in 0..DEEP_LEVELS {
             let n = format!("{i:02}{}", "d".repeat(DEEP_NAME - 2));
             rustix::fs::mkdirat(&cur, name(n.as_bytes()), Mode::from_raw_mode(0o755)).unwrap();
-            cur = rustix::fs::openat(
-                &cur,
-                name(n.as_bytes()),
-                OFlags::RDONLY | OFlags::DIRECTORY,
-                Mode::empty(),
-            )
-            .unwrap();
+            cur = rustix::fs::openat(&cur, name(n.as_bytes()), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                .unwrap();
         }
         write_at(&cur, b"bottom", b"at the bottom of a very long path");
     }
@@ -292,18 +243,8 @@ pub fn tricky_tree(root: &Path, with_long_path: bool) {
     set_time(&d, b"sub", 1_400_000_000, 777);
     set_time(&d, b"sticky", 1_300_000_000, 888);
     let rootfd = open_dir(root);
-    let ts = rustix::fs::Timespec {
-        tv_sec: 1_650_000_000,
-        tv_nsec: 314_159_265,
-    };
-    rustix::fs::futimens(
-        rootfd.as_fd(),
-        &rustix::fs::Timestamps {
-            last_access: ts,
-            last_modification: ts,
-        },
-    )
-    .unwrap();
+    let ts = rustix::fs::Timespec { tv_sec: 1_650_000_000, tv_nsec: 314_159_265 };
+    rustix::fs::futimens(rootfd.as_fd(), &rustix::fs::Timestamps { last_access: ts, last_modification: ts }).unwrap();
 }
 
 pub fn xattr(p: &Path, n: &str, v: &[u8]) {
@@ -316,13 +257,8 @@ pub fn read_deep(root: &Path) -> Vec<u8> {
     let mut cur = open_dir(&root.join("deep"));
     for i in 0..DEEP_LEVELS {
         let n = format!("{i:02}{}", "d".repeat(DEEP_NAME - 2));
-        cur = rustix::fs::openat(
-            &cur,
-            name(n.as_bytes()),
-            OFlags::RDONLY | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-        .expect("deep dir");
+        cur = rustix::fs::openat(&cur, name(n.as_bytes()), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .expect("deep dir");
     }
     let fd = rustix::fs::openat(&cur, name(b"bottom"), OFlags::RDONLY, Mode::empty()).expect("bottom");
     let mut v = Vec::new();

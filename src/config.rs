@@ -1,0 +1,264 @@
+//! The TOML configuration of `understudy serve`. Every key is documented in README;
+//! unknown keys are errors, reported with their line and column.
+
+use serde::{Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Config errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file does not parse or a value is invalid.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong (names the key).
+        message: String,
+    },
+    /// A value is well-formed but not usable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Parse a duration such as `500ms`, `30s`, `5m`, `12h`, `7d` or `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration {s:?}: expected a number"));
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86400)),
+            "" => return Err(format!("invalid duration {s:?}: missing unit (ms, s, m, h, d)")),
+            u => return Err(format!("invalid duration {s:?}: unknown unit {u:?}")),
+        };
+        total = total.saturating_add(d);
+    }
+    Ok(total)
+}
+
+/// Parse a size such as `1048576`, `512KiB`, `64MiB` or `1GiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..digits].parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let mult = match s[digits..].trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        u => return Err(format!("invalid size {s:?}: unknown unit {u:?}")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        N(u64),
+        T(String),
+    }
+    match S::deserialize(d)? {
+        S::N(n) => Ok(n),
+        S::T(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Data directory (store + inventory). Overrides `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// The HTTP service; absent means no HTTP (e.g. a failover-only standby).
+    pub http: Option<HttpConfig>,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Admin bearer token file, relative to the data dir; created 0600 when missing.
+    pub admin_token_file: PathBuf,
+    /// Allow GET on image and node lists without a token.
+    pub public_reads: bool,
+    /// Largest accepted request body for ordinary API calls.
+    #[serde(deserialize_with = "de_size")]
+    pub body_limit: u64,
+    /// Largest accepted body of a chunk-stream request (its list of chunk ids).
+    #[serde(deserialize_with = "de_size")]
+    pub stream_body_limit: u64,
+    /// Time limit for reading a request and producing a response head.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    /// A streaming client that reads nothing for this long is disconnected.
+    #[serde(deserialize_with = "de_duration")]
+    pub stream_stall_timeout: Duration,
+    /// Lifetime of per-deployment tokens.
+    #[serde(deserialize_with = "de_duration")]
+    pub deploy_token_ttl: Duration,
+    /// Most concurrent requests; more wait.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token_file: PathBuf::from("admin.token"),
+            public_reads: false,
+            body_limit: 1 << 20,
+            stream_body_limit: 64 << 20,
+            request_timeout: Duration::from_secs(30),
+            stream_stall_timeout: Duration::from_secs(60),
+            deploy_token_ttl: Duration::from_secs(24 * 3600),
+            max_concurrent_requests: 512,
+        }
+    }
+}
+
+impl Config {
+    /// The configuration `serve` runs with when no file is given.
+    pub fn embedded_default() -> Config {
+        Config { data_dir: None, http: Some(HttpConfig::default()) }
+    }
+
+    /// Parse TOML text; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            ConfigError::Parse { path: path.into(), line, column, message: e.message().to_string() }
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Read and parse a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::parse(&text, path)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid { path: path.into(), message: m });
+        if let Some(h) = &self.http {
+            if h.admin_token_file.is_absolute()
+                || h.admin_token_file.components().any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return bad("http.admin_token_file must be a relative path inside the data dir".into());
+            }
+            if h.body_limit < 1024 {
+                return bad("http.body_limit must be at least 1KiB".into());
+            }
+            if h.request_timeout.is_zero() || h.stream_stall_timeout.is_zero() || h.deploy_token_ttl.is_zero() {
+                return bad("http timeouts and deploy_token_ttl must be greater than zero".into());
+            }
+            if h.max_concurrent_requests == 0 {
+                return bad("http.max_concurrent_requests must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map(|i| before.len() - i).unwrap_or(before.len() + 1);
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(43200));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        for bad in ["", "12", "h", "5x", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("1TB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = Config::parse(
+            "data_dir = \"/var/lib/understudy\"\n[http]\nlisten = \"127.0.0.1:9000\"\nadmin_token_file = \"admin.token\"\npublic_reads = true\nbody_limit = \"2MiB\"\nrequest_timeout = \"10s\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let h = c.http.unwrap();
+        assert_eq!(h.listen.port(), 9000);
+        assert!(h.public_reads);
+        assert_eq!(h.body_limit, 2 << 20);
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = Config::parse("[http]\nlisten = \"127.0.0.1:1\"\nlisten_typo = 3\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:3:") && e.contains("listen_typo"), "{e}");
+        let e =
+            Config::parse("[http]\nrequest_timeout = \"5 parsecs\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("c.toml:2:") && e.contains("duration"), "{e}");
+        let e = Config::parse("[http]\nlisten = \"not an address\"\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(e.contains(":2:"), "{e}");
+        let e = Config::parse("[http]\nadmin_token_file = \"../../etc/shadow\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin_token_file"), "{e}");
+    }
+}

@@ -1,0 +1,91 @@
+//! Who is calling: the admin (bearer token from the token file), a deploy client
+//! (per-deployment token, scoped to one node and one image, expiring), or nobody.
+//! Tokens are compared as BLAKE3 hashes (constant-time equality) and never logged.
+
+use super::AppState;
+use super::error::ApiError;
+use crate::db::Deployment;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use std::sync::Arc;
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No Authorization header.
+    Anonymous,
+    /// The admin token.
+    Admin,
+    /// A valid, unexpired deployment token.
+    Deploy(Box<Deployment>),
+}
+
+/// Hash a token for storage and comparison.
+pub fn token_hash(token: &str) -> blake3::Hash {
+    blake3::hash(token.as_bytes())
+}
+
+/// A new random token (256 bits, hex).
+pub fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) else { return Ok(Caller::Anonymous) };
+        let token = h
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
+        let hash = token_hash(token);
+        // blake3::Hash equality is constant-time.
+        if hash == state.admin_hash {
+            return Ok(Caller::Admin);
+        }
+        match state.inv.db.deployment_by_token(&hash.to_hex()).await? {
+            Some(d) if d.expires.as_str() > crate::db::now().as_str() && d.status != "done" && d.status != "failed" => {
+                Ok(Caller::Deploy(Box::new(d)))
+            }
+            Some(_) => Err(ApiError::unauthorized("deployment token expired or already used")),
+            None => Err(ApiError::unauthorized("invalid token")),
+        }
+    }
+}
+
+impl Caller {
+    /// Mutations and anything revealing image content need the admin.
+    pub fn admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Anonymous => Err(ApiError::unauthorized("this needs the admin token")),
+            Caller::Deploy(_) => Err(ApiError::forbidden("a deployment token cannot do this")),
+        }
+    }
+
+    /// Inventory reads: the admin, or anyone when `public_reads` is on.
+    pub fn read(&self, public_reads: bool) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            _ if public_reads => Ok(()),
+            Caller::Anonymous => Err(ApiError::unauthorized("this needs a token (or http.public_reads = true)")),
+            Caller::Deploy(_) => Err(ApiError::forbidden("a deployment token cannot do this")),
+        }
+    }
+
+    /// Image content (manifest, chunks): the admin, or the deployment of that image.
+    pub fn image_content(&self, manifest_id: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Deploy(d) if d.manifest_id == manifest_id => Ok(()),
+            Caller::Deploy(_) => Err(ApiError::forbidden("this deployment token is for another image")),
+            Caller::Anonymous => {
+                Err(ApiError::unauthorized("image content needs the admin token or a deployment token"))
+            }
+        }
+    }
+}

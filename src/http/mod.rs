@@ -1,0 +1,159 @@
+//! The HTTP service: REST API under `/api/v1`, its OpenAPI document, image content for
+//! deploy clients, and `/metrics`.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod stream;
+
+use crate::config::HttpConfig;
+use crate::images::Inventory;
+use crate::store::IndexCache;
+use crate::store::manifest::Manifest;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use error::ApiError;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+/// Shared state of the HTTP service.
+pub struct AppState {
+    /// The inventory and store.
+    pub inv: Inventory,
+    /// `[http]` settings.
+    pub cfg: HttpConfig,
+    /// BLAKE3 of the admin token.
+    pub admin_hash: blake3::Hash,
+    /// Counters.
+    pub metrics: metrics::Metrics,
+    /// Background jobs (verify, gc).
+    pub jobs: api::Jobs,
+    /// Store indexes shared by requests.
+    pub index_cache: IndexCache,
+    /// Recently used manifests.
+    manifests: Mutex<HashMap<String, Arc<Manifest>>>,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+}
+
+const MANIFEST_CACHE: usize = 16;
+
+impl AppState {
+    /// New state.
+    pub fn new(inv: Inventory, cfg: HttpConfig, admin_token: &str, shutdown: CancellationToken) -> AppState {
+        AppState {
+            inv,
+            cfg,
+            admin_hash: auth::token_hash(admin_token),
+            metrics: metrics::Metrics::default(),
+            jobs: api::Jobs::default(),
+            index_cache: IndexCache::default(),
+            manifests: Mutex::new(HashMap::new()),
+            shutdown,
+        }
+    }
+
+    /// Data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.inv.data_dir.clone()
+    }
+
+    /// A manifest by image row, cached.
+    pub async fn manifest(&self, row: &crate::db::ImageRow) -> Result<Arc<Manifest>, ApiError> {
+        if let Some(m) = self.manifests.lock().unwrap_or_else(|e| e.into_inner()).get(&row.id) {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(self.inv.manifest(row).await?);
+        let mut c = self.manifests.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= MANIFEST_CACHE {
+            c.clear();
+        }
+        c.insert(row.id.clone(), m.clone());
+        Ok(m)
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "understudy", description = "Image server, network boot and failover for cluster head nodes."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "images"), (name = "nodes"), (name = "deployments"), (name = "events"), (name = "system"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = api.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let t = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    st.metrics.request(&route, &method, status);
+    tracing::debug!(%method, %route, status, ms = t.elapsed().as_millis() as u64, "request");
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let running = match sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM deployments WHERE status = 'running'")
+        .fetch_one(st.inv.db.pool())
+        .await
+    {
+        Ok((n,)) => n,
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render(running)).into_response()
+}
+
+/// Build the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let (api_router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(api::routes())
+        .merge(stream::routes(&state.cfg))
+        .split_for_parts();
+    let doc = Arc::new(openapi);
+    let timeout = state.cfg.request_timeout;
+    let limit = state.cfg.body_limit as usize;
+    Router::new()
+        .merge(api_router)
+        .route("/api/v1/openapi.json", axum::routing::get(move || async move { axum::Json(doc.as_ref().clone()) }))
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(state.cfg.max_concurrent_requests))
+        .with_state(state)
+}
+
+/// Serve until `shutdown` is cancelled.
+pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
+    let app = router(state);
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}

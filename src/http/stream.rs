@@ -1,0 +1,212 @@
+//! Image content for deploy clients: the manifest, single chunks, and one streaming
+//! endpoint that sends every chunk a client lacks in a single response.
+//!
+//! Stream wire format (`application/x-understudy-chunks`): a sequence of records, each a
+//! 41-byte header (32-byte id, 1-byte encoding 0=raw 1=zstd, u32 LE raw length, u32 LE
+//! stored length) followed by the stored bytes. The client verifies every chunk's BLAKE3.
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody};
+use crate::config::HttpConfig;
+use crate::store::{ChunkId, Store, hex_id, pack, parse_id};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use utoipa::ToSchema;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
+
+/// Media type of a chunk stream.
+pub const CHUNKS_MEDIA_TYPE: &str = "application/x-understudy-chunks";
+/// Bytes gathered before a stream write.
+const BATCH: usize = 1 << 20;
+
+/// Routes of this module.
+pub fn routes(cfg: &HttpConfig) -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(get_manifest))
+        .routes(routes!(get_chunk))
+        .routes(routes!(stream_chunks).layer(axum::extract::DefaultBodyLimit::max(cfg.stream_body_limit as usize)))
+}
+
+/// What a stream client has and wants.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRequest {
+    /// Chunk ids (hex) the client already has; they are not sent.
+    #[serde(default)]
+    pub have: Vec<String>,
+    /// Only these chunk ids (hex), in this order; all of the image when absent.
+    pub want: Option<Vec<String>>,
+}
+
+fn parse_ids(v: &[String], what: &str) -> ApiResult<Vec<ChunkId>> {
+    v.iter()
+        .map(|s| {
+            parse_id(s).ok_or_else(|| ApiError::bad_request(format!("{what}: {s:?} is not a 64-digit hex chunk id")))
+        })
+        .collect()
+}
+
+/// The image's manifest in its canonical encoding; its BLAKE3 is the image id.
+#[utoipa::path(get, path = "/api/v1/images/{image}/manifest", tag = "images",
+    params(("image" = String, Path, description = "NAME, NAME@N or id")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_manifest(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(image): ApiPath<String>,
+) -> ApiResult<Response> {
+    let row = st.inv.resolve(&image).await?;
+    caller.image_content(&row.id)?;
+    let m = st.manifest(&row).await?;
+    let body = m.encode();
+    st.metrics.bytes_served.fetch_add(body.len() as u64, Ordering::Relaxed);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::ETAG, format!("\"{}\"", row.id)),
+            (header::HeaderName::from_static("x-understudy-image"), format!("{}@{}", row.name, row.version)),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// One chunk of an image, uncompressed and verified.
+#[utoipa::path(get, path = "/api/v1/images/{image}/chunks/{id}", tag = "images",
+    params(("image" = String, Path, description = "NAME, NAME@N or id"), ("id" = String, Path, description = "chunk id (hex)")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody)))]
+async fn get_chunk(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath((image, id)): ApiPath<(String, String)>,
+) -> ApiResult<Response> {
+    let row = st.inv.resolve(&image).await?;
+    caller.image_content(&row.id)?;
+    let id = parse_id(&id).ok_or_else(|| ApiError::bad_request("chunk id must be 64 hex digits"))?;
+    let m = st.manifest(&row).await?;
+    if !m.chunk_refs().any(|(_, c)| c.id == id) {
+        return Err(ApiError::not_found("no such chunk in this image"));
+    }
+    let st2 = st.clone();
+    let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, crate::store::StoreError> {
+        let store = Store::open_cached(&st2.data_dir(), &st2.index_cache)?;
+        store.read(&id)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    st.metrics.bytes_served.fetch_add(data.len() as u64, Ordering::Relaxed);
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}
+
+/// Stream every chunk of the image the client lacks (or only those it wants), in
+/// manifest order, in one response.
+#[utoipa::path(post, path = "/api/v1/images/{image}/stream", tag = "images",
+    params(("image" = String, Path, description = "NAME, NAME@N or id")), request_body = StreamRequest,
+    responses((status = 200, content_type = "application/x-understudy-chunks", body = Vec<u8>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn stream_chunks(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(image): ApiPath<String>,
+    ApiJson(req): ApiJson<StreamRequest>,
+) -> ApiResult<Response> {
+    let row = st.inv.resolve(&image).await?;
+    caller.image_content(&row.id)?;
+    let m = st.manifest(&row).await?;
+    let have: HashSet<ChunkId> = parse_ids(&req.have, "have")?.into_iter().collect();
+    let mut seen = HashSet::new();
+    let in_image: Vec<ChunkId> = m.chunk_refs().map(|(_, c)| c.id).filter(|id| seen.insert(*id)).collect();
+    let list: Vec<ChunkId> = match &req.want {
+        Some(w) => {
+            let want = parse_ids(w, "want")?;
+            if let Some(bad) = want.iter().find(|id| !seen.contains(*id)) {
+                return Err(ApiError::bad_request(format!(
+                    "chunk {} is not part of image {}@{}",
+                    hex_id(bad),
+                    row.name,
+                    row.version
+                )));
+            }
+            let mut dedup = HashSet::new();
+            want.into_iter().filter(|id| !have.contains(id) && dedup.insert(*id)).collect()
+        }
+        None => in_image.into_iter().filter(|id| !have.contains(id)).collect(),
+    };
+    let count = list.len();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let stall = st.cfg.stream_stall_timeout;
+    let st2 = st.clone();
+    let label = format!("{}@{}", row.name, row.version);
+    let rt = tokio::runtime::Handle::current();
+    st.metrics.streams_active.fetch_add(1, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let mut sent = 0u64;
+        let send = |b: Result<Bytes, std::io::Error>| -> bool {
+            match rt.block_on(tokio::time::timeout(stall, tx.send(b))) {
+                Ok(Ok(())) => true,
+                Ok(Err(_)) => false, // client went away
+                Err(_) => {
+                    tracing::warn!(image = %label, "stream client stopped reading; closing the stream");
+                    false
+                }
+            }
+        };
+        let res = (|| -> Result<(), String> {
+            let store = Store::open_cached(&st2.data_dir(), &st2.index_cache).map_err(|e| e.to_string())?;
+            let mut batch = Vec::with_capacity(BATCH + (1 << 18));
+            for id in &list {
+                if st2.shutdown.is_cancelled() {
+                    return Err("server shutting down".into());
+                }
+                let loc = store.locate(id).ok_or_else(|| format!("chunk {} missing from the store", hex_id(id)))?;
+                let (flags, raw, payload) = store.read_payload(id, loc).map_err(|e| e.to_string())?;
+                batch.extend_from_slice(&pack::record_header(id, flags, raw, payload.len() as u32));
+                batch.extend_from_slice(&payload);
+                if batch.len() >= BATCH {
+                    sent += batch.len() as u64;
+                    if !send(Ok(Bytes::from(std::mem::take(&mut batch)))) {
+                        return Ok(());
+                    }
+                    batch.reserve(BATCH + (1 << 18));
+                }
+            }
+            if !batch.is_empty() {
+                sent += batch.len() as u64;
+                send(Ok(Bytes::from(batch)));
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            tracing::error!(image = %label, "chunk stream failed: {e}");
+            send(Err(std::io::Error::other(e)));
+        }
+        st2.metrics.streams_active.fetch_sub(1, Ordering::Relaxed);
+        st2.metrics.stream_done(sent, t.elapsed().as_micros() as u64);
+    });
+    let body = Body::from_stream(tokio_stream_wrapper(rx));
+    Ok((
+        [
+            (header::CONTENT_TYPE, CHUNKS_MEDIA_TYPE.to_string()),
+            (header::HeaderName::from_static("x-understudy-chunks"), count.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn tokio_stream_wrapper(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
