@@ -272,3 +272,74 @@ pub fn allocated(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(p).unwrap().blocks() * 512
 }
+
+/// A running `understudy serve`, stopped with SIGTERM when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub url: String,
+    pub token: String,
+}
+
+impl Server {
+    /// Start the real binary with `config` (TOML; `data_dir` is added) on an ephemeral port.
+    pub fn start(sb: &Sandbox, extra_http: &str) -> Server {
+        use std::io::BufRead;
+        let cfg = sb.path("serve.toml");
+        std::fs::write(
+            &cfg,
+            format!("data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{extra_http}\n", sb.data().to_str().unwrap()),
+        )
+        .unwrap();
+        let mut child = Command::new(bin())
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start server");
+        let out = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(out).lines();
+        let mut url = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("understudy: HTTP API on ") {
+                url = Some(rest.split_whitespace().next().unwrap().to_string());
+                break;
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let url = url.expect("server did not announce its address");
+        let token = std::fs::read_to_string(sb.data().join("admin.token")).unwrap().trim().to_string();
+        Server { child, url, token }
+    }
+
+    /// curl (an HTTP client we did not write): returns (status, body).
+    pub fn curl(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("{}{path}", self.url)]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let o = c.output().expect("curl");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

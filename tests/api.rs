@@ -1,0 +1,366 @@
+//! The REST API against the real server on an ephemeral port, with real clients (curl,
+//! reqwest, the CLI): auth, the error shape, bad input, concurrency, streaming.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+
+fn setup(extra: &str) -> (Sandbox, Server) {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"alpha").unwrap();
+    std::fs::write(src.join("secret"), b"root:$6$hash:19000:0:99999:7:::").unwrap();
+    sb.ok(&["capture", "--name", "head-a", src.to_str().unwrap()]);
+    std::fs::write(src.join("b"), noise(300_000, 1)).unwrap();
+    sb.ok(&["capture", "--name", "other", src.to_str().unwrap()]);
+    let srv = Server::start(&sb, extra);
+    (sb, srv)
+}
+
+fn err_code(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}")).to_string()
+}
+
+#[test]
+fn tokens_gate_everything_and_deploy_tokens_are_scoped() {
+    let (sb, srv) = setup("");
+    let admin = srv.token.clone();
+    // No token, wrong token: 401 with the JSON error shape, never content.
+    let (s, b) = srv.curl("GET", "/api/v1/images", None, None);
+    assert_eq!((s, err_code(&b).as_str()), (401, "unauthorized"));
+    let (s, b) = srv.curl("GET", "/api/v1/images/head-a/manifest", Some("not-the-token"), None);
+    assert_eq!((s, err_code(&b).as_str()), (401, "unauthorized"));
+    let (s, _) = srv.curl("GET", "/api/v1/images", Some(&admin), None);
+    assert_eq!(s, 200);
+
+    // A deployment token for node standby and image head-a.
+    let (s, b) = srv.curl(
+        "POST",
+        "/api/v1/nodes",
+        Some(&admin),
+        Some(r#"{"name":"standby","macs":["52:54:00:00:00:01"],"ips":["10.0.0.2"],"image":"head-a"}"#),
+    );
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = srv.curl("POST", "/api/v1/deployments", Some(&admin), Some(r#"{"node":"standby"}"#));
+    assert_eq!(s, 201, "{b}");
+    let created: Value = serde_json::from_str(&b).unwrap();
+    let dtok = created["token"].as_str().unwrap().to_string();
+    let id = created["deployment"]["id"].as_i64().unwrap();
+    let (s, _) = srv.curl("GET", "/api/v1/images/head-a/manifest", Some(&dtok), None);
+    assert_eq!(s, 200);
+    let (s, b) = srv.curl("GET", "/api/v1/images/other/manifest", Some(&dtok), None);
+    assert_eq!((s, err_code(&b).as_str()), (403, "forbidden"));
+    let (s, _) = srv.curl("POST", "/api/v1/nodes", Some(&dtok), Some(r#"{"name":"evil"}"#));
+    assert_eq!(s, 403);
+    let (s, _) = srv.curl("GET", "/api/v1/nodes", Some(&dtok), None);
+    assert_eq!(s, 403);
+    let (s, b) = srv.curl(
+        "POST",
+        &format!("/api/v1/deployments/{}/progress", id + 1),
+        Some(&dtok),
+        Some(r#"{"status":"running"}"#),
+    );
+    assert_eq!(s, 403, "{b}");
+    // Finishing the deployment retires its token.
+    let (s, _) =
+        srv.curl("POST", &format!("/api/v1/deployments/{id}/progress"), Some(&dtok), Some(r#"{"status":"done"}"#));
+    assert_eq!(s, 200);
+    let (s, _) = srv.curl("GET", "/api/v1/images/head-a/manifest", Some(&dtok), None);
+    assert_eq!(s, 401);
+    let node: Value = serde_json::from_str(&srv.curl("GET", "/api/v1/nodes/standby", Some(&admin), None).1).unwrap();
+    assert_eq!(node["state"], "deployed");
+    // The token file is private, and no token reaches the log or the event list.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(sb.data().join("admin.token")).unwrap().permissions().mode() & 0o777, 0o600);
+    let (_, events) = srv.curl("GET", "/api/v1/events?limit=1000", Some(&admin), None);
+    assert!(!events.contains(&dtok) && !events.contains(&admin));
+}
+
+#[test]
+fn expired_deploy_tokens_are_refused() {
+    let (_sb, srv) = setup("deploy_token_ttl = \"1s\"");
+    let admin = srv.token.clone();
+    srv.curl("POST", "/api/v1/nodes", Some(&admin), Some(r#"{"name":"n1","image":"head-a"}"#));
+    let (_, b) = srv.curl("POST", "/api/v1/deployments", Some(&admin), Some(r#"{"node":"n1"}"#));
+    let tok = serde_json::from_str::<Value>(&b).unwrap()["token"].as_str().unwrap().to_string();
+    assert_eq!(srv.curl("GET", "/api/v1/images/head-a/manifest", Some(&tok), None).0, 200);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (s, b) = srv.curl("GET", "/api/v1/images/head-a/manifest", Some(&tok), None);
+    assert_eq!(s, 401, "{b}");
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let (_sb, srv) = setup("body_limit = \"4KiB\"");
+    let t = Some(srv.token.as_str());
+    let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
+        ("POST", "/api/v1/nodes".into(), Some("{not json".into()), 400, "bad_request"),
+        (
+            "POST",
+            "/api/v1/nodes".into(),
+            Some(format!("{{\"name\":\"{}\"}}", "x".repeat(8000))),
+            413,
+            "payload_too_large",
+        ),
+        ("POST", "/api/v1/nodes".into(), Some(r#"{"name":"a/b"}"#.into()), 400, "bad_request"),
+        ("POST", "/api/v1/nodes".into(), Some(r#"{"name":"ok","macs":["zz:zz"]}"#.into()), 400, "bad_request"),
+        ("POST", "/api/v1/nodes".into(), Some(r#"{"name":"ok","unknown":1}"#.into()), 422, "bad_request"),
+        ("POST", "/api/v1/nodes".into(), Some(r#"{"name":5}"#.into()), 422, "bad_request"),
+        ("POST", "/api/v1/nodes".into(), Some(r#"{"name":"ok","image":"nope"}"#.into()), 400, "bad_request"),
+        ("GET", "/api/v1/images/..%2F..%2Fetc".into(), None, 400, "bad_request"),
+        ("GET", "/api/v1/images/no-such".into(), None, 404, "not_found"),
+        ("GET", "/api/v1/images?limit=0".into(), None, 400, "bad_request"),
+        ("GET", "/api/v1/images?offset=-1".into(), None, 400, "bad_request"),
+        ("GET", "/api/v1/images?limit=abc".into(), None, 400, "bad_request"),
+        ("GET", "/api/v1/jobs/99".into(), None, 404, "not_found"),
+        ("GET", "/api/v1/nowhere".into(), None, 404, "not_found"),
+        ("GET", "/api/v1/events?since=yesterday".into(), None, 400, "bad_request"),
+        ("POST", "/api/v1/images/head-a/stream".into(), Some(r#"{"want":["00"]}"#.into()), 400, "bad_request"),
+        (
+            "POST",
+            "/api/v1/images/head-a/stream".into(),
+            Some(format!("{{\"want\":[\"{}\"]}}", "ab".repeat(32))),
+            400,
+            "bad_request",
+        ),
+        ("POST", "/api/v1/deployments".into(), Some(r#"{"node":"ghost"}"#.into()), 404, "not_found"),
+        ("DELETE", "/api/v1/images/head-a@0".into(), None, 400, "bad_request"),
+    ];
+    for (m, path, body, status, code) in cases {
+        let (s, b) = srv.curl(m, &path, t, body.as_deref());
+        assert_eq!(s, status, "{m} {path}: {b}");
+        assert_eq!(err_code(&b), code, "{m} {path}");
+    }
+    // Conflicts: a MAC or IP that another node owns is refused with the reason.
+    assert_eq!(
+        srv.curl("POST", "/api/v1/nodes", t, Some(r#"{"name":"n1","macs":["52:54:00:00:00:09"],"ips":["10.0.0.9"]}"#))
+            .0,
+        201
+    );
+    let (s, b) = srv.curl("POST", "/api/v1/nodes", t, Some(r#"{"name":"n2","macs":["52-54-00-00-00-09"]}"#));
+    assert!(s == 409 && b.contains("n1"), "{s} {b}");
+    let (s, b) = srv.curl("POST", "/api/v1/nodes", t, Some(r#"{"name":"n3","ips":["10.0.0.9"]}"#));
+    assert!(s == 409 && b.contains("10.0.0.9"), "{s} {b}");
+    assert_eq!(srv.curl("POST", "/api/v1/nodes", t, Some(r#"{"name":"n1"}"#)).0, 409);
+    // The server is still healthy.
+    assert_eq!(srv.curl("GET", "/api/v1/images", t, None).0, 200);
+}
+
+#[test]
+fn jobs_pages_events_and_openapi() {
+    let (_sb, srv) = setup("public_reads = true");
+    let t = Some(srv.token.as_str());
+    // public_reads opens lists, never content.
+    assert_eq!(srv.curl("GET", "/api/v1/images", None, None).0, 200);
+    assert_eq!(srv.curl("GET", "/api/v1/images/head-a/manifest", None, None).0, 401);
+    let page: Value = serde_json::from_str(&srv.curl("GET", "/api/v1/images?limit=1&offset=1", t, None).1).unwrap();
+    assert_eq!(page["total"], 2);
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"][0]["name"], "other");
+    let (s, b) = srv.curl("POST", "/api/v1/images/head-a/verify", t, None);
+    assert_eq!(s, 202, "{b}");
+    let id = serde_json::from_str::<Value>(&b).unwrap()["id"].as_u64().unwrap();
+    let mut job = Value::Null;
+    for _ in 0..100 {
+        job = serde_json::from_str(&srv.curl("GET", &format!("/api/v1/jobs/{id}"), t, None).1).unwrap();
+        if job["state"] != "running" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["result"]["faults"].as_array().unwrap().len(), 0);
+    let ev: Value = serde_json::from_str(&srv.curl("GET", "/api/v1/events?kind=image.", t, None).1).unwrap();
+    assert_eq!(ev["total"], 2, "{ev}");
+    let doc: Value = serde_json::from_str(&srv.curl("GET", "/api/v1/openapi.json", None, None).1).unwrap();
+    for p in [
+        "/api/v1/images",
+        "/api/v1/images/{image}/stream",
+        "/api/v1/nodes/{name}",
+        "/api/v1/deployments/{id}/progress",
+        "/api/v1/events",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "OpenAPI lacks {p}");
+    }
+    let metrics = srv.curl("GET", "/metrics", None, None).1;
+    assert!(
+        metrics.contains("understudy_http_requests_total{route=\"/api/v1/images\",method=\"GET\",status=\"200\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn remote_deploy_matches_local_and_the_cli_works_remotely() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    tricky_tree(&src, false);
+    for i in 0..30u64 {
+        std::fs::write(src.join(format!("blob{i}")), noise(300_000, i)).unwrap();
+    }
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    let srv = Server::start(&sb, "");
+    let remote = |args: &[&str]| {
+        let mut a = vec!["--server", srv.url.as_str(), "--token", srv.token.as_str()];
+        a.extend_from_slice(args);
+        sb.ok(&a)
+    };
+    let out = sb.path("remote-out");
+    remote(&["deploy", "img", out.to_str().unwrap()]);
+    assert_eq!(rsync_diff(&src, &out, &[]), "");
+    let local: Value = serde_json::from_str(&sb.ok(&["images", "list", "--json"])).unwrap();
+    let rem: Value = serde_json::from_str(&remote(&["images", "list", "--json"])).unwrap();
+    assert_eq!(local, rem);
+    remote(&[
+        "nodes",
+        "add",
+        "standby",
+        "--mac",
+        "52:54:00:aa:bb:cc",
+        "--ip",
+        "10.0.0.2",
+        "--image",
+        "img",
+        "--role",
+        "standby",
+    ]);
+    let n: Value = serde_json::from_str(&remote(&["nodes", "show", "standby", "--json"])).unwrap();
+    assert_eq!(n["state"], "assigned");
+    // Flags after the subcommand work too; and the local data dir sees the same inventory.
+    let n2: Value = serde_json::from_str(&sb.ok(&["nodes", "list", "--json"])).unwrap();
+    assert_eq!(n2[0]["macs"][0], "52:54:00:aa:bb:cc");
+    let err =
+        sb.fails(&["nodes", "add", "x", "--mac", "52:54:00:aa:bb:cc", "--server", &srv.url, "--token", &srv.token]);
+    assert!(err.contains("already belongs to node standby"), "{err}");
+}
+
+/// A TCP proxy that cuts each of the first `cuts` connections after `after` bytes
+/// from the server, to simulate dropped connections.
+fn flaky_proxy(upstream: String, after: usize, cuts: usize) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(client) = c else { continue };
+            let up = upstream.trim_start_matches("http://").to_string();
+            let Ok(server) = std::net::TcpStream::connect(&up) else { continue };
+            let cut = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < cuts;
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut s2);
+            });
+            std::thread::spawn(move || {
+                let (mut server, mut client) = (server, client);
+                let mut sent = 0usize;
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let Ok(k) = server.read(&mut buf) else { break };
+                    if k == 0 {
+                        break;
+                    }
+                    let k = if cut { k.min(after.saturating_sub(sent)) } else { k };
+                    if k == 0 || client.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                    sent += k;
+                }
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn remote_deploy_resumes_after_dropped_connections() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..24u64 {
+        std::fs::write(src.join(format!("f{i}")), noise(1 << 20, i)).unwrap();
+    }
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    let srv = Server::start(&sb, "");
+    // The first connections die after 2 MB: every early stream is cut mid-record.
+    let proxy = flaky_proxy(srv.url.clone(), 2 << 20, 6);
+    let out = sb.path("out");
+    let o = sb
+        .cmd(&["--server", &proxy, "--token", &srv.token, "deploy", "img", out.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("resuming chunk stream"), "no connection was cut: {log}");
+    assert_eq!(rsync_diff(&src, &out, &[]), "");
+}
+
+#[test]
+fn many_clients_and_a_stalled_reader_do_not_hurt_the_server() {
+    let (sb, srv) = setup("stream_stall_timeout = \"1s\"");
+    // A big image, streamed to a client that never reads.
+    let big = sb.path("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for i in 0..60u64 {
+        std::fs::write(big.join(format!("f{i}")), noise(1 << 20, i + 500)).unwrap();
+    }
+    sb.ok(&["capture", "--name", "big", big.to_str().unwrap()]);
+    let addr = srv.url.trim_start_matches("http://").to_string();
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::Write;
+    let body = "{}";
+    write!(stalled, "POST /api/v1/images/big/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", srv.token, body.len()).unwrap();
+    // 200 concurrent clients meanwhile.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ok = rt.block_on(async {
+        let c = reqwest::Client::new();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let (c, url, t) = (c.clone(), srv.url.clone(), srv.token.clone());
+            set.spawn(async move {
+                let path = if i % 2 == 0 { "/api/v1/images" } else { "/api/v1/images/head-a" };
+                c.get(format!("{url}{path}")).bearer_auth(t).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+            });
+        }
+        let mut ok = 0;
+        while let Some(r) = set.join_next().await {
+            if r.unwrap() == 200 {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    assert_eq!(ok, 200);
+    // The stalled stream is dropped after the stall timeout; memory stays bounded.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let m = srv.curl("GET", "/metrics", None, None).1;
+    assert!(m.contains("understudy_streams_active 0"), "{m}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", srv.child.id())).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(rss_kb < 200_000, "server peak RSS {rss_kb} kB");
+    drop(stalled);
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly_and_config_check_explains_errors() {
+    let (sb, mut srv) = setup("");
+    let status = srv.stop();
+    assert!(status.success(), "{status}");
+    let bad = sb.path("bad.toml");
+    std::fs::write(&bad, "[http]\nlisten = \"127.0.0.1:1\"\npublic_read = true\n").unwrap();
+    let err = sb.fails(&["config", "check", bad.to_str().unwrap()]);
+    assert!(err.contains("bad.toml:3:") && err.contains("public_read"), "{err}");
+    let good = sb.path("good.toml");
+    std::fs::write(&good, "data_dir = \"/var/lib/understudy\"\n[http]\nlisten = \"127.0.0.1:8080\"\nadmin_token_file = \"admin.token\"\npublic_reads = false\n").unwrap();
+    assert!(sb.ok(&["config", "check", good.to_str().unwrap()]).contains("ok"));
+    let _ = json!(null);
+}
