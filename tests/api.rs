@@ -256,8 +256,7 @@ fn flaky_proxy(upstream: String, after: usize, cuts: usize) -> String {
                 let (mut server, mut client) = (server, client);
                 let mut sent = 0usize;
                 let mut buf = vec![0u8; 65536];
-                loop {
-                    let Ok(k) = server.read(&mut buf) else { break };
+                while let Ok(k) = server.read(&mut buf) {
                     if k == 0 {
                         break;
                     }
