@@ -31,6 +31,7 @@ test: deps
 
 bench: bench-deps build
 	UNDERSTUDY_BIN=$(BIN) ./benches/store.sh
+	UNDERSTUDY_BIN=$(BIN) ./benches/deploy-remote.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -170,7 +170,14 @@ SRC_INODES=$(find "$SRC" -type f -printf '%i\n' | sort -u | wc -l)   # regular f
 ROOTFS_BUILD_SECS=$(sed -n 's/^build_seconds=//p' "$MARKER")
 
 # ---------------------------------------------------------------- scratch space
+#
+# Nothing is deleted until the run ends: this ext4 (no journal) makes inode allocation
+# very slow for a while after mass deletions (ext4 skips recently deleted inodes,
+# recently_deleted() in the allocator), which would distort every file-creating step.
+# A run therefore needs ~8 GB of scratch space next to the cache.
 
+avail=$(df -B1 --output=avail "$CACHE" | tail -n 1)
+((avail > 10 * 1000 * 1000 * 1000)) || die "need >= 10 GB free in $CACHE for scratch data (have $((avail / 1000000)) MB)"
 WORK=$(mktemp -d "$CACHE/run.XXXXXX")   # same filesystem as the cache, not tmpfs
 cleanup() {
     local rc=$?
@@ -186,7 +193,7 @@ trap 'echo "bench: command failed (line $LINENO): $BASH_COMMAND" >&2' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-DATA=$WORK/data
+DATA=$WORK/data.1
 LOGS=$WORK/logs
 mkdir -p "$LOGS"
 
@@ -314,7 +321,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
     log "  ${t}s"
     T_TAR=$(fmin "$T_TAR" "$t")
 
-    safe_rm "$DATA"
+    DATA=$WORK/data.$rep      # a fresh data dir per repetition; nothing is deleted mid-run
     sync; warm "$SRC"
     log "[$rep/$REPS] understudy capture (first, empty store) ..."
     timed t us capture1 capture --name "$NAME" --json "$SRC"
@@ -344,11 +351,10 @@ STORE2=$(store_size)
 
 # ---------------------------------------------------------------- 3. deploy vs tar -x
 
-DEP_US=$WORK/deploy-understudy
-DEP_TAR=$WORK/deploy-tar
 T_DEP=; T_UNTAR=; T_DEP_SYNCED=; T_UNTAR_SYNCED=
 for ((rep = 1; rep <= REPS; rep++)); do
-    safe_rm "$DEP_US" "$DEP_TAR"
+    DEP_US=$WORK/deploy-understudy.$rep
+    DEP_TAR=$WORK/deploy-tar.$rep
     sync; warm "$SRC"
     log "[$rep/$REPS] understudy deploy ..."
     timed t us deploy deploy "$NAME" "$DEP_US"
@@ -370,8 +376,6 @@ done
 log "verifying deployed tree against source ..."
 VERIFY_DEPLOY=$(verify_tree deploy "$SRC" "$DEP_US")
 log "  deploy verify: $VERIFY_DEPLOY"
-log "removing deployed trees ..."
-safe_rm "$DEP_US" "$DEP_TAR"
 
 # ---------------------------------------------------------------- 4. casync
 
@@ -392,7 +396,6 @@ if [[ ${UNDERSTUDY_BENCH_SKIP_CASYNC:-0} != 1 ]]; then
     timed T_CA_EXTRACT casync extract --store="$CA_STORE" "$CA_INDEX" "$CA_DEP" >"$LOGS/casync-extract.out" 2>"$LOGS/casync-extract.err" \
         || { tail -n 20 "$LOGS/casync-extract.err" >&2; die "casync extract failed"; }
     timed T_CA_EXTRACT_SYNC sync
-    safe_rm "$CA_DEP"
 fi
 
 # ---------------------------------------------------------------- 5. ~1% of files changed
@@ -472,7 +475,6 @@ if ((CASYNC)); then
         || { tail -n 20 "$LOGS/casync-make2.err" >&2; die "casync make (modified) failed"; }
     CA_ADDED=$(( $(dusize "$CA_STORE") - CA_STORE_BEFORE + $(fsize "$WORK/modified.caidx") ))
 fi
-safe_rm "$MOD"
 
 # images list: sanity check that all captures (1 + REPS + 1) are recorded as versions.
 us list images list --json

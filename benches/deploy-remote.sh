@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Remote deploy benchmark (run by `make bench`, as root): understudy's HTTP deploy over a
+# veth pair between two network namespaces, side by side with a local deploy and with
+# `rsync -aHAX` from an rsync daemon over the same veth; then 10 concurrent remote
+# deploys of one image (aggregate throughput, server peak memory).
+#
+# Source tree: the cached debootstrap rootfs that benches/store.sh builds.
+set -euo pipefail
+export LC_ALL=C
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=$(realpath "${UNDERSTUDY_BIN:-$REPO/target/release/understudy}")
+CACHE=${UNDERSTUDY_BENCH_CACHE:-/var/cache/understudy-bench}
+SRC=${UNDERSTUDY_BENCH_SRC:-$CACHE/rootfs-bookworm}
+CONCURRENT=${UNDERSTUDY_BENCH_CONCURRENT:-10}
+RESULTS=$REPO/benches/results/deploy-remote-latest.txt
+[[ -d $SRC ]] || { echo "bench: $SRC missing; run benches/store.sh first (it builds the rootfs)" >&2; exit 1; }
+[[ -x $BIN ]] || { echo "bench: build first: cargo build --release" >&2; exit 1; }
+command -v rsync >/dev/null || apt-get install -y rsync >&2
+
+ID=$$
+NS_S=us-bench-srv-$ID
+NS_C=us-bench-cli-$ID
+WORK=$(mktemp -d /var/tmp/us-bench-remote.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    ip netns del "$NS_S" 2>/dev/null || true
+    ip netns del "$NS_C" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
+log() { printf '[deploy-remote %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# Two namespaces joined by a veth pair; addresses exist only inside them.
+ip netns add "$NS_S"
+ip netns add "$NS_C"
+ip link add "usb-s-$ID" type veth peer name "usb-c-$ID"
+ip link set "usb-s-$ID" netns "$NS_S"
+ip link set "usb-c-$ID" netns "$NS_C"
+ip -n "$NS_S" addr add 10.77.0.1/24 dev "usb-s-$ID"
+ip -n "$NS_C" addr add 10.77.0.2/24 dev "usb-c-$ID"
+for ns in "$NS_S" "$NS_C"; do ip -n "$ns" link set lo up; done
+ip -n "$NS_S" link set "usb-s-$ID" up
+ip -n "$NS_C" link set "usb-c-$ID" up
+
+DATA=$WORK/data
+log "capturing $SRC"
+"$BIN" --data-dir "$DATA" capture --name bench -q "$SRC" >/dev/null
+BYTES=$(du -sb --apparent-size "$SRC" | cut -f1)
+
+cat > "$WORK/serve.toml" <<TOML
+data_dir = "$DATA"
+[http]
+listen = "10.77.0.1:8080"
+TOML
+ip netns exec "$NS_S" "$BIN" serve --config "$WORK/serve.toml" > "$WORK/serve.out" 2> "$WORK/serve.err" &
+SERVER_PID=$!
+PIDS+=("$SERVER_PID")
+for _ in $(seq 50); do grep -q "HTTP API on" "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
+TOKEN=$(cat "$DATA/admin.token")
+
+cat > "$WORK/rsyncd.conf" <<CONF
+uid = 0
+gid = 0
+use chroot = yes
+numeric ids = yes
+[root]
+    path = $SRC
+    read only = yes
+CONF
+ip netns exec "$NS_S" rsync --daemon --no-detach --address=10.77.0.1 --port=8873 --config="$WORK/rsyncd.conf" &
+PIDS+=("$!")
+sleep 0.5
+
+warm() { tar -cf - -C "$SRC" . | cat > /dev/null; cat "$DATA"/store/packs/* > /dev/null; }
+
+warm; sync
+log "local deploy"
+t=$(now); "$BIN" --data-dir "$DATA" deploy bench "$WORK/local" -q >/dev/null; T_LOCAL=$(since "$t")
+rm -rf "$WORK/local"
+
+warm; sync
+log "remote deploy over veth"
+t=$(now)
+ip netns exec "$NS_C" "$BIN" --data-dir "$WORK/cli-data" --server http://10.77.0.1:8080 --token "$TOKEN" deploy bench "$WORK/remote" -q >/dev/null
+T_REMOTE=$(since "$t")
+DIFF=$(rsync -naHAXc --numeric-ids --delete -i "$SRC/" "$WORK/remote/" | wc -l)
+rm -rf "$WORK/remote"
+
+warm; sync
+log "rsync -aHAX from an rsync daemon over the same veth"
+t=$(now)
+ip netns exec "$NS_C" rsync -aHAX --numeric-ids rsync://10.77.0.1:8873/root/ "$WORK/rsync/"
+T_RSYNC=$(since "$t")
+rm -rf "$WORK/rsync"
+
+warm; sync
+log "$CONCURRENT concurrent remote deploys"
+t=$(now)
+cpids=()
+for i in $(seq "$CONCURRENT"); do
+    ip netns exec "$NS_C" "$BIN" --data-dir "$WORK/cli-data" --server http://10.77.0.1:8080 --token "$TOKEN" deploy bench "$WORK/c$i" -q --no-sync >/dev/null &
+    cpids+=("$!")
+done
+fail=0
+for p in "${cpids[@]}"; do wait "$p" || fail=$((fail + 1)); done
+sync
+T_CONC=$(since "$t")
+RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
+rm -rf "$WORK"/c*
+
+MB=$(awk -v b="$BYTES" 'BEGIN { printf "%.1f", b / 1e6 }')
+{
+    echo "understudy remote deploy benchmark — $(date -Is) on $(nproc) cores"
+    echo "tree: $SRC ($MB MB apparent); warm page cache; veth between two network namespaces"
+    printf '%-52s %10s %10s %8s %s\n' metric understudy baseline ratio goal
+    printf '%-52s %10s %10s %8s %s\n' "remote deploy (s) vs local deploy (s)" "$T_REMOTE" "$T_LOCAL" "$(ratio "$T_LOCAL" "$T_REMOTE")" "throughput ratio >= 0.8"
+    printf '%-52s %10s %10s %8s %s\n' "remote deploy (s) vs rsync -aHAX daemon (s)" "$T_REMOTE" "$T_RSYNC" "$(ratio "$T_RSYNC" "$T_REMOTE")" "speed-up >= 2"
+    printf '%-52s %10s %10s %8s %s\n' "remote deploy throughput (MB/s)" "$(awk -v b="$BYTES" -v t="$T_REMOTE" 'BEGIN{printf "%.0f", b/t/1e6}')" "-" "-" "-"
+    printf '%-52s %10s %10s %8s %s\n' "$CONCURRENT concurrent deploys: aggregate MB/s" "$(awk -v b="$BYTES" -v n="$CONCURRENT" -v t="$T_CONC" 'BEGIN{printf "%.0f", n*b/t/1e6}')" "-" "-" "failures: $fail"
+    printf '%-52s %10s %10s %8s %s\n' "server peak RSS (MB)" "$(awk -v k="$RSS_KB" 'BEGIN{printf "%.0f", k/1024}')" "-" "-" "-"
+    printf '%-52s %10s\n' "remote deploy == source (rsync -n lines)" "$DIFF"
+    echo "RATIO remote_vs_local_throughput=$(ratio "$T_LOCAL" "$T_REMOTE")"
+    echo "RATIO remote_vs_rsync_speedup=$(ratio "$T_RSYNC" "$T_REMOTE")"
+} | tee "$RESULTS"
