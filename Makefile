@@ -9,7 +9,7 @@ BIN      := target/release/understudy
 TEST_PKGS  := curl rsync acl attr libcap2-bin util-linux python3 tar zstd e2fsprogs
 BENCH_PKGS := $(TEST_PKGS) debootstrap casync
 
-.PHONY: all build run test bench deps bench-deps fmt lint clean
+.PHONY: all build run test bench deps bench-deps fmt lint clean fuzz-api
 
 all: build
 
@@ -42,3 +42,7 @@ lint:
 
 clean:
 	$(CARGO) clean
+
+# OpenAPI-driven fuzzing of the running server (schemathesis from PyPI).
+fuzz-api: deps
+	./.ci/fuzz-api

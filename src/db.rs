@@ -112,9 +112,16 @@ impl Db {
         &self.pool
     }
 
+    /// A write transaction. IMMEDIATE takes the write lock up front (waiting up to the
+    /// busy timeout), where a deferred one that reads first fails with "database is
+    /// locked" when another writer got in between.
+    async fn write_tx(&self) -> std::result::Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     /// Record a new version of an image; returns the row.
     pub async fn add_image(&self, img: &NewImage<'_>) -> Result<ImageRow> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("INSERT INTO image_names (name, next_version) VALUES (?, 1) ON CONFLICT(name) DO NOTHING")
             .bind(img.name)
             .execute(&mut *tx)
@@ -448,7 +455,7 @@ impl Db {
 
     /// Create a node.
     pub async fn create_node(&self, n: &Node) -> std::result::Result<Node, Refused> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         if sqlx::query_as::<_, (String,)>("SELECT name FROM nodes WHERE name = ?")
             .bind(&n.name)
             .fetch_optional(&mut *tx)
@@ -480,7 +487,7 @@ impl Db {
 
     /// Replace a node's fields (name stays).
     pub async fn update_node(&self, n: &Node) -> std::result::Result<Node, Refused> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let old: Option<(String,)> =
             sqlx::query_as("SELECT state FROM nodes WHERE name = ?").bind(&n.name).fetch_optional(&mut *tx).await?;
         let Some((old_state,)) = old else { return Err(Refused::NotFound(format!("no node {}", n.name))) };
@@ -557,7 +564,7 @@ impl Db {
     pub async fn create_deployment(&self, d: &NewDeployment<'_>) -> std::result::Result<Deployment, Refused> {
         let ts = now();
         let NewDeployment { node, image, manifest_id, token_hash, expires, bytes_total, files_total } = *d;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         if sqlx::query_as::<_, (String,)>("SELECT name FROM nodes WHERE name = ?")
             .bind(node)
             .fetch_optional(&mut *tx)
@@ -636,7 +643,7 @@ impl Db {
         error: Option<&str>,
     ) -> std::result::Result<Deployment, Refused> {
         let ts = now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let cur: Option<(String, String)> = sqlx::query_as("SELECT status, node FROM deployments WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)

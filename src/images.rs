@@ -120,9 +120,10 @@ impl Inventory {
 
     /// Resolve `NAME`, `NAME@N` or a manifest id (prefix of at least 8 hex digits).
     pub async fn resolve(&self, s: &str) -> Result<ImageRow> {
+        // A reference that cannot be a name names no image.
         let by_name = match parse_ref(s) {
             Ok(ImageRef::Name(n, v)) => self.db.image(&n, v).await?,
-            Err(e) if !is_hex_prefix(s) => return Err(e),
+            Err(_) if !is_hex_prefix(s) => return Err(ImageError::NotFound(s.into())),
             Err(_) => None,
         };
         if let Some(r) = by_name {

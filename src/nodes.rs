@@ -17,9 +17,7 @@ pub fn normalize_mac(s: &str) -> Result<String, String> {
     let b = hex.to_ascii_lowercase();
     let parts: Vec<&str> = (0..6).map(|i| &b[i * 2..i * 2 + 2]).collect();
     let mac = parts.join(":");
-    if mac == "00:00:00:00:00:00" || mac == "ff:ff:ff:ff:ff:ff" {
-        return Err(format!("MAC address {s:?} cannot belong to a node"));
-    }
+    // Broadcast and multicast addresses have the group bit set; no NIC owns one.
     if u8::from_str_radix(parts[0], 16).is_ok_and(|o| o & 1 == 1) {
         return Err(format!("MAC address {s:?} is a multicast address"));
     }
@@ -45,17 +43,11 @@ pub fn check_state(s: &str) -> Result<(), String> {
     if STATES.contains(&s) { Ok(()) } else { Err(format!("invalid state {s:?}: use one of {}", STATES.join(", "))) }
 }
 
-/// Normalise a list, refusing duplicates within it.
+/// Normalise a list; the same address given twice (in any spelling) counts once.
 pub fn normalize_list(items: &[String], f: fn(&str) -> Result<String, String>) -> Result<Vec<String>, String> {
-    let mut out: Vec<String> = Vec::with_capacity(items.len());
-    for i in items {
-        let n = f(i)?;
-        if out.contains(&n) {
-            return Err(format!("{i:?} is listed twice"));
-        }
-        out.push(n);
-    }
+    let mut out: Vec<String> = items.iter().map(|i| f(i)).collect::<Result<_, _>>()?;
     out.sort();
+    out.dedup();
     Ok(out)
 }
 
@@ -87,6 +79,10 @@ mod tests {
         assert!(normalize_ip("0.0.0.0").is_err());
         assert!(check_role("standby").is_ok() && check_role("primary").is_err());
         assert!(check_state("deployed").is_ok() && check_state("gone").is_err());
-        assert!(normalize_list(&["10.0.0.1".into(), "10.0.0.01".into()], normalize_ip).is_err());
+        assert_eq!(
+            normalize_list(&["10.0.0.2".into(), "10.0.0.1".into(), "10.0.0.2".into()], normalize_ip).unwrap(),
+            vec!["10.0.0.1", "10.0.0.2"]
+        );
+        assert!(normalize_list(&["10.0.0.1".into(), "x".into()], normalize_ip).is_err());
     }
 }

@@ -41,8 +41,10 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Items to skip (default 0).
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -102,7 +104,7 @@ pub struct ImageDetail {
 
 /// Show one image: `NAME`, `NAME@N` or a manifest id (prefix of 8+ hex digits).
 #[utoipa::path(get, path = "/api/v1/images/{image}", tag = "images",
-    params(("image" = String, Path, description = "NAME, NAME@N or id")),
+    params(("image" = String, Path, description = "NAME, NAME@N or id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?$")),
     responses((status = 200, body = ImageDetail), (status = 404, body = ErrorBody)))]
 async fn show_image(State(st): St, caller: Caller, ApiPath(image): ApiPath<String>) -> ApiResult<Json<ImageDetail>> {
     caller.read(st.cfg.public_reads)?;
@@ -140,7 +142,7 @@ pub struct Deleted {
 
 /// Delete `NAME` (all versions) or `NAME@N`; space is freed by gc.
 #[utoipa::path(delete, path = "/api/v1/images/{image}", tag = "images",
-    params(("image" = String, Path, description = "NAME or NAME@N")),
+    params(("image" = String, Path, description = "NAME or NAME@N", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?$")),
     responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
 async fn delete_image(State(st): St, caller: Caller, ApiPath(image): ApiPath<String>) -> ApiResult<Json<Deleted>> {
     caller.admin()?;
@@ -161,7 +163,7 @@ pub struct Job {
     /// End time.
     pub finished: Option<String>,
     /// The report when done.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     /// The error when failed.
     pub error: Option<String>,
@@ -222,7 +224,7 @@ impl Jobs {
 
 /// Start re-hashing every chunk an image reaches; poll the job.
 #[utoipa::path(post, path = "/api/v1/images/{image}/verify", tag = "images",
-    params(("image" = String, Path, description = "NAME, NAME@N or id")),
+    params(("image" = String, Path, description = "NAME, NAME@N or id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?$")),
     responses((status = 202, body = Job), (status = 404, body = ErrorBody)))]
 async fn verify_image(
     State(st): St,
@@ -278,32 +280,52 @@ async fn get_job(State(st): St, caller: Caller, ApiPath(id): ApiPath<u64>) -> Ap
 #[serde(deny_unknown_fields)]
 pub struct NodeCreate {
     /// Node name (letters, digits, `.`, `_`, `-`).
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub name: String,
     /// standby (default) or compute.
+    #[schema(pattern = "^(standby|compute)$")]
     pub role: Option<String>,
     /// Image reference to deploy.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?$")]
     pub image: Option<String>,
-    /// MAC addresses.
+    /// MAC addresses (unicast; `:`, `-` or no separators).
     #[serde(default)]
+    #[schema(value_type = Vec<MacAddr>)]
     pub macs: Vec<String>,
     /// IP addresses (static reservations).
     #[serde(default)]
+    #[schema(value_type = Vec<IpAddress>)]
     pub ips: Vec<String>,
 }
+
+/// A unicast MAC address.
+#[derive(ToSchema)]
+#[schema(pattern = "^[0-9A-Fa-f][02468aceACE]([:-]?[0-9A-Fa-f]{2}){5}$")]
+pub struct MacAddr(#[allow(dead_code)] String);
+
+/// An IP address a node can hold (IPv4 or IPv6; not unspecified, not multicast).
+#[derive(ToSchema)]
+#[schema(format = Ipv4, pattern = r"^(?!0\.0\.0\.0$)(?!2(2[4-9]|3[0-9])\.)[0-9a-fA-F.:]+$")]
+pub struct IpAddress(#[allow(dead_code)] String);
 
 /// Fields to change on a node; absent fields stay.
 #[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodePatch {
     /// standby or compute.
+    #[schema(pattern = "^(standby|compute)$")]
     pub role: Option<String>,
     /// Image reference; an empty string clears it.
+    #[schema(pattern = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?)?$")]
     pub image: Option<String>,
     /// New state.
+    #[schema(pattern = "^(discovered|assigned|deploying|deployed|failed)$")]
     pub state: Option<String>,
     /// Replace the MACs.
+    #[schema(value_type = Option<Vec<MacAddr>>)]
     pub macs: Option<Vec<String>>,
     /// Replace the IPs.
+    #[schema(value_type = Option<Vec<IpAddress>>)]
     pub ips: Option<Vec<String>>,
 }
 
@@ -312,7 +334,9 @@ async fn check_image_ref(st: &AppState, image: Option<String>) -> ApiResult<Opti
         None => Ok(None),
         Some(r) => match st.inv.resolve(&r).await {
             Ok(_) => Ok(Some(r)),
-            Err(crate::images::ImageError::NotFound(_)) => Err(ApiError::bad_request(format!("no image {r:?}"))),
+            Err(crate::images::ImageError::NotFound(_) | crate::images::ImageError::BadName(_)) => {
+                Err(ApiError::not_found(format!("no image {r:?}")))
+            }
             Err(e) => Err(e.into()),
         },
     }
@@ -341,6 +365,9 @@ async fn create_node(
     nodes::check_role(&role).map_err(ApiError::bad_request)?;
     let macs = nodes::normalize_list(&b.macs, nodes::normalize_mac).map_err(ApiError::bad_request)?;
     let ips = nodes::normalize_list(&b.ips, nodes::normalize_ip).map_err(ApiError::bad_request)?;
+    if b.image.as_deref() == Some("") {
+        return Err(ApiError::bad_request("image must not be empty (omit it for none)"));
+    }
     let image = check_image_ref(&st, b.image).await?;
     let state = if image.is_some() { "assigned" } else { "discovered" };
     let n = Node {
@@ -357,7 +384,7 @@ async fn create_node(
 }
 
 /// One node.
-#[utoipa::path(get, path = "/api/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     responses((status = 200, body = Node), (status = 404, body = ErrorBody)))]
 async fn get_node(State(st): St, caller: Caller, ApiPath(name): ApiPath<String>) -> ApiResult<Json<Node>> {
     caller.read(st.cfg.public_reads)?;
@@ -365,7 +392,7 @@ async fn get_node(State(st): St, caller: Caller, ApiPath(name): ApiPath<String>)
 }
 
 /// Change a node.
-#[utoipa::path(patch, path = "/api/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path)), request_body = NodePatch,
+#[utoipa::path(patch, path = "/api/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")), request_body = NodePatch,
     responses((status = 200, body = Node), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_node(
     State(st): St,
@@ -399,7 +426,7 @@ async fn update_node(
 }
 
 /// Delete a node.
-#[utoipa::path(delete, path = "/api/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path)),
+#[utoipa::path(delete, path = "/api/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_node(State(st): St, caller: Caller, ApiPath(name): ApiPath<String>) -> ApiResult<StatusCode> {
     caller.admin()?;
@@ -408,13 +435,13 @@ async fn delete_node(State(st): St, caller: Caller, ApiPath(name): ApiPath<Strin
 }
 
 /// Mark a node for deployment again (state assigned; its next network boot installs).
-#[utoipa::path(post, path = "/api/v1/nodes/{name}/redeploy", tag = "nodes", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/redeploy", tag = "nodes", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     responses((status = 200, body = Node), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn redeploy_node(State(st): St, caller: Caller, ApiPath(name): ApiPath<String>) -> ApiResult<Json<Node>> {
     caller.admin()?;
     let mut n = st.inv.db.node(&name).await?.ok_or_else(|| ApiError::not_found(format!("no node {name}")))?;
     if n.image.is_none() {
-        return Err(ApiError::bad_request(format!("node {name} has no image to deploy")));
+        return Err(ApiError::conflict(format!("node {name} has no image to deploy")));
     }
     n.state = "assigned".into();
     Ok(Json(st.inv.db.update_node(&n).await?))
@@ -427,8 +454,10 @@ async fn redeploy_node(State(st): St, caller: Caller, ApiPath(name): ApiPath<Str
 #[serde(deny_unknown_fields)]
 pub struct DeploymentCreate {
     /// Target node.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub node: String,
     /// Image reference; defaults to the node's image.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?$")]
     pub image: Option<String>,
 }
 
@@ -451,10 +480,8 @@ async fn create_deployment(
 ) -> ApiResult<(StatusCode, Json<DeploymentCreated>)> {
     caller.admin()?;
     let node = st.inv.db.node(&b.node).await?.ok_or_else(|| ApiError::not_found(format!("no node {}", b.node)))?;
-    let image = b
-        .image
-        .or(node.image)
-        .ok_or_else(|| ApiError::bad_request(format!("node {} has no image; name one", b.node)))?;
+    let image =
+        b.image.or(node.image).ok_or_else(|| ApiError::conflict(format!("node {} has no image; name one", b.node)))?;
     let row = st.inv.resolve(&image).await?;
     let m = st.manifest(&row).await?;
     let files = m.entries.iter().filter(|e| matches!(e.kind, crate::store::manifest::Kind::File { .. })).count() as i64;
@@ -489,9 +516,11 @@ async fn create_deployment(
 pub struct DeploymentQuery {
     /// Only this node.
     pub node: Option<String>,
-    /// Items per page.
+    /// Items per page, 1 to 1000.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Items to skip.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -524,18 +553,35 @@ async fn get_deployment(State(st): St, caller: Caller, ApiPath(id): ApiPath<i64>
 #[serde(deny_unknown_fields)]
 pub struct Progress {
     /// running, done or failed.
+    #[schema(pattern = "^(running|done|failed)$")]
     pub status: String,
     /// Free-text phase.
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub phase: String,
     /// Bytes written so far.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_count")]
+    #[schema(minimum = 0)]
     pub bytes_done: i64,
     /// Files written so far.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_count")]
+    #[schema(minimum = 0)]
     pub files_done: i64,
     /// Failure message.
+    #[schema(max_length = 4000)]
     pub error: Option<String>,
+}
+
+/// A count that JSON may spell as an integral float (`123.0`).
+fn de_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let v = serde_json::Number::deserialize(d)?;
+    if let Some(i) = v.as_i64() {
+        return Ok(i);
+    }
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+        _ => Err(serde::de::Error::custom(format!("{v} is not a whole number"))),
+    }
 }
 
 /// Report deploy progress (that deployment's token, or the admin).
@@ -574,12 +620,16 @@ pub struct EventQuery {
     /// Only this kind, or kinds starting with it when it ends in `.`.
     pub kind: Option<String>,
     /// Not before (RFC 3339).
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// Before (RFC 3339).
+    #[param(format = DateTime)]
     pub until: Option<String>,
-    /// Items per page.
+    /// Items per page, 1 to 1000.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Items to skip.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
@@ -599,7 +649,9 @@ async fn list_events(State(st): St, caller: Caller, ApiQuery(q): ApiQuery<EventQ
     let (limit, offset) = PageQuery { limit: q.limit, offset: q.offset }.get()?;
     check_time(&q.since)?;
     check_time(&q.until)?;
-    let f = EventFilter { node: q.node, kind: q.kind, since: q.since, until: q.until };
+    // Empty query values mean "no filter".
+    let some = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let f = EventFilter { node: some(q.node), kind: some(q.kind), since: q.since, until: q.until };
     let (items, total) = st.inv.db.events(&f, limit, offset).await?;
     Ok(Json(Page { items, total, limit, offset }))
 }
@@ -614,7 +666,7 @@ pub struct WhoAmI {
 }
 
 /// Identify the caller's token.
-#[utoipa::path(get, path = "/api/v1/whoami", tag = "system", responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "system", security((), ("bearer" = [])), responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
 async fn whoami(caller: Caller) -> Json<WhoAmI> {
     Json(match caller {
         Caller::Admin => WhoAmI { role: "admin".into(), deployment: None },

@@ -92,6 +92,44 @@ struct ApiDoc;
 
 struct BearerAuth;
 
+/// Document the error answers any operation can give (bad input, auth, limits).
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let resp = |d: &str| {
+            ResponseBuilder::new()
+                .description(d)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
+                .build()
+        };
+        let common = [
+            ("400", "Malformed request"),
+            ("401", "Missing or invalid token"),
+            ("403", "The token does not allow this"),
+            ("404", "No such object"),
+            ("408", "Request took too long"),
+            ("409", "Conflicts with the current state"),
+            ("413", "Body too large"),
+            ("415", "Body is not JSON"),
+            ("422", "JSON does not match the schema"),
+        ];
+        for item in api.paths.paths.values_mut() {
+            for op in
+                [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete, &mut item.put].into_iter().flatten()
+            {
+                for (code, d) in common {
+                    op.responses.responses.entry(code.to_string()).or_insert_with(|| resp(d).into());
+                }
+            }
+        }
+    }
+}
+
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -132,10 +170,12 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 
 /// Build the router.
 pub fn router(state: Arc<AppState>) -> Router {
-    let (api_router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (api_router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api::routes())
         .merge(stream::routes(&state.cfg))
         .split_for_parts();
+    // Applied after the routes are merged, so it sees every operation.
+    utoipa::Modify::modify(&CommonErrors, &mut openapi);
     let doc = Arc::new(openapi);
     let timeout = state.cfg.request_timeout;
     let limit = state.cfg.body_limit as usize;

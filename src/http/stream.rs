@@ -37,14 +37,21 @@ pub fn routes(cfg: &HttpConfig) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(stream_chunks).layer(axum::extract::DefaultBodyLimit::max(cfg.stream_body_limit as usize)))
 }
 
+/// A chunk id: 64 hex digits.
+#[derive(ToSchema)]
+#[schema(pattern = "^[0-9a-fA-F]{64}$")]
+pub struct ChunkIdHex(#[allow(dead_code)] String);
+
 /// What a stream client has and wants.
 #[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamRequest {
     /// Chunk ids (hex) the client already has; they are not sent.
     #[serde(default)]
+    #[schema(value_type = Vec<ChunkIdHex>)]
     pub have: Vec<String>,
     /// Only these chunk ids (hex), in this order; all of the image when absent.
+    #[schema(value_type = Option<Vec<ChunkIdHex>>)]
     pub want: Option<Vec<String>>,
 }
 
@@ -92,7 +99,7 @@ async fn get_chunk(
 ) -> ApiResult<Response> {
     let row = st.inv.resolve(&image).await?;
     caller.image_content(&row.id)?;
-    let id = parse_id(&id).ok_or_else(|| ApiError::bad_request("chunk id must be 64 hex digits"))?;
+    let id = parse_id(&id).ok_or_else(|| ApiError::not_found("no such chunk (ids are 64 hex digits)"))?;
     let m = st.manifest(&row).await?;
     if !m.chunk_refs().any(|(_, c)| c.id == id) {
         return Err(ApiError::not_found("no such chunk in this image"));
@@ -130,7 +137,7 @@ async fn stream_chunks(
         Some(w) => {
             let want = parse_ids(w, "want")?;
             if let Some(bad) = want.iter().find(|id| !seen.contains(*id)) {
-                return Err(ApiError::bad_request(format!(
+                return Err(ApiError::not_found(format!(
                     "chunk {} is not part of image {}@{}",
                     hex_id(bad),
                     row.name,
