@@ -144,6 +144,21 @@ pub enum NodesCmd {
         /// Node name.
         name: String,
     },
+    /// Open the MAC collection window: PXE-booting machines are recorded as discovered.
+    Collect {
+        /// How long to collect.
+        #[arg(long, default_value_t = 30)]
+        minutes: i64,
+        /// Close the window now instead.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Machines seen while collecting (flagged when their MAC already belongs to a node).
+    Discovered {
+        /// JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `deployments` subcommands.
@@ -722,6 +737,39 @@ async fn nodes_cmd(api: &Api, cmd: NodesCmd) -> anyhow::Result<i32> {
                 .await?;
             println!("deleted node {name}");
         }
+        NodesCmd::Collect { minutes, stop } => {
+            let body = crate::http::api::Collect { minutes: if stop { 0 } else { minutes } };
+            let r: crate::http::api::CollectState =
+                api.call(Method::POST, "/api/v1/discovered/collect", Some(&body)).await?;
+            if r.collecting {
+                println!(
+                    "collecting MAC addresses until {}; PXE-boot the machines now, then `understudy nodes discovered`",
+                    r.until
+                );
+            } else {
+                println!("MAC collection is off");
+            }
+        }
+        NodesCmd::Discovered { json } => {
+            let d: Vec<crate::db::Discovered> = api.get("/api/v1/discovered").await?;
+            if json {
+                print_json(&d)?;
+            } else {
+                println!(
+                    "{:<18} {:>5} {:<24} {:<10} {:>6} {:<24} NOTE",
+                    "MAC", "ARCH", "VENDOR CLASS", "IFACE", "SEEN", "LAST SEEN"
+                );
+                for x in d {
+                    let note =
+                        x.assigned_to.as_ref().map(|n| format!("already assigned to node {n}")).unwrap_or_default();
+                    let arch = x.arch.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<18} {:>5} {:<24} {:<10} {:>6} {:<24} {note}",
+                        x.mac, arch, x.vendor_class, x.interface, x.count, x.last_seen
+                    );
+                }
+            }
+        }
         NodesCmd::Redeploy { name } => {
             let n: Node =
                 api.call::<(), Node>(Method::POST, &format!("/api/v1/nodes/{}/redeploy", encode(&name)), None).await?;
@@ -1046,6 +1094,13 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         tracing::info!("HTTP API listening on http://{addr}");
         let state = std::sync::Arc::new(crate::http::AppState::new(inv.clone(), h, &token, shutdown.clone()));
         tasks.spawn(async move { crate::http::serve(state, listener).await.context("HTTP service") });
+    }
+    if let Some(d) = cfg.dhcp.clone() {
+        let http_port = cfg.http.as_ref().map(|h| h.listen.port());
+        let (inv, shutdown) = (inv.clone(), shutdown.clone());
+        // Bind now, so a bad interface fails the start rather than later.
+        crate::dhcp::bind(&d.interface, 67)?;
+        tasks.spawn(async move { crate::dhcp::serve(inv, d, http_port, shutdown).await.context("DHCP service") });
     }
     if tasks.is_empty() {
         bail!("nothing to serve: the configuration enables no service");

@@ -112,6 +112,75 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// The HTTP service; absent means no HTTP (e.g. a failover-only standby).
     pub http: Option<HttpConfig>,
+    /// The DHCP service; absent means no DHCP.
+    pub dhcp: Option<DhcpConfig>,
+}
+
+/// `[dhcp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpConfig {
+    /// Interface to serve on (the socket is bound to it; nothing else is answered).
+    pub interface: String,
+    /// This server's address on that interface (server identifier, next-server).
+    pub server_ip: std::net::Ipv4Addr,
+    /// The served subnet, `a.b.c.d/len`.
+    pub subnet: String,
+    /// Dynamic pool, `first-last`, inside the subnet.
+    pub range: String,
+    /// Default gateway handed out.
+    pub router: Option<std::net::Ipv4Addr>,
+    /// DNS servers handed out.
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+    /// Lease time.
+    #[serde(default = "default_lease", deserialize_with = "de_duration")]
+    pub lease_time: Duration,
+    /// `server` (hands out addresses) or `proxy` (boot information only).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Base URL iPXE clients fetch their scripts from; default `http://SERVER_IP:HTTP_PORT`.
+    pub http_boot_url: Option<String>,
+    /// Replies per second allowed to one MAC (flood guard).
+    #[serde(default = "default_rate")]
+    pub per_mac_rate: u32,
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+
+fn default_mode() -> String {
+    "server".into()
+}
+
+fn default_rate() -> u32 {
+    10
+}
+
+/// Parse `a.b.c.d/len` into (network, prefix length).
+pub fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (a, l) = s.split_once('/').ok_or_else(|| format!("subnet {s:?} must look like 10.0.0.0/24"))?;
+    let ip: std::net::Ipv4Addr = a.trim().parse().map_err(|_| format!("subnet {s:?}: bad address"))?;
+    let len: u8 = l
+        .trim()
+        .parse()
+        .ok()
+        .filter(|l| (8..=30).contains(l))
+        .ok_or_else(|| format!("subnet {s:?}: prefix must be 8..=30"))?;
+    let mask = u32::MAX << (32 - len);
+    Ok((std::net::Ipv4Addr::from(u32::from(ip) & mask), len))
+}
+
+/// Parse `first-last`.
+pub fn parse_range(s: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("range {s:?} must look like 10.0.0.100-10.0.0.200"))?;
+    let a: std::net::Ipv4Addr = a.trim().parse().map_err(|_| format!("range {s:?}: bad first address"))?;
+    let b: std::net::Ipv4Addr = b.trim().parse().map_err(|_| format!("range {s:?}: bad last address"))?;
+    if u32::from(a) > u32::from(b) {
+        return Err(format!("range {s:?}: first address is after the last"));
+    }
+    Ok((a, b))
 }
 
 /// `[http]`.
@@ -162,7 +231,7 @@ impl Default for HttpConfig {
 impl Config {
     /// The configuration `serve` runs with when no file is given.
     pub fn embedded_default() -> Config {
-        Config { data_dir: None, http: Some(HttpConfig::default()) }
+        Config { data_dir: None, http: Some(HttpConfig::default()), dhcp: None }
     }
 
     /// Parse TOML text; `path` names the file in errors.
@@ -182,7 +251,28 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid { path: path.into(), message: m });
+        let invalid = |m: String| ConfigError::Invalid { path: path.into(), message: m };
+        let bad = |m: String| Err(invalid(m));
+        if let Some(d) = &self.dhcp {
+            let (net, len) = parse_subnet(&d.subnet).map_err(|e| invalid(format!("dhcp.subnet: {e}")))?;
+            let (a, b) = parse_range(&d.range).map_err(|e| invalid(format!("dhcp.range: {e}")))?;
+            let inside = |ip: std::net::Ipv4Addr| u32::from(ip) & (u32::MAX << (32 - len)) == u32::from(net);
+            if !inside(a) || !inside(b) {
+                return bad(format!("dhcp.range {} is not inside dhcp.subnet {}", d.range, d.subnet));
+            }
+            if !inside(d.server_ip) {
+                return bad(format!("dhcp.server_ip {} is not inside dhcp.subnet {}", d.server_ip, d.subnet));
+            }
+            if d.mode != "server" && d.mode != "proxy" {
+                return bad(format!("dhcp.mode must be \"server\" or \"proxy\", not {:?}", d.mode));
+            }
+            if d.interface.is_empty() || d.interface.len() > 15 {
+                return bad("dhcp.interface must name a network interface".into());
+            }
+            if d.lease_time < Duration::from_secs(60) {
+                return bad("dhcp.lease_time must be at least 60s".into());
+            }
+        }
         if let Some(h) = &self.http {
             if h.admin_token_file.is_absolute()
                 || h.admin_token_file.components().any(|c| matches!(c, std::path::Component::ParentDir))
@@ -243,6 +333,19 @@ mod tests {
         assert_eq!(h.listen.port(), 9000);
         assert!(h.public_reads);
         assert_eq!(h.body_limit, 2 << 20);
+    }
+
+    #[test]
+    fn dhcp_section() {
+        let ok = "[dhcp]\ninterface = \"eth0\"\nserver_ip = \"10.0.0.1\"\nsubnet = \"10.0.0.0/24\"\nrange = \"10.0.0.100-10.0.0.200\"\nrouter = \"10.0.0.1\"\ndns = [\"10.0.0.1\"]\nlease_time = \"12h\"\nmode = \"server\"\n";
+        let c = Config::parse(ok, Path::new("d.toml")).unwrap();
+        assert_eq!(c.dhcp.unwrap().lease_time, Duration::from_secs(43200));
+        let e = Config::parse(&ok.replace("10.0.0.200", "10.0.1.5"), Path::new("d.toml")).unwrap_err().to_string();
+        assert!(e.contains("not inside"), "{e}");
+        let e = Config::parse(&ok.replace("\"server\"", "\"relay\""), Path::new("d.toml")).unwrap_err().to_string();
+        assert!(e.contains("dhcp.mode"), "{e}");
+        assert_eq!(parse_subnet("10.0.0.77/24").unwrap(), ("10.0.0.0".parse().unwrap(), 24));
+        assert!(parse_range("10.0.0.9-10.0.0.1").is_err());
     }
 
     #[test]

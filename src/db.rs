@@ -448,6 +448,16 @@ impl Db {
             {
                 return Err(Refused::Conflict(format!("IP {ip} is already reserved for node {owner}")));
             }
+            let lease: Option<(String,)> = sqlx::query_as(
+                "SELECT mac FROM leases WHERE ip = ? AND expires > strftime('%s','now') AND mac NOT IN (SELECT mac FROM node_macs WHERE node = ?)",
+            )
+            .bind(ip)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((mac,)) = lease {
+                return Err(Refused::Conflict(format!("IP {ip} is leased to {mac} (another machine)")));
+            }
             sqlx::query("INSERT INTO node_ips (ip, node) VALUES (?, ?)").bind(ip).bind(name).execute(&mut *tx).await?;
         }
         Ok(())
@@ -708,5 +718,153 @@ impl Db {
             .await?;
         let (total,): (i64,) = sqlx::query_as("SELECT count(*) FROM images").fetch_one(&self.pool).await?;
         Ok((rows, total))
+    }
+}
+
+/// A DHCP lease row.
+#[derive(Debug, Clone, FromRow, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct LeaseRow {
+    /// Leased address.
+    pub ip: String,
+    /// Client MAC.
+    pub mac: String,
+    /// Expiry, seconds since the epoch.
+    pub expires: i64,
+    /// offered or bound.
+    pub state: String,
+}
+
+/// A machine seen during MAC collection.
+#[derive(Debug, Clone, FromRow, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Discovered {
+    /// MAC address.
+    pub mac: String,
+    /// PXE client architecture (DHCP option 93), when sent.
+    pub arch: Option<i64>,
+    /// Vendor class (option 60).
+    pub vendor_class: String,
+    /// Interface it was seen on.
+    pub interface: String,
+    /// First seen.
+    pub first_seen: String,
+    /// Last seen.
+    pub last_seen: String,
+    /// DHCP packets seen.
+    pub count: i64,
+    /// The node that already owns this MAC, if any (then it is flagged, not collected).
+    #[sqlx(default)]
+    pub assigned_to: Option<String>,
+}
+
+impl Db {
+    /// All leases.
+    pub async fn leases(&self) -> Result<Vec<LeaseRow>> {
+        Ok(sqlx::query_as("SELECT ip, mac, expires, state FROM leases ORDER BY ip").fetch_all(&self.pool).await?)
+    }
+
+    /// Write (or replace) a lease; durable when this returns.
+    pub async fn put_lease(&self, l: &LeaseRow) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        // One lease per MAC: a client moving to another address gives up the old one.
+        sqlx::query("DELETE FROM leases WHERE mac = ? AND ip != ?").bind(&l.mac).bind(&l.ip).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO leases (ip, mac, expires, state, updated) VALUES (?, ?, ?, ?, ?) ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, expires = excluded.expires, state = excluded.state, updated = excluded.updated")
+            .bind(&l.ip)
+            .bind(&l.mac)
+            .bind(l.expires)
+            .bind(&l.state)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Drop a lease.
+    pub async fn delete_lease(&self, ip: &str) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE ip = ?").bind(ip).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The MAC collection window end (seconds since the epoch), if one was opened.
+    pub async fn collect_until(&self) -> Result<i64> {
+        let r: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM settings WHERE key = 'collect_until'").fetch_optional(&self.pool).await?;
+        Ok(r.and_then(|v| v.0.parse().ok()).unwrap_or(0))
+    }
+
+    /// Open (or close, with 0) the MAC collection window.
+    pub async fn set_collect_until(&self, until: i64) -> Result<()> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES ('collect_until', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .bind(until.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Record a machine seen during collection (counted once per MAC).
+    pub async fn record_discovered(
+        &self,
+        mac: &str,
+        arch: Option<u16>,
+        vendor_class: &str,
+        interface: &str,
+    ) -> Result<bool> {
+        let ts = now();
+        let mut tx = self.write_tx().await?;
+        let fresh = sqlx::query_as::<_, (String,)>("SELECT mac FROM discovered WHERE mac = ?")
+            .bind(mac)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_none();
+        sqlx::query(
+            "INSERT INTO discovered (mac, arch, vendor_class, interface, first_seen, last_seen, count) VALUES (?, ?, ?, ?, ?, ?, 1)
+             ON CONFLICT(mac) DO UPDATE SET last_seen = excluded.last_seen, count = count + 1, arch = COALESCE(excluded.arch, arch)",
+        )
+        .bind(mac)
+        .bind(arch.map(i64::from))
+        .bind(vendor_class)
+        .bind(interface)
+        .bind(&ts)
+        .bind(&ts)
+        .execute(&mut *tx)
+        .await?;
+        if fresh {
+            sqlx::query("INSERT INTO events (ts, kind, message) VALUES (?, 'dhcp.discovered', ?)")
+                .bind(&ts)
+                .bind(format!(
+                    "discovered {mac} (arch {}, {vendor_class:?}) on {interface}",
+                    arch.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+                ))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    /// Discovered machines, with the node that owns the MAC when it is already assigned.
+    pub async fn discovered(&self) -> Result<Vec<Discovered>> {
+        Ok(sqlx::query_as(
+            "SELECT d.mac, d.arch, d.vendor_class, d.interface, d.first_seen, d.last_seen, d.count, m.node AS assigned_to
+             FROM discovered d LEFT JOIN node_macs m ON m.mac = d.mac ORDER BY d.first_seen",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// MAC -> (node, reserved IPv4, state) for every node with a MAC.
+    pub async fn reservations(&self) -> Result<Vec<(String, String, Option<String>, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT m.mac, n.name, (SELECT ip FROM node_ips i WHERE i.node = n.name AND ip NOT LIKE '%:%' ORDER BY ip LIMIT 1), n.state
+             FROM node_macs m JOIN nodes n ON n.name = m.node",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every reserved IP.
+    pub async fn reserved_ips(&self) -> Result<Vec<String>> {
+        let r: Vec<(String,)> = sqlx::query_as("SELECT ip FROM node_ips").fetch_all(&self.pool).await?;
+        Ok(r.into_iter().map(|x| x.0).collect())
     }
 }

@@ -34,6 +34,9 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(report_progress))
         .routes(routes!(list_events))
         .routes(routes!(whoami))
+        .routes(routes!(list_discovered))
+        .routes(routes!(collect))
+        .routes(routes!(list_leases))
 }
 
 /// Paging parameters.
@@ -673,4 +676,58 @@ async fn whoami(caller: Caller) -> Json<WhoAmI> {
         Caller::Deploy(d) => WhoAmI { role: "deploy".into(), deployment: Some(*d) },
         Caller::Anonymous => WhoAmI { role: "anonymous".into(), deployment: None },
     })
+}
+
+// ---------------------------------------------------------------- DHCP: collection, leases
+
+/// Open or close the MAC collection window.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Collect {
+    /// Minutes to collect from now; 0 closes the window.
+    #[schema(minimum = 0, maximum = 10080)]
+    pub minutes: i64,
+}
+
+/// The collection window.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct CollectState {
+    /// Whether collection is on.
+    pub collecting: bool,
+    /// Until when (RFC 3339), when on.
+    pub until: String,
+}
+
+/// Machines seen while collecting.
+#[utoipa::path(get, path = "/api/v1/discovered", tag = "nodes", responses((status = 200, body = Vec<crate::db::Discovered>)))]
+async fn list_discovered(State(st): St, caller: Caller) -> ApiResult<Json<Vec<crate::db::Discovered>>> {
+    caller.read(st.cfg.public_reads)?;
+    Ok(Json(st.inv.db.discovered().await?))
+}
+
+/// Open (minutes > 0) or close (0) MAC collection.
+#[utoipa::path(post, path = "/api/v1/discovered/collect", tag = "nodes", request_body = Collect, responses((status = 200, body = CollectState)))]
+async fn collect(State(st): St, caller: Caller, ApiJson(b): ApiJson<Collect>) -> ApiResult<Json<CollectState>> {
+    caller.admin()?;
+    if !(0..=10080).contains(&b.minutes) {
+        return Err(ApiError::bad_request("minutes must be between 0 and 10080 (a week)"));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let until = now + time::Duration::minutes(b.minutes);
+    st.inv.db.set_collect_until(if b.minutes == 0 { 0 } else { until.unix_timestamp() }).await?;
+    let msg = if b.minutes == 0 {
+        "MAC collection closed".to_string()
+    } else {
+        format!("MAC collection open for {} minute(s)", b.minutes)
+    };
+    st.inv.db.event(None, "dhcp.collect", &msg).await?;
+    let until = until.format(&time::format_description::well_known::Rfc3339).map_err(ApiError::internal)?;
+    Ok(Json(CollectState { collecting: b.minutes > 0, until }))
+}
+
+/// DHCP leases.
+#[utoipa::path(get, path = "/api/v1/leases", tag = "nodes", responses((status = 200, body = Vec<crate::db::LeaseRow>)))]
+async fn list_leases(State(st): St, caller: Caller) -> ApiResult<Json<Vec<crate::db::LeaseRow>>> {
+    caller.read(st.cfg.public_reads)?;
+    Ok(Json(st.inv.db.leases().await?))
 }

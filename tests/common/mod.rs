@@ -283,19 +283,21 @@ pub struct Server {
 impl Server {
     /// Start the real binary with `config` (TOML; `data_dir` is added) on an ephemeral port.
     pub fn start(sb: &Sandbox, extra_http: &str) -> Server {
-        use std::io::BufRead;
         let cfg = sb.path("serve.toml");
         std::fs::write(
             &cfg,
             format!("data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{extra_http}\n", sb.data().to_str().unwrap()),
         )
         .unwrap();
-        let mut child = Command::new(bin())
-            .args(["serve", "--config", cfg.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start server");
+        let mut c = Command::new(bin());
+        c.args(["serve", "--config", cfg.to_str().unwrap()]);
+        Server::start_cmd(sb, &mut c)
+    }
+
+    /// Start a prepared `serve` command line.
+    pub fn start_cmd(sb: &Sandbox, cmd: &mut Command) -> Server {
+        use std::io::BufRead;
+        let mut child = cmd.env("RUST_LOG", "warn").stdout(std::process::Stdio::piped()).spawn().expect("start server");
         let out = child.stdout.take().unwrap();
         let mut lines = std::io::BufReader::new(out).lines();
         let mut url = None;
