@@ -762,26 +762,32 @@ impl Db {
         Ok(sqlx::query_as("SELECT ip, mac, expires, state FROM leases ORDER BY ip").fetch_all(&self.pool).await?)
     }
 
-    /// Write (or replace) a lease; durable when this returns.
-    pub async fn put_lease(&self, l: &LeaseRow) -> Result<()> {
+    /// Write and drop leases in one transaction (group commit: one fsync for a batch).
+    pub async fn apply_leases(&self, puts: &[LeaseRow], removes: &[String]) -> Result<()> {
+        if puts.is_empty() && removes.is_empty() {
+            return Ok(());
+        }
+        let ts = now();
         let mut tx = self.write_tx().await?;
-        // One lease per MAC: a client moving to another address gives up the old one.
-        sqlx::query("DELETE FROM leases WHERE mac = ? AND ip != ?").bind(&l.mac).bind(&l.ip).execute(&mut *tx).await?;
-        sqlx::query("INSERT INTO leases (ip, mac, expires, state, updated) VALUES (?, ?, ?, ?, ?) ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, expires = excluded.expires, state = excluded.state, updated = excluded.updated")
-            .bind(&l.ip)
-            .bind(&l.mac)
-            .bind(l.expires)
-            .bind(&l.state)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
+        for ip in removes {
+            sqlx::query("DELETE FROM leases WHERE ip = ?").bind(ip).execute(&mut *tx).await?;
+        }
+        for l in puts {
+            sqlx::query("DELETE FROM leases WHERE mac = ? AND ip != ?")
+                .bind(&l.mac)
+                .bind(&l.ip)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO leases (ip, mac, expires, state, updated) VALUES (?, ?, ?, ?, ?) ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, expires = excluded.expires, state = excluded.state, updated = excluded.updated")
+                .bind(&l.ip)
+                .bind(&l.mac)
+                .bind(l.expires)
+                .bind(&l.state)
+                .bind(&ts)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(())
-    }
-
-    /// Drop a lease.
-    pub async fn delete_lease(&self, ip: &str) -> Result<()> {
-        sqlx::query("DELETE FROM leases WHERE ip = ?").bind(ip).execute(&self.pool).await?;
         Ok(())
     }
 

@@ -120,9 +120,34 @@ impl FloodGuard {
 /// Inventory facts refreshed at most once a second.
 struct Cached {
     at: Option<Instant>,
-    reserved: HashSet<Ipv4Addr>,
+    reserved: std::sync::Arc<HashSet<Ipv4Addr>>,
     collecting: bool,
+    /// MAC -> (node, reserved IPv4, state).
+    nodes: HashMap<String, (String, Option<Ipv4Addr>, String)>,
 }
+
+impl Cached {
+    async fn refresh(&mut self, inv: &Inventory, now: u64) -> Result<(), DhcpError> {
+        if self.at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return Ok(());
+        }
+        self.reserved =
+            std::sync::Arc::new(inv.db.reserved_ips().await?.iter().filter_map(|i| i.parse().ok()).collect());
+        self.collecting = inv.db.collect_until().await? > now as i64;
+        self.nodes = inv
+            .db
+            .reservations()
+            .await?
+            .into_iter()
+            .map(|(mac, node, ip, state)| (mac, (node, ip.and_then(|i| i.parse().ok()), state)))
+            .collect();
+        self.at = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// Packets handled per batch; their leases are committed together.
+const BATCH: usize = 256;
 
 /// Run until `shutdown`.
 pub async fn serve(
@@ -151,95 +176,105 @@ pub async fn serve(
     );
     let mut log = LogLimit { last: HashMap::new() };
     let mut guard = FloodGuard { per_sec: cfg.per_mac_rate.max(1), seen: HashMap::new() };
-    let mut cache = Cached { at: None, reserved: HashSet::new(), collecting: false };
-    let mut bufs = vec![vec![0u8; 1500]; socks.len()];
+    let mut cache = Cached { at: None, reserved: Default::default(), collecting: false, nodes: HashMap::new() };
+    let mut buf = vec![0u8; 1500];
     loop {
-        let (i, n, from) = {
-            let mut futs = Vec::new();
-            for (sock, buf) in socks.iter().zip(bufs.iter_mut()) {
-                futs.push(Box::pin(sock.recv_from(buf)));
-            }
+        // Wait for one packet, then take whatever else is already queued.
+        let mut batch: Vec<(usize, Vec<u8>, SocketAddr)> = Vec::new();
+        {
+            let readable: Vec<_> = socks.iter().map(|s| Box::pin(s.readable())).collect();
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                (r, i, _) = futures_util::future::select_all(futs) => match r {
-                    Ok((n, from)) => (i, n, from),
+                _ = futures_util::future::select_all(readable) => {}
+            }
+        }
+        for (i, sock) in socks.iter().enumerate() {
+            while batch.len() < BATCH {
+                match sock.try_recv_from(&mut buf) {
+                    Ok((n, from)) => batch.push((i, buf[..n].to_vec(), from)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         log.warn("recv", || format!("receive failed: {e}"));
-                        continue;
+                        break;
                     }
-                },
+                }
             }
-        };
-        let req = match policy::decode(&bufs[i][..n]) {
-            Ok(m) => m,
-            Err(e) => {
-                log.warn("decode", || format!("malformed packet from {from}: {e}"));
+        }
+        let now = now_secs();
+        cache.refresh(&inv, now).await?;
+        let mut puts = Vec::new();
+        let mut removes = Vec::new();
+        let mut found = Vec::new();
+        let mut replies = Vec::new();
+        for (i, pkt, from) in batch {
+            let req = match policy::decode(&pkt) {
+                Ok(m) => m,
+                Err(e) => {
+                    log.warn("decode", || format!("malformed packet from {from}: {e}"));
+                    continue;
+                }
+            };
+            let Some(mac) = policy::client_mac(&req) else { continue };
+            if !guard.allow(mac, now) {
+                log.warn("flood", || format!("{} sends too fast; dropping", mac_str(&mac)));
                 continue;
             }
-        };
-        let Some(mac) = policy::client_mac(&req) else { continue };
-        let now = now_secs();
-        if !guard.allow(mac, now) {
-            log.warn("flood", || format!("{} sends too fast; dropping", mac_str(&mac)));
-            continue;
-        }
-        if cache.at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            cache.reserved = inv.db.reserved_ips().await?.iter().filter_map(|i| i.parse().ok()).collect();
-            cache.collecting = inv.db.collect_until().await? > now as i64;
-            cache.at = Some(Instant::now());
-        }
-        let node = inv.db.node_by_mac(&mac_str(&mac)).await?;
-        let known = Known {
-            reserved_ip: node
-                .as_ref()
-                .and_then(|n| n.ips.iter().filter_map(|i| i.parse::<Ipv4Addr>().ok()).find(|ip| s.in_subnet(*ip))),
-            state: node.as_ref().map(|n| n.state.clone()),
-            node: node.map(|n| n.name),
-            all_reserved: cache.reserved.clone(),
-            collecting: cache.collecting,
-        };
-        let info = policy::client_info(&req);
-        if known.collecting && req.opts().has_msg_type(dhcproto::v4::MessageType::Discover) {
-            inv.db.record_discovered(&mac_str(&mac), info.arch, &info.vendor_class, &cfg.interface).await?;
-        }
-        if req.opts().has_msg_type(dhcproto::v4::MessageType::Decline)
-            && let Some(dhcproto::v4::DhcpOption::RequestedIpAddress(ip)) =
-                req.opts().get(dhcproto::v4::OptionCode::RequestedIpAddress)
-        {
-            leases.declined.insert(*ip, now + policy::DECLINE_HOLD);
-        }
-        let out = policy::handle(&s, &req, &known, &leases, now);
-        if let Some(note) = &out.note {
-            tracing::debug!("dhcp: {note}");
-        }
-        // Durable before the reply leaves.
-        if let Some(l) = &out.put {
-            let row = crate::db::LeaseRow {
-                ip: l.ip.to_string(),
-                mac: mac_str(&l.mac),
-                expires: l.expires as i64,
-                state: if l.bound { "bound".into() } else { "offered".into() },
+            let ms = mac_str(&mac);
+            let node = cache.nodes.get(&ms);
+            let known = Known {
+                reserved_ip: node.and_then(|n| n.1).filter(|ip| s.in_subnet(*ip)),
+                state: node.map(|n| n.2.clone()),
+                node: node.map(|n| n.0.clone()),
+                all_reserved: cache.reserved.clone(),
+                collecting: cache.collecting,
             };
-            inv.db.put_lease(&row).await?;
-            leases.by_ip.retain(|_, x| x.mac != l.mac || x.ip == l.ip);
-            leases.by_ip.insert(l.ip, l.clone());
-        }
-        if let Some(ip) = out.removed {
-            inv.db.delete_lease(&ip.to_string()).await?;
-            leases.by_ip.remove(&ip);
-        }
-        if let Some(reply) = out.reply {
-            let (dst, port) = policy::destination(&req, &reply);
-            // proxyDHCP answers on 4011 go back to the client's port.
-            let port = if i == 1 { from.port() } else { port };
-            let dst = if i == 1 {
-                match from {
-                    SocketAddr::V4(a) => *a.ip(),
-                    _ => dst,
+            if known.collecting && req.opts().has_msg_type(dhcproto::v4::MessageType::Discover) {
+                let info = policy::client_info(&req);
+                found.push((ms.clone(), info.arch, info.vendor_class));
+            }
+            if req.opts().has_msg_type(dhcproto::v4::MessageType::Decline)
+                && let Some(dhcproto::v4::DhcpOption::RequestedIpAddress(ip)) =
+                    req.opts().get(dhcproto::v4::OptionCode::RequestedIpAddress)
+            {
+                leases.declined.insert(*ip, now + policy::DECLINE_HOLD);
+            }
+            let out = policy::handle(&s, &req, &known, &leases, now);
+            if let Some(note) = &out.note {
+                tracing::debug!("dhcp: {note}");
+            }
+            if let Some(l) = &out.put {
+                // Offers live in memory only; bound leases are written before any reply of
+                // this batch leaves.
+                if l.bound {
+                    puts.push(crate::db::LeaseRow {
+                        ip: l.ip.to_string(),
+                        mac: ms.clone(),
+                        expires: l.expires as i64,
+                        state: "bound".into(),
+                    });
                 }
-            } else {
-                dst
-            };
+                leases.by_ip.retain(|_, x| x.mac != l.mac || x.ip == l.ip);
+                leases.by_ip.insert(l.ip, l.clone());
+            }
+            if let Some(ip) = out.removed {
+                removes.push(ip.to_string());
+                leases.by_ip.remove(&ip);
+            }
+            if let Some(reply) = out.reply {
+                let (dst, port) = policy::destination(&req, &reply);
+                // proxyDHCP answers on 4011 go back to where the request came from.
+                let (dst, port) = match (i, from) {
+                    (1, SocketAddr::V4(a)) => (*a.ip(), a.port()),
+                    _ => (dst, port),
+                };
+                replies.push((i, reply, dst, port));
+            }
+        }
+        inv.db.apply_leases(&puts, &removes).await?;
+        for (mac, arch, vc) in found {
+            inv.db.record_discovered(&mac, arch, &vc, &cfg.interface).await?;
+        }
+        for (i, reply, dst, port) in replies {
             match policy::encode(&reply) {
                 Ok(bytes) => {
                     if let Err(e) = socks[i].send_to(&bytes, (dst, port)).await {

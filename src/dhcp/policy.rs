@@ -93,7 +93,7 @@ pub struct Known {
     /// Its state (assigned, deploying, deployed, ...).
     pub state: Option<String>,
     /// Every reserved address (no dynamic client ever gets one).
-    pub all_reserved: HashSet<Ipv4Addr>,
+    pub all_reserved: std::sync::Arc<HashSet<Ipv4Addr>>,
     /// MAC collection is on.
     pub collecting: bool,
 }
@@ -488,7 +488,7 @@ mod tests {
         let s = settings();
         let mut l = Leases::default();
         let mut k = Known::default();
-        k.all_reserved.insert("10.0.0.101".parse().unwrap());
+        k.all_reserved = std::sync::Arc::new(["10.0.0.101".parse().unwrap()].into_iter().collect());
         // Fill the pool with other clients; the reserved address is never handed out.
         for i in 0..3u8 {
             let o = handle(&s, &msg(MessageType::Discover, [2, 0, 0, 0, 0, i], vec![]), &k, &l, 10);
