@@ -487,8 +487,10 @@ mod tests {
     fn reservations_and_exhaustion() {
         let s = settings();
         let mut l = Leases::default();
-        let mut k = Known::default();
-        k.all_reserved = std::sync::Arc::new(["10.0.0.101".parse().unwrap()].into_iter().collect());
+        let k = Known {
+            all_reserved: std::sync::Arc::new(["10.0.0.101".parse().unwrap()].into_iter().collect()),
+            ..Default::default()
+        };
         // Fill the pool with other clients; the reserved address is never handed out.
         for i in 0..3u8 {
             let o = handle(&s, &msg(MessageType::Discover, [2, 0, 0, 0, 0, i], vec![]), &k, &l, 10);
