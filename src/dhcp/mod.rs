@@ -164,7 +164,7 @@ pub async fn serve(
     let mut leases = Leases::default();
     for r in inv.db.leases().await? {
         let (Ok(ip), Some(mac)) = (r.ip.parse::<Ipv4Addr>(), parse_mac(&r.mac)) else { continue };
-        leases.by_ip.insert(ip, Lease { ip, mac, expires: r.expires.max(0) as u64, bound: r.state == "bound" });
+        leases.insert(Lease { ip, mac, expires: r.expires.max(0) as u64, bound: r.state == "bound" });
     }
     tracing::info!(
         "DHCP ({}) on {} as {}: pool {}, {} lease(s) restored",
@@ -172,7 +172,7 @@ pub async fn serve(
         cfg.interface,
         s.server_ip,
         cfg.range,
-        leases.by_ip.len()
+        leases.len()
     );
     let mut log = LogLimit { last: HashMap::new() };
     let mut guard = FloodGuard { per_sec: cfg.per_mac_rate.max(1), seen: HashMap::new() };
@@ -253,12 +253,11 @@ pub async fn serve(
                         state: "bound".into(),
                     });
                 }
-                leases.by_ip.retain(|_, x| x.mac != l.mac || x.ip == l.ip);
-                leases.by_ip.insert(l.ip, l.clone());
+                leases.insert(l.clone());
             }
             if let Some(ip) = out.removed {
                 removes.push(ip.to_string());
-                leases.by_ip.remove(&ip);
+                leases.remove(&ip);
             }
             if let Some(reply) = out.reply {
                 let (dst, port) = policy::destination(&req, &reply);
