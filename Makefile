@@ -9,7 +9,7 @@ BIN      := target/release/understudy
 TEST_PKGS  := curl busybox isc-dhcp-client iproute2 sqlite3 rsync acl attr libcap2-bin util-linux python3 tar zstd e2fsprogs
 BENCH_PKGS := $(TEST_PKGS) debootstrap casync kea-admin kea-dhcp4-server dnsmasq-base jq time
 
-.PHONY: all build run test bench deps bench-deps fmt lint clean fuzz-api
+.PHONY: all build run test bench deps bench-deps fmt lint clean fuzz-api fuzz
 
 all: build
 
@@ -47,3 +47,11 @@ clean:
 # OpenAPI-driven fuzzing of the running server (schemathesis from PyPI).
 fuzz-api: deps
 	./.ci/fuzz-api
+
+# Coverage-guided fuzzing of the DHCP packet path and manifest decoding (cargo-fuzz;
+# RUSTC_BOOTSTRAP lets the stable toolchain take the sanitizer flags). FUZZ_SECS each.
+FUZZ_SECS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run dhcp_packet -- -max_total_time=$(FUZZ_SECS)
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run manifest -- -max_total_time=$(FUZZ_SECS)
