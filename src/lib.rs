@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod deploy;
+pub mod failover;
 pub mod fsx;
 pub mod http;
 pub mod images;
