@@ -778,10 +778,15 @@ impl Machine {
                 }
                 Err(why) => ev(out, EventKind::AdminRefused, format!("release refused: {why}")),
             },
-            _ => {
+            phase => {
                 self.yielding = true;
                 self.send_now = true;
                 ev(out, EventKind::Admin, "admin release: will not take the VIP while the peer can".into());
+                if let Phase::Probing { reason: AcquireReason::Coordinated, .. }
+                | Phase::Persisting { reason: AcquireReason::Coordinated, .. } = phase
+                {
+                    self.abort("admin release", out);
+                }
             }
         }
     }
@@ -966,7 +971,11 @@ impl Machine {
             return self.block("our public link is down", out);
         }
         let started = self.clock;
-        ev(out, EventKind::TakeoverStarted, format!("{reason:?}"));
+        let why = match reason {
+            AcquireReason::Failover => format!("failover: peer silent on every channel for {:?}", self.cfg.dead_time),
+            AcquireReason::Coordinated => "coordinated: peer alive, nobody holds the VIP, we rank first".to_string(),
+        };
+        ev(out, EventKind::TakeoverStarted, why);
         if reason == AcquireReason::Failover && self.cfg.tiebreaker && !self.admin_force {
             self.phase = Phase::Probing { reason, started, deadline: started + self.cfg.tiebreaker_timeout };
             self.send_now = true;
@@ -1624,6 +1633,53 @@ mod tests {
         let mut s = standby(1);
         let mut primary = FakePeer::new(3);
         let out = run(&mut s, &mut primary, &[0], 0, 5000);
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))));
+    }
+
+    /// Nobody holds and we rank first, but the peer does not echo us: it may be about to
+    /// take over by failover, so we wait (it will, and we then stay backup).
+    #[test]
+    fn no_coordinated_acquire_without_confirmation() {
+        let (mut m, _) = Machine::new(cfg("head-a", Role::Primary, 150, 1), init(77, 3), ms(0));
+        let mut p = FakePeer::new(3);
+        p.name = NodeName::new("head-b").unwrap();
+        p.role = Role::Standby;
+        p.priority = 100;
+        let mut out = Vec::new();
+        for t in (0..3000).step_by(50) {
+            out.extend(m.handle(Event::Tick, ms(t)));
+            if t % 100 == 0 {
+                let mut hb = p.hb(&m, 0);
+                hb.echo_any_seq = 0;
+                hb.echo_seq = 0;
+                out.extend(m.handle(Event::Heartbeat { channel: 0, heartbeat: hb }, ms(t)));
+            }
+        }
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))));
+        assert!(m.alarms().contains(&Alarm::PeerOneWay));
+        // The any-channel echo alone is enough: each direction may survive on another channel.
+        let hb = p.hb(&m, 0);
+        let hb = Heartbeat { echo_seq: 0, ..hb };
+        let out = m.handle(Event::Heartbeat { channel: 0, heartbeat: hb }, ms(3000));
+        assert!(has(&out, |a| matches!(a, Action::PersistTerm(_))));
+    }
+
+    #[test]
+    fn admin_release_cancels_a_coordinated_acquisition() {
+        let (mut m, _) = Machine::new(cfg("head-a", Role::Primary, 150, 1), init(77, 3), ms(0));
+        let mut p = FakePeer::new(3);
+        p.name = NodeName::new("head-b").unwrap();
+        p.role = Role::Standby;
+        p.priority = 100;
+        run(&mut m, &mut p, &[0], 0, 100);
+        assert_eq!(m.state(), State::Acquiring);
+        m.handle(Event::AdminRelease, ms(110));
+        assert_eq!(m.state(), State::Backup);
+        let out = m.handle(Event::TermPersisted(4), ms(120));
+        assert!(!has(&out, |a| matches!(a, Action::AddVip { .. })));
+        assert_eq!(m.term(), 4, "a persisted term is never reused");
+        // Yielding: it ranks below the standby now and does not retry.
+        let out = run(&mut m, &mut p, &[0], 150, 3000);
         assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))));
     }
 
