@@ -13,6 +13,37 @@
 //!
 //! The adapters (UDP sockets, rtnetlink for the VIP, ARP, hook processes, the term file)
 //! live elsewhere and only translate between the world and [`Event`]/[`Action`].
+//!
+//! # Adapter contract
+//!
+//! - One task owns the [`Machine`] and feeds it every event in arrival order with a
+//!   monotonic `now` (`Instant` since start); it sends a [`Event::Tick`] no later than
+//!   [`Machine::next_wakeup_in`] after the previous event, and carries out the returned
+//!   actions in order before taking the next event.
+//! - At start: read the state file (term, last boot id, highest peer boot id), compute
+//!   [`next_boot_id`], write it durably *before* the first send, and tell the machine
+//!   whether the VIP is already on the interface ([`MachineInit`]).
+//! - [`Action::PersistTerm`]: write + fsync the file and its directory, then send
+//!   [`Event::TermPersisted`]; on failure send nothing (the machine times out and retries).
+//!   [`Action::PersistPeerBoot`]: same file, no answer.
+//! - Sockets: one UDP socket per channel bound to `local`, sending to `peer:port`; drop
+//!   datagrams whose source address is not the configured peer; [`decode`] each one with
+//!   the [`Keyring`] and pass [`Event::Heartbeat`] or [`Event::Rejected`]; report send
+//!   errors as [`Event::ChannelSendFailed`]. Never block the machine on I/O.
+//! - Tie-breaker, fence, hooks: run them off the machine's task with their timeouts and
+//!   report [`Event::TieBreakerResult`], [`Event::FenceResult`], [`Event::StartHooksDone`],
+//!   [`Event::StopHooksDone`]. Hooks run in configuration order; the first failure stops
+//!   the list and reports `ok: false`.
+//! - VIP: [`Action::AddVip`]/[`Action::RemoveVip`] through rtnetlink (with the label),
+//!   idempotent; [`Action::SendGarp`] sends gratuitous ARP (IPv4) or an unsolicited
+//!   neighbour advertisement (IPv6) for every VIP on its interface.
+//! - Carrier changes of the VIP interfaces become [`Event::LinkState`]; monitors run through
+//!   [`MonitorTracker`] and map `Escalate`/`Recovered` to the two monitor events.
+//! - Record [`Action::RecordEvent`] in the event log and expose [`Action::Alarm`],
+//!   [`Machine::channels`] and [`Machine::stats`] as metrics.
+//! - Limitation: if only the understudy process dies, the kernel keeps answering ARP for
+//!   the VIP while the peer takes over. Configure fencing, or have the service manager
+//!   remove the VIP when the process exits (the restarted process removes it anyway).
 
 pub mod config;
 pub mod garp;
