@@ -1,6 +1,7 @@
 //! The TOML configuration of `understudy serve`. Every key is documented in README;
 //! unknown keys are errors, reported with their line and column.
 
+use crate::failover::FailoverConfig;
 use serde::{Deserialize, Deserializer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -114,6 +115,8 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// The DHCP service; absent means no DHCP.
     pub dhcp: Option<DhcpConfig>,
+    /// Heartbeat and failover (see [`crate::failover::config`]); absent means none.
+    pub failover: Option<FailoverConfig>,
 }
 
 /// `[dhcp]`.
@@ -231,7 +234,7 @@ impl Default for HttpConfig {
 impl Config {
     /// The configuration `serve` runs with when no file is given.
     pub fn embedded_default() -> Config {
-        Config { data_dir: None, http: Some(HttpConfig::default()), dhcp: None }
+        Config { data_dir: None, http: Some(HttpConfig::default()), dhcp: None, failover: None }
     }
 
     /// Parse TOML text; `path` names the file in errors.
@@ -289,7 +292,18 @@ impl Config {
                 return bad("http.max_concurrent_requests must be at least 1".into());
             }
         }
+        if let Some(f) = &self.failover
+            && let Err(m) = f.validate()
+        {
+            return bad(m);
+        }
         Ok(())
+    }
+
+    /// Problems that do not stop the service but must be shown loudly (such as a failover
+    /// with a single heartbeat channel). The caller logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        self.failover.as_ref().and_then(|f| f.validate().ok()).unwrap_or_default()
     }
 }
 
@@ -333,6 +347,38 @@ mod tests {
         assert_eq!(h.listen.port(), 9000);
         assert!(h.public_reads);
         assert_eq!(h.body_limit, 2 << 20);
+    }
+
+    const FAILOVER: &str = "[failover]\nnode = \"head-b\"\nrole = \"standby\"\npriority = 100\n\
+        key_file = \"failover.key\"\ninterval = \"100ms\"\ndead_time = \"500ms\"\n\
+        [[failover.channel]]\nname = \"private\"\nlocal = \"10.0.0.2\"\npeer = \"10.0.0.1\"\n\
+        [[failover.vip]]\naddress = \"198.51.100.10/24\"\ninterface = \"eth1\"\n";
+
+    #[test]
+    fn failover_section_parses_with_warnings() {
+        let c = Config::parse(FAILOVER, Path::new("f.toml")).unwrap();
+        let f = c.failover.as_ref().unwrap();
+        assert_eq!(f.node, "head-b");
+        assert_eq!(f.dead_time, Duration::from_millis(500));
+        assert!(c.http.is_none());
+        let w = c.warnings();
+        assert!(w.iter().any(|w| w.contains("single heartbeat channel")), "{w:?}");
+        assert!(Config::embedded_default().warnings().is_empty());
+    }
+
+    #[test]
+    fn failover_errors_name_the_key() {
+        let e = Config::parse(&FAILOVER.replace("dead_time = \"500ms\"", "dead_time = \"150ms\""), Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.toml: failover.dead_time"), "{e}");
+        let e = Config::parse(
+            &FAILOVER.replace("interface = \"eth1\"", "interface = \"eth1\"\nnetmask = 3"),
+            Path::new("f.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("f.toml:") && e.contains("netmask"), "{e}");
     }
 
     #[test]

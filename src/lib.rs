@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod deploy;
 pub mod dhcp;
+pub mod failover;
 pub mod fsx;
 pub mod http;
 pub mod images;

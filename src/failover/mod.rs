@@ -1,0 +1,66 @@
+//! Heartbeat and failover: the standby takes over the VIP when the primary dies, and the
+//! two nodes never both hold it while they can hear each other.
+//!
+//! Everything here is pure logic with no I/O, so it can be tested exhaustively and run
+//! under a simulated clock:
+//!
+//! - [`packet`]: the heartbeat datagram (fixed layout, keyed BLAKE3, key ids for rotation),
+//!   the key file, and the replay guard;
+//! - [`machine`]: the state machine, `step(state, event, now) -> (state, actions)`;
+//! - [`monitor`]: the service-monitor policy (thresholds, restart budget, escalation);
+//! - [`config`]: the `[failover]` section;
+//! - [`garp`] and [`link`]: the gratuitous-ARP schedule and per-channel bookkeeping.
+//!
+//! The adapters (UDP sockets, rtnetlink for the VIP, ARP, hook processes, the term file)
+//! live elsewhere and only translate between the world and [`Event`]/[`Action`].
+//!
+//! # Adapter contract
+//!
+//! - One task owns the [`Machine`] and feeds it every event in arrival order with a
+//!   monotonic `now` (`Instant` since start); it sends a [`Event::Tick`] no later than
+//!   [`Machine::next_wakeup_in`] after the previous event, and carries out the returned
+//!   actions in order before taking the next event.
+//! - At start: read the state file (term, last boot id, highest peer boot id), compute
+//!   [`next_boot_id`], write it durably *before* the first send, and tell the machine
+//!   whether the VIP is already on the interface ([`MachineInit`]).
+//! - [`Action::PersistTerm`]: write + fsync the file and its directory, then send
+//!   [`Event::TermPersisted`]; on failure send nothing (the machine times out and retries).
+//!   [`Action::PersistPeerBoot`]: same file, no answer.
+//! - Sockets: one UDP socket per channel bound to `local`, sending to `peer:port`; drop
+//!   datagrams whose source address is not the configured peer; [`decode`] each one with
+//!   the [`Keyring`] and pass [`Event::Heartbeat`] or [`Event::Rejected`]; report send
+//!   errors as [`Event::ChannelSendFailed`]. Never block the machine on I/O.
+//! - Tie-breaker, fence, hooks: run them off the machine's task with their timeouts and
+//!   report [`Event::TieBreakerResult`], [`Event::FenceResult`], [`Event::StartHooksDone`],
+//!   [`Event::StopHooksDone`]. Hooks run in configuration order; the first failure stops
+//!   the list and reports `ok: false`.
+//! - VIP: [`Action::AddVip`]/[`Action::RemoveVip`] through rtnetlink (with the label),
+//!   idempotent; [`Action::SendGarp`] sends gratuitous ARP (IPv4) or an unsolicited
+//!   neighbour advertisement (IPv6) for every VIP on its interface.
+//! - Carrier changes of the VIP interfaces become [`Event::LinkState`]; monitors run through
+//!   [`MonitorTracker`] and map `Escalate`/`Recovered` to the two monitor events.
+//! - Record [`Action::RecordEvent`] in the event log and expose [`Action::Alarm`],
+//!   [`Machine::channels`] and [`Machine::stats`] as metrics.
+//! - Limitation: if only the understudy process dies, the kernel keeps answering ARP for
+//!   the VIP while the peer takes over. Configure fencing, or have the service manager
+//!   remove the VIP when the process exits (the restarted process removes it anyway).
+
+pub mod config;
+pub mod garp;
+pub mod link;
+pub mod machine;
+pub mod monitor;
+pub mod packet;
+#[cfg(test)]
+mod sim;
+
+pub use config::{Check, FailoverConfig, Hook};
+pub use machine::{
+    AcquireReason, Action, Alarm, ChannelStatus, Event, EventKind, Failback, Machine, MachineConfig, MachineInit,
+    ReleaseReason, State, step,
+};
+pub use monitor::{Health, MonitorAction, MonitorPolicy, MonitorTracker};
+pub use packet::{
+    Decoded, Flags, Heartbeat, Keyring, NodeName, PACKET_LEN, PacketError, Role, RxStats, decode, encode,
+    generate_key_file, next_boot_id, parse_key_file,
+};
