@@ -536,7 +536,9 @@ pub fn capture(
                         let hit = reuse.get(rel.as_slice()).and_then(|(c, e)| match &e.kind {
                             Kind::File { extents, .. }
                                 if **c == rec
-                                    && extents.iter().all(|x| x.chunks.iter().all(|ch| store.contains(&ch.id))) =>
+                                    && extents
+                                        .iter()
+                                        .all(|x| x.chunks.iter().all(|ch| store.locate(&ch.id).is_some())) =>
                             {
                                 Some((extents.clone(), e.xattrs.clone()))
                             }
@@ -621,8 +623,16 @@ pub fn capture(
     store.flush()?;
     let manifest = Manifest { chunker: store.params(), entries };
     manifest.validate().map_err(|e| StoreError::ManifestCorrupt { id: [0; 32], why: e.to_string() })?;
-    let id = store.write_manifest(&manifest)?;
-    save_cache(store, &id, &cache_out)?;
+    // An unchanged tree gives the parent's manifest again: it was read and verified
+    // above, so neither it nor an identical cache needs writing.
+    let unchanged = parent.filter(|_| parent_data.as_ref().is_some_and(|(pm, _)| *pm == manifest));
+    let id = match unchanged {
+        Some(p) => p,
+        None => store.write_manifest(&manifest)?,
+    };
+    if unchanged.is_none() || parent_data.as_ref().is_none_or(|(_, pc)| *pc != cache_out) {
+        save_cache(store, &id, &cache_out)?;
+    }
     cs.entries = manifest.entries.len() as u64;
     cs.new_chunks = stats.new_chunks.load(Ordering::Relaxed);
     cs.added_bytes = stats.added.load(Ordering::Relaxed);

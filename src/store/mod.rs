@@ -30,6 +30,34 @@ use std::sync::{Arc, Mutex, RwLock};
 /// A chunk or manifest id: BLAKE3 of the uncompressed bytes.
 pub type ChunkId = [u8; 32];
 
+/// Hashes a chunk id by its first eight bytes: ids are BLAKE3 outputs, already uniform,
+/// so SipHash over all 32 bytes is wasted work on the hottest maps of the store.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(b) = bytes.first_chunk::<8>() {
+            self.0 ^= u64::from_le_bytes(*b);
+        } else {
+            for &x in bytes {
+                self.0 = self.0.rotate_left(8) ^ x as u64;
+            }
+        }
+    }
+
+    fn write_usize(&mut self, _: usize) {
+        // The length prefix of a [u8; 32] is always 32: nothing to mix in.
+    }
+}
+
+/// A map keyed by chunk id.
+pub type IdMap<V> = HashMap<ChunkId, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Hex form of an id.
 pub fn hex_id(id: &ChunkId) -> String {
     hex::encode(id)
@@ -132,7 +160,7 @@ pub struct Loc {
 
 #[derive(Default)]
 struct Index {
-    map: HashMap<ChunkId, Loc>,
+    map: IdMap<Loc>,
     packs: Vec<ChunkId>,
 }
 
