@@ -217,6 +217,29 @@ struct Job {
     name: Vec<u8>,
     size: u64,
     sparse: bool,
+    /// The previous version's chunks of this path as (offset, id), ascending: delta bases.
+    bases: Vec<(u64, ChunkId)>,
+}
+
+/// The old chunk covering `offset` (or the last one before it): the likeliest previous
+/// version of a new chunk cut at that offset.
+fn base_for(bases: &[(u64, ChunkId)], offset: u64) -> Option<&ChunkId> {
+    let i = bases.partition_point(|(o, _)| *o <= offset);
+    bases.get(i.checked_sub(1)?).map(|(_, id)| id)
+}
+
+/// (offset, id) of every chunk of a file entry.
+fn chunk_offsets(e: &Entry) -> Vec<(u64, ChunkId)> {
+    let Kind::File { extents, .. } = &e.kind else { return Vec::new() };
+    let mut out = Vec::new();
+    for x in extents {
+        let mut o = x.offset;
+        for ch in &x.chunks {
+            out.push((o, ch.id));
+            o += ch.len as u64;
+        }
+    }
+    out
 }
 
 struct Done {
@@ -275,19 +298,25 @@ fn read_file(store: &Store, job: &Job, stats: &Stats) -> Result<(Vec<Extent>, Ve
     for (offset, len) in regions {
         let mut chunks = Vec::new();
         let mut store_err = None;
+        let mut at = offset;
         let got = params
-            .cut_reader(RegionReader { file: &file, pos: offset, left: len }, len, |c| match store.put(c) {
-                Ok((id, put)) => {
-                    if put.added > 0 {
-                        stats.new_chunks.fetch_add(1, Ordering::Relaxed);
-                        stats.added.fetch_add(put.added, Ordering::Relaxed);
+            .cut_reader(RegionReader { file: &file, pos: offset, left: len }, len, |c| {
+                let base = base_for(&job.bases, at);
+                at += c.len() as u64;
+                let put = store.put_near(c, base);
+                match put {
+                    Ok((id, put)) => {
+                        if put.added > 0 {
+                            stats.new_chunks.fetch_add(1, Ordering::Relaxed);
+                            stats.added.fetch_add(put.added, Ordering::Relaxed);
+                        }
+                        chunks.push(ChunkRef { id, len: c.len() as u32 });
+                        Ok(())
                     }
-                    chunks.push(ChunkRef { id, len: c.len() as u32 });
-                    Ok(())
-                }
-                Err(e) => {
-                    store_err = Some(e);
-                    Err(std::io::Error::other("store failed"))
+                    Err(e) => {
+                        store_err = Some(e);
+                        Err(std::io::Error::other("store failed"))
+                    }
                 }
             })
             .map_err(|e| match store_err.take() {
@@ -376,6 +405,14 @@ pub fn capture(
         Some((m, cache))
     });
     let mut reuse: HashMap<&[u8], (&CacheRec, &Entry)> = HashMap::new();
+    // Files of the previous version by path: a changed file is stored as deltas against
+    // its old chunks.
+    let parent_files: HashMap<&[u8], &Entry> = parent_data
+        .as_ref()
+        .map(|(m, _)| {
+            m.entries.iter().filter(|e| matches!(e.kind, Kind::File { .. })).map(|e| (e.path.as_slice(), e)).collect()
+        })
+        .unwrap_or_default();
     if let Some((m, cache)) = &parent_data {
         let by_path: HashMap<&[u8], &Entry> = m.entries.iter().map(|e| (e.path.as_slice(), e)).collect();
         for c in cache {
@@ -552,9 +589,10 @@ pub fn capture(
                             continue;
                         }
                         let idx = entries.len();
+                        let bases = parent_files.get(rel.as_slice()).map(|e| chunk_offsets(e)).unwrap_or_default();
                         entries.push(meta_entry(rel, Kind::File { size, extents: vec![] }, &st, vec![]));
                         let sparse = (st.st_blocks as u64) * 512 < size;
-                        if job_tx.send(Job { idx, dir, name, size, sparse }).is_err() {
+                        if job_tx.send(Job { idx, dir, name, size, sparse, bases }).is_err() {
                             break;
                         }
                     }

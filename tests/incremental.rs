@@ -115,3 +115,40 @@ fn gc_waits_for_a_running_capture_and_keeps_its_data() {
     sb.ok(&["deploy", "live", dst.to_str().unwrap()]);
     assert_eq!(rsync_diff(&src, &dst, &[]), "");
 }
+
+#[test]
+fn small_edits_are_stored_as_deltas_whose_bases_survive_gc() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let text: Vec<u8> = (0..3000)
+        .flat_map(|i| format!("line {i}: configuration value {} for host node{}\n", i * 7, i % 13).into_bytes())
+        .collect();
+    std::fs::write(src.join("config"), &text).unwrap();
+    std::fs::write(src.join("log"), &text[..20_000]).unwrap();
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    // Overwrite 2 KB in the middle of one file, append 2 KB to the other.
+    let mut edited = text.clone();
+    edited[50_000..52_000].copy_from_slice(&noise(2000, 3));
+    std::fs::write(src.join("config"), &edited).unwrap();
+    let mut appended = text[..20_000].to_vec();
+    appended.extend_from_slice(&noise(2000, 4));
+    std::fs::write(src.join("log"), &appended).unwrap();
+    let v2 = sb.json(&["capture", "--name", "img", "--json", src.to_str().unwrap()]);
+    let added = v2["added_bytes"].as_u64().unwrap();
+    // 4 KB of incompressible change: whole new chunks would cost far more than this.
+    assert!(added < 8_000, "a 4 KB change added {added} bytes");
+    // The first version goes; its chunks that v2's deltas stand on must stay.
+    sb.ok(&["images", "delete", "img@1"]);
+    sb.ok(&["images", "gc"]);
+    assert!(sb.ok(&["images", "verify"]).contains("0 fault"));
+    let out = sb.path("out");
+    sb.ok(&["deploy", "img", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(out.join("config")).unwrap(), edited);
+    assert_eq!(std::fs::read(out.join("log")).unwrap(), appended);
+    // Over HTTP the delta chunks travel whole (the client may lack their bases).
+    let srv = Server::start(&sb, "");
+    let rout = sb.path("remote");
+    sb.ok(&["--server", &srv.url, "--token", &srv.token, "deploy", "img", rout.to_str().unwrap()]);
+    assert_eq!(rsync_diff(&src, &rout, &[]), "");
+}

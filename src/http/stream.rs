@@ -178,6 +178,12 @@ async fn stream_chunks(
                 }
                 let loc = store.locate(id).ok_or_else(|| format!("chunk {} missing from the store", hex_id(id)))?;
                 let (flags, raw, payload) = store.read_payload(id, loc).map_err(|e| e.to_string())?;
+                // A delta needs its base, which the client may not have: send it whole.
+                let (flags, payload) = if flags == pack::FLAG_DELTA {
+                    (pack::FLAG_RAW, store.read(id).map_err(|e| e.to_string())?)
+                } else {
+                    (flags, payload)
+                };
                 batch.extend_from_slice(&pack::record_header(id, flags, raw, payload.len() as u32));
                 batch.extend_from_slice(&payload);
                 if batch.len() >= BATCH {

@@ -37,6 +37,14 @@ pub fn gc(store: &Store, live: &[ChunkId]) -> Result<GcReport> {
         let m = store.read_manifest(id)?;
         reachable.extend(m.chunk_refs().map(|(_, c)| c.id));
     }
+    // Delta chunks keep their bases alive (bases are never deltas: one pass suffices).
+    let mut bases = Vec::new();
+    for id in &reachable {
+        if let Some(b) = store.delta_base(id)? {
+            bases.push(b);
+        }
+    }
+    reachable.extend(bases);
     for id in store.manifest_ids()? {
         if !live_set.contains(&id) {
             let p = store.manifest_path(&id);

@@ -17,7 +17,7 @@ pub mod verify;
 
 use chunker::ChunkerParams;
 use manifest::Manifest;
-use pack::{FLAG_RAW, FLAG_ZSTD, IndexEntry, RECORD_HEADER_LEN};
+use pack::{FLAG_DELTA, FLAG_RAW, FLAG_ZSTD, IndexEntry, RECORD_HEADER_LEN};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -529,6 +529,67 @@ impl Store {
         self.append_record(id, flags, raw_len, payload)
     }
 
+    /// Store a chunk, as a delta against `base` (the previous version of the same data)
+    /// when that is smaller than compressing it alone.
+    pub fn put_near(&self, data: &[u8], base: Option<&ChunkId>) -> Result<(ChunkId, PutStats)> {
+        let id = *blake3::hash(data).as_bytes();
+        if self.contains(&id) {
+            return Ok((id, PutStats::default()));
+        }
+        let base =
+            base.filter(|b| **b != id && data.len() >= 256 && self.locate(b).is_some_and(|l| l.flags != FLAG_DELTA));
+        let Some(base) = base else { return Ok((id, self.put_with_id(id, data)?)) };
+        let raw_len = u32::try_from(data.len())
+            .map_err(|_| StoreError::ChunkCorrupt { id, why: "chunk larger than 4 GiB".into() })?;
+        let base_data = self.read(base)?;
+        let plain = compress(data).map_err(io_err("compressing chunk"))?;
+        let delta = zstd::bulk::Compressor::with_dictionary(ZSTD_LEVEL, &base_data)
+            .and_then(|mut c| c.compress(data))
+            .map_err(io_err("delta-compressing chunk"))?;
+        let added = if delta.len() + 32 < plain.len().min(data.len()) {
+            let mut payload = Vec::with_capacity(32 + delta.len());
+            payload.extend_from_slice(base);
+            payload.extend_from_slice(&delta);
+            self.append_record(id, FLAG_DELTA, raw_len, &payload)?
+        } else if plain.len() < data.len() {
+            self.append_record(id, FLAG_ZSTD, raw_len, &plain)?
+        } else {
+            self.append_record(id, FLAG_RAW, raw_len, data)?
+        };
+        Ok((id, added))
+    }
+
+    /// Turn a stored payload back into the chunk's bytes (not yet hash-checked).
+    pub fn decode_payload(&self, id: &ChunkId, flags: u8, raw_len: u32, payload: Vec<u8>) -> Result<Vec<u8>> {
+        let corrupt = |why: String| StoreError::ChunkCorrupt { id: *id, why };
+        match flags {
+            FLAG_RAW => Ok(payload),
+            FLAG_ZSTD => zstd::bulk::decompress(&payload, raw_len as usize).map_err(|e| corrupt(format!("zstd: {e}"))),
+            _ => {
+                let (base, frame) =
+                    payload.split_first_chunk::<32>().ok_or_else(|| corrupt("delta without base".into()))?;
+                if self.locate(base).is_some_and(|l| l.flags == FLAG_DELTA) {
+                    return Err(corrupt("delta base is itself a delta".into()));
+                }
+                let base_data = self.read(base).map_err(|e| corrupt(format!("its delta base: {e}")))?;
+                zstd::bulk::Decompressor::with_dictionary(&base_data)
+                    .and_then(|mut d| d.decompress(frame, raw_len as usize))
+                    .map_err(|e| corrupt(format!("zstd delta: {e}")))
+            }
+        }
+    }
+
+    /// The base a delta chunk depends on.
+    pub fn delta_base(&self, id: &ChunkId) -> Result<Option<ChunkId>> {
+        match self.locate(id) {
+            Some(loc) if loc.flags == FLAG_DELTA => {
+                let (_, _, p) = self.read_payload(id, loc)?;
+                Ok(p.first_chunk::<32>().copied())
+            }
+            _ => Ok(None),
+        }
+    }
+
     fn append_record(&self, id: ChunkId, flags: u8, raw_len: u32, payload: &[u8]) -> Result<PutStats> {
         let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         if guard.as_ref().is_some_and(|w| w.pending.contains(&id)) || self.locate(&id).is_some() {
@@ -619,11 +680,7 @@ impl Store {
     pub fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
         let loc = self.locate(id).ok_or(StoreError::ChunkMissing(*id))?;
         let (flags, raw_len, payload) = self.read_payload(id, loc)?;
-        let data = match flags {
-            FLAG_RAW => payload,
-            _ => zstd::bulk::decompress(&payload, raw_len as usize)
-                .map_err(|e| StoreError::ChunkCorrupt { id: *id, why: format!("zstd: {e}") })?,
-        };
+        let data = self.decode_payload(id, flags, raw_len, payload)?;
         if data.len() != raw_len as usize {
             return Err(StoreError::ChunkCorrupt { id: *id, why: "wrong length after decompression".into() });
         }
@@ -773,9 +830,11 @@ pub fn scan_pack(path: &Path) -> Result<Vec<IndexEntry>> {
         let payload = &data[start..end];
         let ok = match flags {
             FLAG_RAW => blake3::hash(payload).as_bytes() == &id,
-            _ => zstd::bulk::decompress(payload, raw as usize)
+            FLAG_ZSTD => zstd::bulk::decompress(payload, raw as usize)
                 .map(|d| blake3::hash(&d).as_bytes() == &id)
                 .unwrap_or(false),
+            // A delta needs its base to check; `images verify` does that after re-indexing.
+            _ => payload.len() >= 32,
         };
         if !ok || off > u32::MAX as usize {
             break;

@@ -22,6 +22,10 @@ pub const INDEX_ENTRY_LEN: usize = 32 + 4 + 4 + 4 + 1;
 pub const FLAG_RAW: u8 = 0;
 /// Record flag: payload is one zstd frame.
 pub const FLAG_ZSTD: u8 = 1;
+/// Record flag: payload is a 32-byte base chunk id, then a zstd frame compressed with
+/// that base chunk's bytes as dictionary (a delta against the previous version of the
+/// data). Bases are never deltas themselves, so reads recurse at most once.
+pub const FLAG_DELTA: u8 = 2;
 
 /// Errors decoding a pack or index.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,7 +58,7 @@ pub struct IndexEntry {
     pub stored_len: u32,
     /// Length of the uncompressed chunk.
     pub raw_len: u32,
-    /// FLAG_RAW or FLAG_ZSTD.
+    /// FLAG_RAW, FLAG_ZSTD or FLAG_DELTA.
     pub flags: u8,
 }
 
@@ -99,8 +103,11 @@ pub fn parse_record_header(h: &[u8]) -> Result<(ChunkId, u8, u32, u32), FormatEr
     let mut id = [0u8; 32];
     id.copy_from_slice(&h[..32]);
     let flags = h[32];
-    if flags > FLAG_ZSTD {
+    if flags > FLAG_DELTA {
         return Err(FormatError::Invalid("record flags"));
+    }
+    if flags == FLAG_DELTA && u32::from_le_bytes([h[37], h[38], h[39], h[40]]) < 32 {
+        return Err(FormatError::Invalid("delta record without a base"));
     }
     let raw = u32::from_le_bytes([h[33], h[34], h[35], h[36]]);
     let stored = u32::from_le_bytes([h[37], h[38], h[39], h[40]]);
@@ -155,7 +162,7 @@ pub fn decode_index(data: &[u8]) -> Result<Vec<IndexEntry>, FormatError> {
         id.copy_from_slice(&e[..32]);
         let u = |i: usize| u32::from_le_bytes([e[i], e[i + 1], e[i + 2], e[i + 3]]);
         let flags = e[44];
-        if flags > FLAG_ZSTD {
+        if flags > FLAG_DELTA {
             return Err(FormatError::Invalid("index flags"));
         }
         out.push(IndexEntry { id, offset: u(32), stored_len: u(36), raw_len: u(40), flags });
@@ -196,6 +203,8 @@ mod tests {
         assert_eq!(parse_record_header(&h).unwrap(), ([7; 32], FLAG_ZSTD, 1000, 300));
         let mut bad = h;
         bad[32] = 9;
+        assert!(parse_record_header(&record_header(&[1; 32], FLAG_DELTA, 100, 10)).is_err(), "delta without base id");
+        assert!(parse_record_header(&record_header(&[1; 32], FLAG_DELTA, 100, 40)).is_ok());
         assert!(parse_record_header(&bad).is_err());
         assert!(parse_record_header(&h[..10]).is_err());
         let raw_mismatch = record_header(&[1; 32], FLAG_RAW, 10, 11);
