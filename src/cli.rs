@@ -48,7 +48,7 @@ pub enum Command {
     Images(ImagesCmd),
     /// Write an image into an empty or new directory (from a server with --server).
     Deploy(DeployArgs),
-    /// Run the configured services (HTTP API now; DHCP, TFTP and failover join later).
+    /// Run the configured services (HTTP API, DHCP, failover).
     Serve {
         /// TOML config file; embedded defaults when omitted.
         #[arg(long, value_name = "FILE")]
@@ -65,6 +65,29 @@ pub enum Command {
     Deployments(DeploymentsCmd),
     /// Show the event log, newest first.
     Events(EventsArgs),
+    /// Heartbeat and failover: keys, status, planned switchover.
+    #[command(subcommand)]
+    Failover(FailoverCmd),
+}
+
+/// `failover` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FailoverCmd {
+    /// Write a new random heartbeat key file (0600); copy it to the peer.
+    Keygen {
+        /// The key file to create (refuses to overwrite).
+        file: PathBuf,
+    },
+    /// Show the running service's status (its status file under the data dir).
+    Status {
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the local service to take the VIP (planned switchover).
+    Takeover,
+    /// Ask the local service to give the VIP to the peer.
+    Release,
 }
 
 /// `config` subcommands.
@@ -339,6 +362,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}: ok ({})", file.display(), if cfg.http.is_some() { "http" } else { "no services" });
             return Ok(0);
         }
+        Command::Failover(cmd) => return failover_cmd(&cli.data_dir, cmd),
         _ => {}
     }
     if let Some(server) = &cli.server {
@@ -348,7 +372,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let inv =
         Inventory::open(&cli.data_dir).await.with_context(|| format!("opening data dir {}", cli.data_dir.display()))?;
     match cli.command {
-        Command::Serve { .. } | Command::Config(_) => unreachable!("handled above"),
+        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) => unreachable!("handled above"),
         Command::Nodes(cmd) => nodes_cmd(&Api::local(inv), cmd).await,
         Command::Deployments(cmd) => deployments_cmd(&Api::local(inv), cmd).await,
         Command::Events(a) => events_cmd(&Api::local(inv), a).await,
@@ -933,7 +957,7 @@ async fn remote_cmd(client: &Client, cmd: Command, quiet: bool) -> anyhow::Resul
         Command::Capture(_) | Command::Images(_) => {
             bail!("capture, import and export run on the server host against its data dir (omit --server)")
         }
-        Command::Serve { .. } | Command::Config(_) => unreachable!("handled before"),
+        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) => unreachable!("handled before"),
     }
 }
 
@@ -1063,6 +1087,67 @@ fn admin_token(data_dir: &std::path::Path, file: &std::path::Path) -> anyhow::Re
     }
 }
 
+/// `failover` commands work on local files only, so they run without the inventory and
+/// while the service holds its sockets.
+fn failover_cmd(data_dir: &std::path::Path, cmd: FailoverCmd) -> anyhow::Result<i32> {
+    use crate::failover::service::{AdminRequest, STATUS_FILE, Status, submit_request};
+    match cmd {
+        FailoverCmd::Keygen { file } => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let text = crate::failover::generate_key_file(1, rand::random())?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .with_context(|| format!("creating key file {}", file.display()))?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            println!("wrote {} (0600); copy it to the peer's data dir", file.display());
+        }
+        FailoverCmd::Status { json } => {
+            let path = data_dir.join(STATUS_FILE);
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("reading {} (is `understudy serve` with [failover] running?)", path.display())
+            })?;
+            let s: Status = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            if json {
+                print_json(&s)?;
+            } else {
+                print_failover_status(&s);
+            }
+        }
+        c @ (FailoverCmd::Takeover | FailoverCmd::Release) => {
+            let req = if matches!(c, FailoverCmd::Takeover) { AdminRequest::Takeover } else { AdminRequest::Release };
+            submit_request(data_dir, req)
+                .with_context(|| format!("writing the request under {}", data_dir.display()))?;
+            println!("requested {req:?}; the service acts within a second (see `understudy failover status`)");
+        }
+    }
+    Ok(0)
+}
+
+fn print_failover_status(s: &crate::failover::service::Status) {
+    println!("node {} ({}): {}, term {}", s.node, s.role, s.state, s.term);
+    println!("holder: {}", s.holder.as_deref().unwrap_or("nobody (or unknown)"));
+    let heard = s.peer_last_heard_ms.map(|m| format!("{m} ms ago")).unwrap_or_else(|| "never".into());
+    println!("peer: {} (last heard {heard})", s.peer.as_deref().unwrap_or("-"));
+    for c in &s.channels {
+        let last = c.last_heard_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
+        println!(
+            "channel {}: {} loss {:.1}% last heard {last} send failures {}",
+            c.name,
+            if c.up { "up" } else { "DOWN" },
+            c.loss * 100.0,
+            c.send_failures
+        );
+    }
+    for a in &s.alarms {
+        println!("ALARM {a}");
+    }
+    println!("updated {}", s.updated);
+}
+
 async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<i32> {
     let cfg = match config {
         Some(p) => Config::load(p)?,
@@ -1083,7 +1168,19 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
             shutdown.cancel();
         });
     }
+    for w in cfg.warnings() {
+        eprintln!("understudy: {w}");
+        tracing::warn!("{w}");
+    }
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(f) = cfg.failover.clone() {
+        let node = f.node.clone();
+        let prepared = crate::failover::service::prepare(f, &data_dir).await.context("starting failover")?;
+        let (inv, shutdown) = (inv.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            crate::failover::service::serve(prepared, inv, shutdown).await.with_context(|| format!("failover {node}"))
+        });
+    }
     if let Some(h) = cfg.http.clone() {
         let token = admin_token(&data_dir, &h.admin_token_file)?;
         let listener =

@@ -50,7 +50,9 @@ pub mod garp;
 pub mod link;
 pub mod machine;
 pub mod monitor;
+pub mod net;
 pub mod packet;
+pub mod service;
 #[cfg(test)]
 mod sim;
 
