@@ -102,7 +102,7 @@ fn strings(b: &[u8]) -> Result<Vec<String>, PacketError> {
 }
 
 fn options(fields: &[String]) -> Result<Vec<(String, String)>, PacketError> {
-    if fields.len() % 2 != 0 {
+    if !fields.len().is_multiple_of(2) {
         return Err(PacketError::OddOptions);
     }
     Ok(fields.chunks(2).take(MAX_OPTIONS).map(|p| (p[0].to_ascii_lowercase(), p[1].clone())).collect())
