@@ -48,7 +48,7 @@ pub enum Command {
     Images(ImagesCmd),
     /// Write an image into an empty or new directory (from a server with --server).
     Deploy(DeployArgs),
-    /// Run the configured services (HTTP API, DHCP, failover).
+    /// Run the configured services (HTTP API, DHCP, TFTP, failover).
     Serve {
         /// TOML config file; embedded defaults when omitted.
         #[arg(long, value_name = "FILE")]
@@ -1198,6 +1198,12 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         // Bind now, so a bad interface fails the start rather than later.
         crate::dhcp::bind(&d.interface, 67)?;
         tasks.spawn(async move { crate::dhcp::serve(inv, d, http_port, shutdown).await.context("DHCP service") });
+    }
+    if let Some(t) = cfg.tftp.clone() {
+        // Bind and open the root now, so a bad address or root fails the start.
+        let svc = crate::tftp::Service::bind(&t)?;
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { svc.run(shutdown).await.context("TFTP service") });
     }
     if tasks.is_empty() {
         bail!("nothing to serve: the configuration enables no service");

@@ -117,6 +117,40 @@ pub struct Config {
     pub dhcp: Option<DhcpConfig>,
     /// Heartbeat and failover (see [`crate::failover::config`]); absent means none.
     pub failover: Option<FailoverConfig>,
+    /// The TFTP service; absent means no TFTP.
+    pub tftp: Option<TftpConfig>,
+}
+
+/// `[tftp]`: read-only TFTP for network boot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TftpConfig {
+    /// Address and port requests arrive on; transfers use ephemeral ports on the same address.
+    pub listen: SocketAddr,
+    /// Directory served; relative paths resolve against the current directory at start.
+    pub root: PathBuf,
+    /// Largest block size granted (default 1468: a 1500-byte MTU less IP, UDP and TFTP headers).
+    pub max_blksize: u16,
+    /// Most concurrent transfers; more requests are answered "busy".
+    pub max_transfers: usize,
+    /// First retransmission timeout (doubles per retry) unless the client negotiates one.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Retransmissions before a silent client's transfer is abandoned and its slot freed.
+    pub retries: u32,
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        TftpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 69)),
+            root: PathBuf::from("pxe"),
+            max_blksize: 1468,
+            max_transfers: 512,
+            timeout: Duration::from_secs(1),
+            retries: 5,
+        }
+    }
 }
 
 /// `[dhcp]`.
@@ -234,7 +268,7 @@ impl Default for HttpConfig {
 impl Config {
     /// The configuration `serve` runs with when no file is given.
     pub fn embedded_default() -> Config {
-        Config { data_dir: None, http: Some(HttpConfig::default()), dhcp: None, failover: None }
+        Config { data_dir: None, http: Some(HttpConfig::default()), dhcp: None, tftp: None, failover: None }
     }
 
     /// Parse TOML text; `path` names the file in errors.
@@ -274,6 +308,23 @@ impl Config {
             }
             if d.lease_time < Duration::from_secs(60) {
                 return bad("dhcp.lease_time must be at least 60s".into());
+            }
+        }
+        if let Some(t) = &self.tftp {
+            if t.max_blksize < 8 || t.max_blksize > 65464 {
+                return bad("tftp.max_blksize must be 8..=65464".into());
+            }
+            if t.max_transfers == 0 {
+                return bad("tftp.max_transfers must be at least 1".into());
+            }
+            if t.timeout < Duration::from_millis(10) || t.timeout > Duration::from_secs(255) {
+                return bad("tftp.timeout must be 10ms..=255s".into());
+            }
+            if t.retries == 0 || t.retries > 20 {
+                return bad("tftp.retries must be 1..=20".into());
+            }
+            if t.root.as_os_str().is_empty() {
+                return bad("tftp.root must name a directory".into());
             }
         }
         if let Some(h) = &self.http {
@@ -392,6 +443,30 @@ mod tests {
         assert!(e.contains("dhcp.mode"), "{e}");
         assert_eq!(parse_subnet("10.0.0.77/24").unwrap(), ("10.0.0.0".parse().unwrap(), 24));
         assert!(parse_range("10.0.0.9-10.0.0.1").is_err());
+    }
+
+    #[test]
+    fn tftp_section() {
+        let c = Config::parse("[tftp]\nlisten = \"10.0.0.1:69\"\nroot = \"pxe\"\n", Path::new("t.toml")).unwrap();
+        let t = c.tftp.unwrap();
+        assert_eq!(t.listen, "10.0.0.1:69".parse().unwrap());
+        assert_eq!((t.max_blksize, t.max_transfers, t.retries), (1468, 512, 5));
+        assert_eq!(t.timeout, Duration::from_secs(1));
+        let c = Config::parse("[tftp]\ntimeout = \"250ms\"\nretries = 3\nmax_transfers = 1\n", Path::new("t.toml"))
+            .unwrap();
+        assert_eq!(c.tftp.unwrap().timeout, Duration::from_millis(250));
+        for (bad, key) in [
+            ("max_blksize = 4", "max_blksize"),
+            ("max_transfers = 0", "max_transfers"),
+            ("timeout = \"1ms\"", "timeout"),
+            ("retries = 0", "retries"),
+        ] {
+            let e = Config::parse(&format!("[tftp]\n{bad}\n"), Path::new("t.toml")).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let e = Config::parse("[tftp]\nwindow = 4\n", Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:2:"), "{e}");
+        assert!(Config::embedded_default().tftp.is_none());
     }
 
     #[test]

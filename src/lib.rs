@@ -18,3 +18,4 @@ pub mod nodes;
 pub mod progress;
 pub mod remote;
 pub mod store;
+pub mod tftp;

@@ -1,0 +1,446 @@
+//! The read-only TFTP service of `understudy serve` (RRQ only; network boot needs no
+//! more). One socket on the listen address takes requests; every transfer gets its own
+//! ephemeral socket (its TID, RFC 1350) and tokio task, sends windows of blocks (RFC 7440),
+//! retransmits with exponential backoff and gives up after the retry budget. A semaphore
+//! caps concurrent transfers; a client ERROR at any point ends its transfer.
+//!
+//! This is our own small server rather than async-tftp 0.4.2: that crate ignores a client
+//! ERROR after OACK (UEFI firmware sends a tsize probe and then an ERROR, so each boot
+//! would pin a transfer until it times out), serialises file opens behind a mutex, runs its
+//! own executor beside tokio, and hands custom handlers the raw path anyway, so its
+//! safety would be ours to write regardless.
+
+pub mod packet;
+pub mod path;
+
+use crate::config::TftpConfig;
+use packet::{Limits, Packet, PacketError};
+use path::{PathError, Root};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// TFTP service errors (start-up only; transfer failures are logged, not returned).
+#[derive(Debug, thiserror::Error)]
+pub enum TftpError {
+    /// The request socket cannot be set up.
+    #[error("TFTP socket on {addr}: {source}")]
+    Socket {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The root directory cannot be opened.
+    #[error("TFTP root {path}: {source}")]
+    Root {
+        /// The configured root.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Why one transfer ended early.
+#[derive(Debug, thiserror::Error)]
+enum TransferError {
+    #[error("{0}")]
+    Path(#[from] PathError),
+    #[error("client sent ERROR {0}: {1}")]
+    ClientError(u16, String),
+    #[error("client went away (port unreachable)")]
+    ClientGone,
+    #[error("no answer after {0} retransmissions")]
+    GaveUp(u32),
+    #[error("file changed size during the transfer")]
+    FileChanged,
+    #[error("server shutting down")]
+    Shutdown,
+    #[error("I/O: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for TransferError {
+    fn from(e: std::io::Error) -> Self {
+        // On a connected UDP socket an ICMP port unreachable surfaces as ECONNREFUSED:
+        // the client's socket is gone, so waiting out the retry budget would only hold
+        // the slot.
+        if e.kind() == std::io::ErrorKind::ConnectionRefused { TransferError::ClientGone } else { TransferError::Io(e) }
+    }
+}
+
+/// Logs at most one line per second per kind, counting what it suppressed.
+#[derive(Default)]
+struct LogLimit {
+    last: HashMap<&'static str, (Instant, u64)>,
+}
+
+impl LogLimit {
+    fn warn(&mut self, kind: &'static str, msg: impl FnOnce() -> String) {
+        let e = self.last.entry(kind).or_insert((Instant::now() - Duration::from_secs(10), 0));
+        if e.0.elapsed() >= Duration::from_secs(1) {
+            let suppressed = std::mem::take(&mut e.1);
+            e.0 = Instant::now();
+            let more = if suppressed > 0 { format!(" ({suppressed} more suppressed)") } else { String::new() };
+            tracing::warn!("tftp: {}{more}", msg());
+        } else {
+            e.1 += 1;
+        }
+    }
+}
+
+/// What every transfer task shares.
+struct Shared {
+    root: Root,
+    limits: Limits,
+    timeout: Duration,
+    retries: u32,
+    listen: SocketAddr,
+    log: Mutex<LogLimit>,
+    /// Clients (address and port) with a transfer running: a retransmitted RRQ must not
+    /// start a second transfer and take a second slot.
+    active: Mutex<HashSet<SocketAddr>>,
+}
+
+impl Shared {
+    fn warn(&self, kind: &'static str, msg: impl FnOnce() -> String) {
+        if let Ok(mut l) = self.log.lock() {
+            l.warn(kind, msg);
+        }
+    }
+}
+
+/// Removes a client from the active set however its task ends.
+struct Slot {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut a) = self.shared.active.lock() {
+            a.remove(&self.peer);
+        }
+    }
+}
+
+/// A bound, not yet running TFTP service.
+pub struct Service {
+    sock: UdpSocket,
+    shared: Arc<Shared>,
+    max_transfers: usize,
+}
+
+/// The request socket, with a receive buffer large enough for a burst of RRQs from a
+/// rack of machines booting at once.
+fn bind(addr: SocketAddr) -> Result<UdpSocket, TftpError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| TftpError::Socket { addr, source };
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    // Best effort: the kernel caps it at rmem_max.
+    let _ = s.set_recv_buffer_size(1 << 20);
+    s.bind(&addr.into()).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    UdpSocket::from_std(s.into()).map_err(err)
+}
+
+impl Service {
+    /// Open the root and bind the request socket, so configuration errors fail the start.
+    pub fn bind(cfg: &TftpConfig) -> Result<Service, TftpError> {
+        let root = Root::open(&cfg.root).map_err(|source| TftpError::Root { path: cfg.root.clone(), source })?;
+        let sock = bind(cfg.listen)?;
+        let listen = sock.local_addr().map_err(|source| TftpError::Socket { addr: cfg.listen, source })?;
+        let shared = Arc::new(Shared {
+            root,
+            limits: Limits { max_blksize: cfg.max_blksize, max_windowsize: packet::MAX_WINDOWSIZE },
+            timeout: cfg.timeout,
+            retries: cfg.retries,
+            listen,
+            log: Mutex::default(),
+            active: Mutex::default(),
+        });
+        Ok(Service { sock, shared, max_transfers: cfg.max_transfers })
+    }
+
+    /// The bound request address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.listen
+    }
+
+    /// Serve requests until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), TftpError> {
+        let Service { sock, shared, max_transfers } = self;
+        tracing::info!(
+            "TFTP on {} serving {} (at most {max_transfers} transfers)",
+            shared.listen,
+            shared.root.path().display()
+        );
+        let slots = Arc::new(Semaphore::new(max_transfers));
+        // Requests are small; anything longer than this is truncated and then refused.
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let (n, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = sock.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        shared.warn("recv", || format!("receive failed: {e}"));
+                        continue;
+                    }
+                },
+            };
+            let reply = match packet::decode(&buf[..n]) {
+                Ok(Packet::Read(req)) => {
+                    let fresh = shared.active.lock().map(|mut a| a.insert(peer)).unwrap_or(false);
+                    if !fresh {
+                        continue;
+                    }
+                    match slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let slot = Slot { shared: shared.clone(), peer, _permit: permit };
+                            tokio::spawn(transfer(slot, req, shutdown.clone()));
+                            continue;
+                        }
+                        Err(_) => {
+                            if let Ok(mut a) = shared.active.lock() {
+                                a.remove(&peer);
+                            }
+                            shared.warn("busy", || format!("{max_transfers} transfers running; refusing {peer}"));
+                            packet::error(packet::E_UNDEFINED, "server busy, try again later")
+                        }
+                    }
+                }
+                Ok(Packet::Write(req)) => {
+                    shared.warn("write", || format!("refused write request from {peer} for {:?}", req.filename));
+                    packet::error(packet::E_ACCESS, "read-only server")
+                }
+                // Never answer an ERROR: two confused peers would bounce errors forever.
+                Ok(Packet::Error(..)) => continue,
+                Ok(_) => packet::error(packet::E_ILLEGAL, "only read requests on this port"),
+                Err(_) if packet::opcode(&buf[..n]) == Some(packet::ERROR) => continue,
+                Err(e @ PacketError::Mode(_)) => packet::error(packet::E_ILLEGAL, &e.to_string()),
+                Err(e) => {
+                    shared.warn("malformed", || format!("malformed packet from {peer}: {e}"));
+                    packet::error(packet::E_ILLEGAL, "malformed request")
+                }
+            };
+            if let Err(e) = sock.send_to(&reply, peer).await {
+                shared.warn("send", || format!("send to {peer} failed: {e}"));
+            }
+        }
+    }
+}
+
+/// Run until `shutdown` (binds first; see [`Service::bind`]).
+pub async fn serve(cfg: TftpConfig, shutdown: CancellationToken) -> Result<(), TftpError> {
+    Service::bind(&cfg)?.run(shutdown).await
+}
+
+/// One transfer, logged when it ends.
+async fn transfer(slot: Slot, req: packet::Request, shutdown: CancellationToken) {
+    let (shared, peer) = (slot.shared.clone(), slot.peer);
+    let started = Instant::now();
+    match send_file(&shared, peer, &req, &shutdown).await {
+        Ok(size) => tracing::debug!(
+            "tftp: sent {:?} ({size} bytes) to {peer} in {:.3}s",
+            req.filename,
+            started.elapsed().as_secs_f64()
+        ),
+        Err(TransferError::ClientError(code, msg)) => {
+            // Routine: UEFI asks for the size, then aborts with an ERROR.
+            tracing::debug!("tftp: {peer} ended {:?} with ERROR {code} {msg:?}", req.filename)
+        }
+        Err(TransferError::Shutdown) => {}
+        Err(e) => shared.warn("transfer", || format!("{peer} {:?}: {e}", req.filename)),
+    }
+    drop(slot);
+}
+
+/// What the peer sent while we waited.
+enum Event {
+    Ack(u16),
+    Other,
+    Timeout,
+}
+
+/// Wait for one datagram until `deadline`; a client ERROR and shutdown end the transfer.
+async fn next_event(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    deadline: tokio::time::Instant,
+    shutdown: &CancellationToken,
+) -> Result<Event, TransferError> {
+    let n = tokio::select! {
+        _ = shutdown.cancelled() => return Err(TransferError::Shutdown),
+        r = tokio::time::timeout_at(deadline, sock.recv(buf)) => match r {
+            Err(_) => return Ok(Event::Timeout),
+            Ok(r) => r?,
+        },
+    };
+    Ok(match packet::decode(&buf[..n]) {
+        Ok(Packet::Ack(b)) => Event::Ack(b),
+        Ok(Packet::Error(code, msg)) => return Err(TransferError::ClientError(code, msg)),
+        Err(_) if packet::opcode(&buf[..n]) == Some(packet::ERROR) => {
+            return Err(TransferError::ClientError(0, String::new()));
+        }
+        _ => Event::Other,
+    })
+}
+
+/// The retransmission timeout after `tries` unanswered sends: doubling, at most 30 s.
+fn backoff(base: Duration, tries: u32) -> Duration {
+    base.saturating_mul(1u32 << tries.min(16)).min(Duration::from_secs(30)).max(base)
+}
+
+/// Send the requested file; returns its size.
+async fn send_file(
+    sh: &Shared,
+    peer: SocketAddr,
+    req: &packet::Request,
+    shutdown: &CancellationToken,
+) -> Result<u64, TransferError> {
+    // A new socket is the transfer's TID; connecting it makes the kernel drop datagrams
+    // from anyone but this client.
+    let sock = UdpSocket::bind(SocketAddr::new(sh.listen.ip(), 0)).await?;
+    sock.connect(peer).await?;
+    let opened = path::sanitize(&req.filename).and_then(|rel| sh.root.open_file(&rel));
+    let (file, size) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            let code = if matches!(e, PathError::NotFound) { packet::E_NOT_FOUND } else { packet::E_ACCESS };
+            let _ = sock.send(&packet::error(code, &e.to_string())).await;
+            return Err(e.into());
+        }
+    };
+    let neg = packet::negotiate(&req.options, size, sh.limits);
+    let base = neg.timeout_secs.map(|s| Duration::from_secs(s.into())).unwrap_or(sh.timeout);
+    let mut rx = [0u8; 1024];
+    if !neg.oack.is_empty() {
+        let oack = packet::oack(&neg.oack);
+        let mut tries = 0;
+        'resend: loop {
+            sock.send(&oack).await?;
+            let deadline = tokio::time::Instant::now() + backoff(base, tries);
+            loop {
+                match next_event(&sock, &mut rx, deadline, shutdown).await? {
+                    Event::Ack(0) => break 'resend,
+                    Event::Ack(_) | Event::Other => {}
+                    Event::Timeout => break,
+                }
+            }
+            tries += 1;
+            if tries > sh.retries {
+                return Err(TransferError::GaveUp(sh.retries));
+            }
+        }
+    }
+    let blk = u64::from(neg.blksize);
+    let window = u64::from(neg.windowsize);
+    // Blocks are numbered from 1; the last one is shorter than blksize (maybe empty).
+    let last = size / blk + 1;
+    let mut first = 1u64; // first block not yet acknowledged
+    let mut tries = 0u32;
+    // Never more than the file: a large blksize times a wide window would otherwise cost
+    // megabytes per transfer for a tiny file.
+    let mut win = vec![0u8; (blk * window).min(size) as usize];
+    let mut pkt = vec![0u8; 4 + blk as usize];
+    loop {
+        let end = (first + window - 1).min(last);
+        send_window(&sock, &file, size, blk, first, end, &mut win, &mut pkt).await?;
+        let deadline = tokio::time::Instant::now() + backoff(base, tries);
+        let mut resent_on_dup = false;
+        loop {
+            match next_event(&sock, &mut rx, deadline, shutdown).await? {
+                Event::Timeout => {
+                    tries += 1;
+                    if tries > sh.retries {
+                        return Err(TransferError::GaveUp(sh.retries));
+                    }
+                    break;
+                }
+                Event::Other => {}
+                Event::Ack(a) => {
+                    // Block numbers wrap at 65536; the ACK names a block in [first-1, end].
+                    let prev = first - 1;
+                    let ahead = u64::from(a.wrapping_sub(prev as u16));
+                    if ahead == 0 {
+                        // A repeated ACK of the block before this window: with windows it
+                        // means the window's first block was lost, so resend once at once;
+                        // in lock-step it is a duplicate, and answering it would start the
+                        // Sorcerer's Apprentice bug (RFC 1350 errata, RFC 7440 section 4).
+                        if window > 1 && !resent_on_dup {
+                            resent_on_dup = true;
+                            send_window(&sock, &file, size, blk, first, end, &mut win, &mut pkt).await?;
+                        }
+                        continue;
+                    }
+                    if ahead > end - prev {
+                        continue; // stale
+                    }
+                    let acked = prev + ahead;
+                    if acked == last {
+                        return Ok(size);
+                    }
+                    first = acked + 1;
+                    tries = 0;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Send blocks `first..=end`. The file is read with one positional read per window: boot
+/// files are small and hot in the page cache, so this stays in the task rather than
+/// paying a thread hop per window.
+#[allow(clippy::too_many_arguments)]
+async fn send_window(
+    sock: &UdpSocket,
+    file: &std::fs::File,
+    size: u64,
+    blk: u64,
+    first: u64,
+    end: u64,
+    win: &mut [u8],
+    pkt: &mut [u8],
+) -> Result<(), TransferError> {
+    let off = (first - 1) * blk;
+    let want = (size.saturating_sub(off)).min((end - first + 1) * blk) as usize;
+    let mut got = 0;
+    while got < want {
+        match file.read_at(&mut win[got..want], off + got as u64) {
+            Ok(0) => return Err(TransferError::FileChanged),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(TransferError::Io(e)),
+        }
+    }
+    for b in first..=end {
+        let start = ((b - first) * blk) as usize;
+        let len = want.saturating_sub(start).min(blk as usize);
+        packet::data_header(pkt, b as u16);
+        pkt[4..4 + len].copy_from_slice(&win[start..start + len]);
+        sock.send(&pkt[..4 + len]).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let b = Duration::from_millis(500);
+        assert_eq!(backoff(b, 0), b);
+        assert_eq!(backoff(b, 3), Duration::from_secs(4));
+        assert_eq!(backoff(b, 40), Duration::from_secs(30));
+        assert_eq!(backoff(Duration::from_secs(60), 2), Duration::from_secs(60));
+    }
+}
