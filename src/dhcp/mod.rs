@@ -148,6 +148,8 @@ impl Cached {
 
 /// Packets handled per batch; their leases are committed together.
 const BATCH: usize = 256;
+/// How long a batch keeps gathering packets after its first one.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// Run until `shutdown`.
 pub async fn serve(
@@ -188,16 +190,29 @@ pub async fn serve(
                 _ = futures_util::future::select_all(readable) => {}
             }
         }
-        for (i, sock) in socks.iter().enumerate() {
-            while batch.len() < BATCH {
-                match sock.try_recv_from(&mut buf) {
-                    Ok((n, from)) => batch.push((i, buf[..n].to_vec(), from)),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        log.warn("recv", || format!("receive failed: {e}"));
-                        break;
+        // Gather for up to GATHER after the first packet, so that under load one commit
+        // (one fsync) covers many ACKs; an idle server answers within GATHER.
+        let deadline = Instant::now() + GATHER;
+        loop {
+            for (i, sock) in socks.iter().enumerate() {
+                while batch.len() < BATCH {
+                    match sock.try_recv_from(&mut buf) {
+                        Ok((n, from)) => batch.push((i, buf[..n].to_vec(), from)),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            log.warn("recv", || format!("receive failed: {e}"));
+                            break;
+                        }
                     }
                 }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if batch.len() >= BATCH || left.is_zero() {
+                break;
+            }
+            let readable: Vec<_> = socks.iter().map(|s| Box::pin(s.readable())).collect();
+            if tokio::time::timeout(left, futures_util::future::select_all(readable)).await.is_err() {
+                break;
             }
         }
         let now = now_secs();
