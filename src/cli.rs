@@ -485,17 +485,7 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
             let m = inv.manifest(&row).await?;
             let mut kinds = std::collections::BTreeMap::<&str, u64>::new();
             for e in &m.entries {
-                use crate::store::manifest::Kind::*;
-                let k = match e.kind {
-                    File { .. } => "file",
-                    Dir => "dir",
-                    Symlink { .. } => "symlink",
-                    Hardlink { .. } => "hardlink",
-                    CharDev { .. } => "char",
-                    BlockDev { .. } => "block",
-                    Fifo => "fifo",
-                    Socket => "socket",
-                };
+                let k = crate::http::api::kind_name(&e.kind);
                 *kinds.entry(k).or_default() += 1;
             }
             let chunks: std::collections::HashSet<_> = m.chunk_refs().map(|(_, c)| c.id).collect();

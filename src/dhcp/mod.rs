@@ -6,6 +6,7 @@ pub mod policy;
 
 use crate::config::{DhcpConfig, parse_range, parse_subnet};
 use crate::images::Inventory;
+use crate::ratelog::LogLimit;
 use policy::{Known, Lease, Leases, Settings, mac_str};
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -73,28 +74,6 @@ pub fn bind(iface: &str, port: u16) -> Result<UdpSocket, DhcpError> {
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into()).map_err(err)?;
     s.set_nonblocking(true).map_err(err)?;
     UdpSocket::from_std(s.into()).map_err(err)
-}
-
-/// Logs at most one line per interval per kind, counting what it suppressed.
-struct LogLimit {
-    last: HashMap<&'static str, (Instant, u64)>,
-}
-
-impl LogLimit {
-    fn warn(&mut self, kind: &'static str, msg: impl FnOnce() -> String) {
-        let e = self.last.entry(kind).or_insert((Instant::now() - Duration::from_secs(10), 0));
-        if e.0.elapsed() >= Duration::from_secs(1) {
-            let suppressed = std::mem::take(&mut e.1);
-            e.0 = Instant::now();
-            tracing::warn!(
-                "dhcp: {}{}",
-                msg(),
-                if suppressed > 0 { format!(" ({suppressed} more suppressed)") } else { String::new() }
-            );
-        } else {
-            e.1 += 1;
-        }
-    }
 }
 
 /// Per-MAC replies per second.
@@ -176,7 +155,7 @@ pub async fn serve(
         cfg.range,
         leases.len()
     );
-    let mut log = LogLimit { last: HashMap::new() };
+    let mut log = LogLimit::new("dhcp");
     let mut guard = FloodGuard { per_sec: cfg.per_mac_rate.max(1), seen: HashMap::new() };
     let mut cache = Cached { at: None, reserved: Default::default(), collecting: false, nodes: HashMap::new() };
     let mut buf = vec![0u8; 1500];

@@ -14,9 +14,10 @@ pub mod packet;
 pub mod path;
 
 use crate::config::TftpConfig;
+use crate::ratelog::LogLimit;
 use packet::{Limits, Packet, PacketError};
 use path::{PathError, Root};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
@@ -71,26 +72,6 @@ impl From<std::io::Error> for TransferError {
         // the client's socket is gone, so waiting out the retry budget would only hold
         // the slot.
         if e.kind() == std::io::ErrorKind::ConnectionRefused { TransferError::ClientGone } else { TransferError::Io(e) }
-    }
-}
-
-/// Logs at most one line per second per kind, counting what it suppressed.
-#[derive(Default)]
-struct LogLimit {
-    last: HashMap<&'static str, (Instant, u64)>,
-}
-
-impl LogLimit {
-    fn warn(&mut self, kind: &'static str, msg: impl FnOnce() -> String) {
-        let e = self.last.entry(kind).or_insert((Instant::now() - Duration::from_secs(10), 0));
-        if e.0.elapsed() >= Duration::from_secs(1) {
-            let suppressed = std::mem::take(&mut e.1);
-            e.0 = Instant::now();
-            let more = if suppressed > 0 { format!(" ({suppressed} more suppressed)") } else { String::new() };
-            tracing::warn!("tftp: {}{more}", msg());
-        } else {
-            e.1 += 1;
-        }
     }
 }
 
@@ -162,7 +143,7 @@ impl Service {
             timeout: cfg.timeout,
             retries: cfg.retries,
             listen,
-            log: Mutex::default(),
+            log: Mutex::new(LogLimit::new("tftp")),
             active: Mutex::default(),
         });
         Ok(Service { sock, shared, max_transfers: cfg.max_transfers })
