@@ -185,6 +185,8 @@ fn jobs_pages_events_and_openapi() {
     ] {
         assert!(doc["paths"].get(p).is_some(), "OpenAPI lacks {p}");
     }
+    let (s, b) = srv.curl("GET", "/api/v1/failover", t, None);
+    assert_eq!((s, err_code(&b).as_str()), (404, "not_found"), "no [failover]: {b}");
     let metrics = srv.curl("GET", "/metrics", None, None).1;
     assert!(
         metrics.contains("understudy_http_requests_total{route=\"/api/v1/images\",method=\"GET\",status=\"200\"}"),

@@ -37,6 +37,7 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_discovered))
         .routes(routes!(collect))
         .routes(routes!(list_leases))
+        .routes(routes!(failover_status))
 }
 
 /// Paging parameters.
@@ -730,4 +731,21 @@ async fn collect(State(st): St, caller: Caller, ApiJson(b): ApiJson<Collect>) ->
 async fn list_leases(State(st): St, caller: Caller) -> ApiResult<Json<Vec<crate::db::LeaseRow>>> {
     caller.read(st.cfg.public_reads)?;
     Ok(Json(st.inv.db.leases().await?))
+}
+
+/// Heartbeat and failover status: role, state, holder, term, channels with loss and
+/// last-heard age, alarms and recent events, as the failover service last wrote them.
+#[utoipa::path(get, path = "/api/v1/failover", tag = "system",
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+async fn failover_status(State(st): St, caller: Caller) -> ApiResult<Json<serde_json::Value>> {
+    caller.read(st.cfg.public_reads)?;
+    let path = st.data_dir().join(crate::failover::service::STATUS_FILE);
+    let text = match tokio::fs::read(&path).await {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::not_found("failover is not running on this server (no [failover] section)"));
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    serde_json::from_slice(&text).map(Json).map_err(ApiError::internal)
 }
