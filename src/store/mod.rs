@@ -164,6 +164,24 @@ struct Index {
     packs: Vec<ChunkId>,
 }
 
+impl Index {
+    /// Publish a pack's entries; a chunk already indexed elsewhere keeps its first place.
+    fn add_pack(&mut self, pid: ChunkId, entries: Vec<IndexEntry>) {
+        let n = self.packs.len() as u32;
+        self.packs.push(pid);
+        self.map.reserve(entries.len());
+        for e in entries {
+            self.map.entry(e.id).or_insert(Loc {
+                pack: n,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+                flags: e.flags,
+            });
+        }
+    }
+}
+
 /// Indexes shared between `Store` values of one long-running process.
 #[derive(Default)]
 pub struct IndexCache {
@@ -439,18 +457,7 @@ impl Store {
                     continue;
                 }
             };
-            let n = idx.packs.len() as u32;
-            idx.packs.push(pid);
-            idx.map.reserve(entries.len());
-            for e in entries {
-                idx.map.entry(e.id).or_insert(Loc {
-                    pack: n,
-                    offset: e.offset,
-                    stored_len: e.stored_len,
-                    raw_len: e.raw_len,
-                    flags: e.flags,
-                });
-            }
+            idx.add_pack(pid, entries);
         }
         for p in &problems {
             tracing::warn!(file = %p.file.display(), "damaged store index: {}", p.why);
@@ -776,18 +783,7 @@ fn seal_pack(root: &Path, index: &RwLock<Index>, w: PackWriter) -> Result<()> {
             return Err(e);
         }
     };
-    let mut idx = index.write().unwrap_or_else(|e| e.into_inner());
-    let n = idx.packs.len() as u32;
-    idx.packs.push(pid);
-    for e in entries {
-        idx.map.entry(e.id).or_insert(Loc {
-            pack: n,
-            offset: e.offset,
-            stored_len: e.stored_len,
-            raw_len: e.raw_len,
-            flags: e.flags,
-        });
-    }
+    index.write().unwrap_or_else(|e| e.into_inner()).add_pack(pid, entries);
     Ok(())
 }
 
