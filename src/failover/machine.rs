@@ -29,6 +29,11 @@
 //!   other releases and announces it on every channel; the keeper re-sends ARP at once. A
 //!   holder that hears the other holder but is not heard by it yields, since the other side
 //!   cannot learn about the conflict.
+//! - Shutdown ([`Event::Shutdown`], SIGTERM): a holder releases the VIP and runs its stop
+//!   hooks while still sending heartbeats (so the peer waits), then sends a few `leaving`
+//!   heartbeats and asks the adapter to exit ([`Action::Exit`]). A peer that hears `leaving`
+//!   with a fresh echo of its own boot (so it is no replay) takes the VIP at once, without
+//!   the tie-breaker or the fence: the leaver told it, authenticated, that it let go.
 
 use super::garp::GarpSchedule;
 use super::link::{Link, SentLog};
@@ -36,6 +41,9 @@ use super::packet::{Admission, Flags, Heartbeat, NodeName, PacketError, ReplayGu
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::time::Duration;
+
+/// Heartbeat rounds sent on the way out.
+const FAREWELL_ROUNDS: usize = 3;
 
 /// Fail-back: what the configured primary does when it is healthy again and the standby
 /// holds the VIP.
@@ -187,6 +195,8 @@ pub enum Event {
         /// All succeeded.
         ok: bool,
     },
+    /// The service is stopping: release, tell the peer, then [`Action::Exit`].
+    Shutdown,
 }
 
 /// Why we took the VIP.
@@ -196,6 +206,8 @@ pub enum AcquireReason {
     Failover,
     /// The peer is alive and nobody held the VIP (cold start, handover, fail-back).
     Coordinated,
+    /// The peer announced it is shutting down, after releasing the VIP.
+    PeerLeft,
 }
 
 /// Why we gave the VIP up.
@@ -213,6 +225,8 @@ pub enum ReleaseReason {
     Unhealthy,
     /// The VIP was left on our interface by a previous process.
     Startup,
+    /// This service is stopping.
+    Shutdown,
 }
 
 /// Outputs, to be carried out in order.
@@ -264,6 +278,8 @@ pub enum Action {
         /// Details for humans.
         message: String,
     },
+    /// Shutdown is complete (VIP released, stop hooks done, peer told): stop the service.
+    Exit,
 }
 
 /// Kinds of recorded events.
@@ -299,6 +315,10 @@ pub enum EventKind {
     Admin,
     /// Health changed (monitor, link, hooks).
     Health,
+    /// The peer announced it is shutting down.
+    PeerLeft,
+    /// This service is shutting down.
+    Shutdown,
 }
 
 /// Alarms, raised and cleared on edges.
@@ -349,6 +369,8 @@ struct Peer {
     priority: u8,
     term: u64,
     flags: Flags,
+    /// The last packet said `leaving` and echoed our current boot (so it is not a replay).
+    left: bool,
 }
 
 /// Per-channel status, for metrics and the API.
@@ -408,6 +430,10 @@ pub struct Machine {
     conflict: bool,
     one_way_since: Option<Duration>,
     alarms: BTreeSet<Alarm>,
+    /// Shutting down: no new acquisitions; `leaving` is announced once released.
+    leaving: bool,
+    /// The farewell went out and [`Action::Exit`] was given: the machine is inert.
+    exited: bool,
 }
 
 /// Advance `state` by one event at time `now`.
@@ -461,6 +487,8 @@ impl Machine {
             conflict: false,
             one_way_since: None,
             alarms: BTreeSet::new(),
+            leaving: false,
+            exited: false,
             cfg,
         };
         let mut out = Vec::new();
@@ -503,6 +531,7 @@ impl Machine {
             Event::TermPersisted(t) => self.on_term_persisted(t, &mut out),
             Event::StartHooksDone { ok } => self.on_start_hooks(ok, &mut out),
             Event::StopHooksDone { ok } => self.on_stop_hooks(ok, &mut out),
+            Event::Shutdown => self.on_shutdown(&mut out),
         }
         self.evaluate(&mut out);
         out
@@ -634,6 +663,10 @@ impl Machine {
         }
         self.observed_term = self.observed_term.max(hb.term);
         let before = self.peer.as_ref().map(|p| p.flags);
+        let left = hb.flags.leaving && echo_any.is_some();
+        if left && !before.is_some_and(|b| b.leaving) {
+            ev(out, EventKind::PeerLeft, format!("peer {} is shutting down; it released the VIP", hb.node));
+        }
         if self.peer_lost_reported {
             self.peer_lost_reported = false;
             ev(out, EventKind::PeerFound, format!("peer {} heard again", hb.node));
@@ -645,6 +678,7 @@ impl Machine {
             priority: hb.priority,
             term: hb.term,
             flags: hb.flags,
+            left,
         });
         let released =
             before.is_some_and(|b| (b.vip_held && !hb.flags.vip_held) || (!b.releasing && hb.flags.releasing));
@@ -791,11 +825,45 @@ impl Machine {
         }
     }
 
+    fn on_shutdown(&mut self, out: &mut Vec<Action>) {
+        if self.leaving {
+            return;
+        }
+        self.leaving = true;
+        self.send_now = true;
+        ev(out, EventKind::Shutdown, format!("shutting down ({:?})", self.state()));
+        match self.phase {
+            Phase::Holding { .. } => self.release(ReleaseReason::Shutdown, out),
+            Phase::Probing { .. } | Phase::Fencing { .. } | Phase::Persisting { .. } => {
+                self.abort("shutting down", out)
+            }
+            Phase::Backup | Phase::Releasing { .. } => {}
+        }
+    }
+
+    /// The last heartbeats: several rounds, so one lost datagram does not cost the peer a
+    /// dead time; each round has its own sequence number, so none looks like a replay.
+    fn farewell(&mut self, out: &mut Vec<Action>) {
+        for _ in 0..FAREWELL_ROUNDS {
+            self.send_round(out);
+        }
+        self.exited = true;
+        ev(out, EventKind::Shutdown, "VIP released, peer told; exiting".into());
+        out.push(Action::Exit);
+    }
+
     // ---- the periodic part ----
 
     fn evaluate(&mut self, out: &mut Vec<Action>) {
+        if self.exited {
+            return;
+        }
         self.check_deadlines(out);
-        self.decide(out);
+        if !self.leaving {
+            self.decide(out);
+        } else if matches!(self.phase, Phase::Backup) {
+            return self.farewell(out);
+        }
         self.update_alarms(out);
         if self.send_now || self.clock >= self.next_send {
             self.send_round(out);
@@ -826,7 +894,10 @@ impl Machine {
         let dead = self.peer_dead();
         if dead && !self.peer_lost_reported && self.peer.is_some() {
             self.peer_lost_reported = true;
-            ev(out, EventKind::PeerLost, format!("peer silent on every channel for {:?}", self.cfg.dead_time));
+            // A peer that said goodbye is not lost; its silence is expected.
+            if !self.peer.as_ref().is_some_and(|p| p.left) {
+                ev(out, EventKind::PeerLost, format!("peer silent on every channel for {:?}", self.cfg.dead_time));
+            }
         }
         match self.phase {
             Phase::Backup => self.decide_backup(dead, out),
@@ -839,6 +910,12 @@ impl Machine {
     }
 
     fn decide_backup(&mut self, dead: bool, out: &mut Vec<Action>) {
+        if self.fresh_peer().is_some_and(|p| p.left && !p.flags.vip_held) {
+            if self.clock >= self.retry_at {
+                self.begin(AcquireReason::PeerLeft, out);
+            }
+            return;
+        }
         if dead {
             self.failback_since = None;
             self.failback_requesting = false;
@@ -889,6 +966,11 @@ impl Machine {
         let heard_since = self.peer.as_ref().is_some_and(|p| p.last_heard > started);
         match reason {
             AcquireReason::Failover if heard_since => self.abort("peer heard again", out),
+            AcquireReason::PeerLeft => {
+                if heard_since && self.peer.as_ref().is_some_and(|p| !p.left) {
+                    self.abort("peer is back", out);
+                }
+            }
             AcquireReason::Coordinated => {
                 if self.peer_dead() {
                     // Checks for a dead peer (tie-breaker, fence) apply: start over as a failover.
@@ -974,6 +1056,7 @@ impl Machine {
         let why = match reason {
             AcquireReason::Failover => format!("failover: peer silent on every channel for {:?}", self.cfg.dead_time),
             AcquireReason::Coordinated => "coordinated: peer alive, nobody holds the VIP, we rank first".to_string(),
+            AcquireReason::PeerLeft => "peer left: it shut down after releasing the VIP".to_string(),
         };
         ev(out, EventKind::TakeoverStarted, why);
         if reason == AcquireReason::Failover && self.cfg.tiebreaker && !self.admin_force {
@@ -1079,6 +1162,7 @@ impl Machine {
             requesting: self.requesting(),
             acquiring: matches!(self.phase, Phase::Probing { .. } | Phase::Fencing { .. } | Phase::Persisting { .. }),
             link_up: self.link_up,
+            leaving: self.leaving && matches!(self.phase, Phase::Backup),
         }
     }
 
@@ -1122,6 +1206,9 @@ impl Machine {
         }
         if p.flags.vip_held {
             return Err("the peer holds the VIP");
+        }
+        if p.flags.leaving {
+            return Err("the peer is shutting down");
         }
         Ok(())
     }
@@ -1717,6 +1804,94 @@ mod tests {
             (1, 1, 2, 1, 1, 1),
             "{s:?}"
         );
+    }
+
+    #[test]
+    fn shutdown_of_holder_releases_before_saying_goodbye() {
+        let mut m = holding("head-a", Role::Primary, 150, 4);
+        let mut p = FakePeer::new(4);
+        p.name = NodeName::new("head-b").unwrap();
+        run(&mut m, &mut p, &[0], 1000, 1300);
+        let out = m.handle(Event::Shutdown, ms(1300));
+        let rm = pos(&out, |a| *a == Action::RemoveVip);
+        assert!(rm < pos(&out, |a| *a == Action::RunStopHooks));
+        assert!(!has(&out, |a| matches!(a, Action::Send { heartbeat, .. } if heartbeat.flags.leaving)));
+        assert!(!has(&out, |a| *a == Action::Exit));
+        // While the stop hooks run, heartbeats still say "held", so the peer waits.
+        let out = run(&mut m, &mut p, &[0], 1350, 2500);
+        assert!(has(&out, |a| matches!(a, Action::Send { heartbeat, .. } if heartbeat.flags.vip_held)));
+        assert!(!has(&out, |a| matches!(a, Action::Send { heartbeat, .. } if heartbeat.flags.leaving)));
+        let out = m.handle(Event::StopHooksDone { ok: true }, ms(2500));
+        let bye: Vec<_> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { heartbeat, .. } => Some(heartbeat),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bye.len(), FAREWELL_ROUNDS, "{out:#?}");
+        assert!(bye.iter().all(|h| h.flags.leaving && !h.flags.vip_held));
+        assert!(bye.windows(2).all(|w| w[0].seq < w[1].seq), "each round is new, never a replay");
+        assert_eq!(out.last(), Some(&Action::Exit));
+        // Inert afterwards: no sends, no acquisition, whatever comes in.
+        let out = run(&mut m, &mut p, &[], 2550, 5000);
+        assert!(out.iter().all(|a| !matches!(a, Action::Send { .. } | Action::PersistTerm(_) | Action::Exit)));
+    }
+
+    #[test]
+    fn shutdown_aborts_an_acquisition_and_exits_at_once() {
+        let (mut m, _) = Machine::new(cfg("head-b", Role::Standby, 100, 1), init(77, 3), ms(0));
+        let mut t = 0;
+        while m.state() != State::Acquiring {
+            m.handle(Event::Tick, ms(t));
+            t += 50;
+        }
+        let out = m.handle(Event::Shutdown, ms(t));
+        assert!(has(&out, |a| matches!(a, Action::RecordEvent { kind: EventKind::TakeoverAborted, .. })));
+        assert_eq!(out.last(), Some(&Action::Exit));
+        // The term write that was under way lands: no VIP for a machine on its way out.
+        let out = m.handle(Event::TermPersisted(4), ms(t + 10));
+        assert!(!has(&out, |a| matches!(a, Action::AddVip { .. })));
+    }
+
+    #[test]
+    fn leaving_peer_is_replaced_at_once_without_checks() {
+        let mut c = cfg("head-b", Role::Standby, 100, 2);
+        c.tiebreaker = true;
+        c.fence = true;
+        let (mut m, _) = Machine::new(c, init(77, 3), ms(0));
+        let mut p = peer_holding(5);
+        run(&mut m, &mut p, &[0, 1], 0, 1000);
+        // The peer releases (stop hooks), then says goodbye on one channel only.
+        p.flags.vip_held = false;
+        p.flags.releasing = true;
+        let out = run(&mut m, &mut p, &[0, 1], 1000, 1200);
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_) | Action::ProbeTieBreaker)));
+        p.flags.leaving = true;
+        let hb = p.hb(&m, 1);
+        let out = m.handle(Event::Heartbeat { channel: 1, heartbeat: hb }, ms(1210));
+        assert!(has(&out, |a| matches!(a, Action::RecordEvent { kind: EventKind::PeerLeft, .. })));
+        assert!(has(&out, |a| *a == Action::PersistTerm(6)), "no dead time, no tie-breaker, no fence: {out:#?}");
+        assert!(!has(&out, |a| matches!(a, Action::ProbeTieBreaker | Action::RunFence)));
+        let out = m.handle(Event::TermPersisted(6), ms(1220));
+        assert!(has(&out, |a| matches!(a, Action::AddVip { term: 6, reason: AcquireReason::PeerLeft })));
+        // Its silence afterwards is no "peer lost".
+        let out = run(&mut m, &mut p, &[], 1250, 3000);
+        assert!(!has(&out, |a| matches!(a, Action::RecordEvent { kind: EventKind::PeerLost, .. })));
+    }
+
+    #[test]
+    fn leaving_without_a_fresh_echo_is_ignored() {
+        let mut m = standby(1);
+        let mut p = peer_holding(5);
+        run(&mut m, &mut p, &[0], 0, 1000);
+        // A goodbye that does not echo our boot (recorded before we started, say).
+        p.flags = Flags { leaving: true, healthy: true, link_up: true, ..Flags::default() };
+        let mut hb = p.hb(&m, 0);
+        hb.echo_boot = 1;
+        let out = m.handle(Event::Heartbeat { channel: 0, heartbeat: hb }, ms(1010));
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))));
+        assert!(!has(&out, |a| matches!(a, Action::RecordEvent { kind: EventKind::PeerLeft, .. })));
     }
 
     #[test]

@@ -232,6 +232,9 @@ pub struct Flags {
     pub acquiring: bool,
     /// The sender's public link is up (it could serve the VIP, healthy services or not).
     pub link_up: bool,
+    /// The sender is shutting down (SIGTERM): it has released the VIP and stopped its
+    /// services, and it sends nothing after this, so the peer need not wait out the dead time.
+    pub leaving: bool,
 }
 
 const F_VIP_HELD: u16 = 1;
@@ -241,7 +244,8 @@ const F_YIELDING: u16 = 1 << 3;
 const F_REQUESTING: u16 = 1 << 4;
 const F_ACQUIRING: u16 = 1 << 5;
 const F_LINK_UP: u16 = 1 << 6;
-const F_ALL: u16 = (1 << 7) - 1;
+const F_LEAVING: u16 = 1 << 7;
+const F_ALL: u16 = (1 << 8) - 1;
 
 impl Flags {
     /// The wire form.
@@ -254,6 +258,7 @@ impl Flags {
             | bit(self.requesting, F_REQUESTING)
             | bit(self.acquiring, F_ACQUIRING)
             | bit(self.link_up, F_LINK_UP)
+            | bit(self.leaving, F_LEAVING)
     }
 
     /// Parse the wire form; bits this version does not define are refused.
@@ -269,6 +274,7 @@ impl Flags {
             requesting: b & F_REQUESTING != 0,
             acquiring: b & F_ACQUIRING != 0,
             link_up: b & F_LINK_UP != 0,
+            leaving: b & F_LEAVING != 0,
         })
     }
 }
@@ -659,10 +665,11 @@ mod tests {
             requesting: true,
             acquiring: true,
             link_up: true,
+            leaving: true,
         };
         assert_eq!(Flags::from_bits(all.bits()), Some(all));
-        assert_eq!(all.bits(), 0x7f);
-        assert_eq!(Flags::from_bits(1 << 7), None);
+        assert_eq!(all.bits(), 0xff);
+        assert_eq!(Flags::from_bits(1 << 8), None);
         let long = Heartbeat { node: NodeName::new(&"n".repeat(32)).unwrap(), ..hb };
         assert_eq!(decode(&encode(&long, &keys), &keys).unwrap().heartbeat, long);
     }

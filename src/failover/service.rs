@@ -12,7 +12,7 @@
 //! - `failover.request`: an admin request (`takeover` or `release`) dropped there by
 //!   `understudy failover takeover|release`; the service consumes and deletes it.
 
-use super::config::{Channel, Hook, MonitorConfig, Vip};
+use super::config::{Channel, Hook, MonitorConfig};
 use super::machine::{Action, Alarm, Event, Machine, MachineInit, State};
 use super::monitor::{MonitorAction, MonitorTracker};
 use super::net;
@@ -312,12 +312,15 @@ fn bind_channel(c: &Channel) -> Result<Arc<UdpSocket>, FailoverError> {
     UdpSocket::from_std(s.into()).map(Arc::new).map_err(err)
 }
 
-/// Work for the VIP task, done strictly in order.
+/// Work for the VIP task, done strictly in order: hooks run after the VIP change before
+/// them, so a start hook finds the address present and a stop hook finds it gone.
 #[derive(Debug)]
 enum VipOp {
     Add,
     Remove,
     Garp,
+    StartHooks,
+    StopHooks,
 }
 
 /// Handles to the helper tasks the machine task hands work to.
@@ -328,8 +331,10 @@ struct Helpers {
     log: mpsc::UnboundedSender<(String, String)>,
 }
 
-/// Run the service until `shutdown`; on the way out, a held VIP is removed and the stop
-/// hooks run, so a stopped service never leaves the kernel answering ARP for the VIP.
+/// Run the service until `shutdown`. Then the machine shuts down ([`Event::Shutdown`]): a
+/// held VIP is removed and the stop hooks run while heartbeats go on, then `leaving`
+/// heartbeats tell the peer to take over at once. A stopped service never leaves the
+/// kernel answering ARP for the VIP.
 pub async fn serve(p: Prepared, inv: Inventory, shutdown: CancellationToken) -> Result<(), FailoverError> {
     let Prepared { cfg, data_dir, keys, sockets, init, mut persisted, status } = p;
     let mcfg = cfg.machine_config().map_err(FailoverError::Config)?;
@@ -343,7 +348,7 @@ pub async fn serve(p: Prepared, inv: Inventory, shutdown: CancellationToken) -> 
     let (persist_tx, persist_rx) = mpsc::unbounded_channel();
     let persist_task = tokio::spawn(persister(data_dir.join(STATE_FILE), persist_rx, ev_tx.clone()));
     let (vip_tx, vip_rx) = mpsc::unbounded_channel();
-    let vip_task = tokio::spawn(vip_worker(cfg.vips.clone(), vip_rx));
+    let vip_task = tokio::spawn(vip_worker(cfg.clone(), vip_rx, ev_tx.clone()));
     let (log_tx, log_rx) = mpsc::unbounded_channel();
     let log_task = tokio::spawn(event_logger(inv, log_rx));
     let h = Helpers { events: ev_tx.clone(), persist: persist_tx, vip: vip_tx, log: log_tx };
@@ -359,15 +364,27 @@ pub async fn serve(p: Prepared, inv: Inventory, shutdown: CancellationToken) -> 
     run_actions(first, &cfg, &keys, &sockets, &h, &mut persisted, &mut view, &mut pending);
     let mut status_every = tokio::time::interval(Duration::from_secs(1));
     status_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    // Set at shutdown: the machine's own release deadline (hook_timeout) ends it sooner.
+    let mut hard_stop: Option<tokio::time::Instant> = None;
+    'run: loop {
         while let Some(e) = pending.pop_front() {
             view.observe(&e);
             let acts = m.handle(e, now());
-            run_actions(acts, &cfg, &keys, &sockets, &h, &mut persisted, &mut view, &mut pending);
+            if run_actions(acts, &cfg, &keys, &sockets, &h, &mut persisted, &mut view, &mut pending) {
+                break 'run;
+            }
         }
         let wait = m.next_wakeup_in();
         let event = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled(), if hard_stop.is_none() => {
+                hard_stop = Some(tokio::time::Instant::now() + cfg.hook_timeout + Duration::from_secs(5));
+                Event::Shutdown
+            }
+            _ = async { tokio::time::sleep_until(hard_stop.unwrap_or_else(tokio::time::Instant::now)).await },
+                if hard_stop.is_some() => {
+                tracing::error!("failover: shutdown did not complete in time; stopping anyway");
+                break;
+            }
             e = ev_rx.recv() => match e { Some(e) => e, None => break },
             _ = tokio::time::sleep(wait) => Event::Tick,
             _ = status_every.tick() => {
@@ -377,19 +394,15 @@ pub async fn serve(p: Prepared, inv: Inventory, shutdown: CancellationToken) -> 
         };
         pending.push_back(event);
     }
-    let was_holding = matches!(m.state(), State::Holding | State::Acquiring);
     helper_stop.cancel();
     tasks.close();
     drop(h);
     drop(ev_tx);
     // Let queued VIP work finish first, so a late add cannot follow our removal.
     let _ = vip_task.await;
+    // The machine removed it already; this covers a shutdown that ran out of time.
     if let Err(e) = net::remove_vips(&cfg.vips).await {
         tracing::error!("failover: removing the VIP at shutdown: {e}");
-    }
-    if was_holding {
-        let ok = run_hooks(&cfg.stop_hooks, "stop", cfg.hook_timeout).await;
-        tracing::info!("failover: stop hooks at shutdown: {}", if ok { "ok" } else { "failed" });
     }
     view.publish(&m, now(), &data_dir);
     let _ = persist_task.await;
@@ -491,6 +504,7 @@ impl View {
     }
 }
 
+/// Carry out the machine's actions; true when it asks to exit.
 #[allow(clippy::too_many_arguments)]
 fn run_actions(
     actions: Vec<Action>,
@@ -501,7 +515,8 @@ fn run_actions(
     persisted: &mut Persisted,
     view: &mut View,
     pending: &mut VecDeque<Event>,
-) {
+) -> bool {
+    let mut exit = false;
     for a in actions {
         match a {
             Action::Send { channel, heartbeat } => {
@@ -540,17 +555,12 @@ fn run_actions(
                 let _ = h.vip.send(VipOp::Garp);
             }
             Action::RunStartHooks => {
-                let (hooks, t) = (cfg.start_hooks.clone(), cfg.hook_timeout);
-                spawn_report(&h.events, async move { run_hooks(&hooks, "start", t).await }, |ok| {
-                    Event::StartHooksDone { ok }
-                });
+                let _ = h.vip.send(VipOp::StartHooks);
             }
             Action::RunStopHooks => {
-                let (hooks, t) = (cfg.stop_hooks.clone(), cfg.hook_timeout);
-                spawn_report(&h.events, async move { run_hooks(&hooks, "stop", t).await }, |ok| Event::StopHooksDone {
-                    ok,
-                });
+                let _ = h.vip.send(VipOp::StopHooks);
             }
+            Action::Exit => exit = true,
             Action::RecordEvent { kind, message } => {
                 let kind = format!("failover.{}", snake(&format!("{kind:?}")));
                 tracing::info!("failover: {kind}: {message}");
@@ -571,6 +581,7 @@ fn run_actions(
             }
         }
     }
+    exit
 }
 
 /// `TakeoverStarted` -> `takeover_started`.
@@ -828,17 +839,28 @@ async fn persister(
     }
 }
 
-async fn vip_worker(vips: Vec<Vip>, mut rx: mpsc::UnboundedReceiver<VipOp>) {
+async fn vip_worker(cfg: FailoverConfig, mut rx: mpsc::UnboundedReceiver<VipOp>, events: mpsc::UnboundedSender<Event>) {
+    let vips = &cfg.vips;
     while let Some(op) = rx.recv().await {
         let r = match op {
-            VipOp::Add => net::add_vips(&vips).await,
-            VipOp::Remove => net::remove_vips(&vips).await,
+            VipOp::Add => net::add_vips(vips).await,
+            VipOp::Remove => net::remove_vips(vips).await,
             VipOp::Garp => {
-                for v in &vips {
+                for v in vips {
                     if let Err(e) = net::send_garp(v) {
                         tracing::warn!("failover: gratuitous ARP for {} on {}: {e}", v.address, v.interface);
                     }
                 }
+                Ok(())
+            }
+            VipOp::StartHooks => {
+                let ok = run_hooks(&cfg.start_hooks, "start", cfg.hook_timeout).await;
+                let _ = events.send(Event::StartHooksDone { ok });
+                Ok(())
+            }
+            VipOp::StopHooks => {
+                let ok = run_hooks(&cfg.stop_hooks, "stop", cfg.hook_timeout).await;
+                let _ = events.send(Event::StopHooksDone { ok });
                 Ok(())
             }
         };

@@ -209,6 +209,7 @@ struct SimStats {
     rejected: u64,
     accepted: u64,
     faults: u64,
+    graceful_stops: u64,
     max_both_hold: Duration,
 }
 
@@ -492,6 +493,17 @@ impl Sim {
             Action::Alarm { alarm, raised, message } => {
                 self.log(format!("node {n} alarm {alarm:?} {}: {message}", if raised { "raised" } else { "cleared" }));
             }
+            Action::Exit => {
+                if self.nodes[n].vip {
+                    self.fail(&format!("node {n} exits holding the VIP"));
+                }
+                self.nodes[n].m = None;
+                self.stats.graceful_stops += 1;
+                let down = ms(self.rng.random_range(500..10_000));
+                self.log(format!("node {n} exits (graceful stop) for {down:?}"));
+                self.update_truth();
+                self.at(down, Ev::Restart { node: n });
+            }
         }
     }
 
@@ -507,6 +519,9 @@ impl Sim {
             self.fail(&format!("(c) node {n} reuses term {term} (held {} before)", node.last_add_term));
         }
         let peer_alive = self.nodes[1 - n].running();
+        if reason == AcquireReason::PeerLeft && self.nodes[1 - n].vip {
+            self.fail(&format!("node {n} takes over from a leaving peer that still holds the VIP"));
+        }
         let node = &mut self.nodes[n];
         node.vip = true;
         node.last_add_term = term;
@@ -663,7 +678,7 @@ impl Sim {
     fn random_fault(&mut self) {
         self.stats.faults += 1;
         let r = &mut self.rng;
-        let kind = r.random_range(0..15);
+        let kind = r.random_range(0..16);
         let n = r.random_range(0..2usize);
         let c = r.random_range(0..self.cfg.channels);
         let d = r.random_range(0..2usize);
@@ -732,6 +747,12 @@ impl Sim {
                 self.feed(n, ev);
             }
             13 => self.hostile_datagram(n, c),
+            14 => {
+                if self.nodes[n].running() {
+                    self.log(format!("fault: node {n} stops gracefully (SIGTERM)"));
+                    self.feed(n, Event::Shutdown);
+                }
+            }
             _ => {
                 self.log(format!("fault: tie-breaker down for {long:?}, fence works: {}", !self.fence_works));
                 self.tiebreaker_up = false;
@@ -896,9 +917,10 @@ fn random_suite(name: &str, base: &SimConfig, seeds: std::ops::Range<u64>, minut
         let s = random_run(base.clone(), seed, minutes);
         let failovers = s.takeovers.iter().filter(|t| t.2 == AcquireReason::Failover).count();
         println!(
-            "SIM {name} seed {seed}: {minutes} min, {} faults, {} acquisitions ({failovers} failovers), \
-             {} releases, {} GARPs, {} datagrams refused, longest double hold {:?}",
+            "SIM {name} seed {seed}: {minutes} min, {} faults, {} graceful stops, {} acquisitions \
+             ({failovers} failovers), {} releases, {} GARPs, {} datagrams refused, longest double hold {:?}",
             s.faults,
+            s.graceful_stops,
             s.takeovers.len(),
             s.releases,
             s.garps,
@@ -937,6 +959,28 @@ fn random_faults_single_and_three_channels() {
     three.faults_every = Some(secs(3));
     three.corrupt = 0.01;
     random_suite("3ch", &three, 300..304, 10);
+}
+
+/// SIGTERM on the holder: it releases, says goodbye, and the standby takes over well
+/// inside the dead time, by `PeerLeft`, never by a failover.
+#[test]
+fn graceful_stop_hands_over_without_waiting() {
+    for seed in 0..20 {
+        let mut cfg = SimConfig::new(2);
+        cfg.tiebreaker = true;
+        cfg.fence = true;
+        let mut sim = Sim::new(cfg, 500 + seed);
+        sim.run_until(secs(3));
+        assert_eq!(sim.holder(), Some(0), "seed {seed}");
+        sim.feed(0, Event::Shutdown);
+        // Stop hooks take up to 100 ms, the term write up to 15 ms: far below 500 ms.
+        sim.run_until(secs(3) + ms(300));
+        assert_eq!(sim.holder(), Some(1), "seed {seed}");
+        assert_eq!(sim.stats.graceful_stops, 1, "seed {seed}");
+        let last = sim.stats.takeovers.last().map(|t| (t.1, t.2));
+        assert_eq!(last, Some((1, AcquireReason::PeerLeft)), "seed {seed}");
+        assert_eq!(sim.stats.false_takeovers, 0);
+    }
 }
 
 #[test]
