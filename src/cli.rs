@@ -1080,7 +1080,7 @@ fn admin_token(data_dir: &std::path::Path, file: &std::path::Path) -> anyhow::Re
 /// `failover` commands work on local files only, so they run without the inventory and
 /// while the service holds its sockets.
 fn failover_cmd(data_dir: &std::path::Path, cmd: FailoverCmd) -> anyhow::Result<i32> {
-    use crate::failover::service::{AdminRequest, STATUS_FILE, Status, submit_request};
+    use crate::failover::service::{AdminRequest, STATUS_FILE, Status, deliver_request};
     match cmd {
         FailoverCmd::Keygen { file } => {
             use std::os::unix::fs::OpenOptionsExt;
@@ -1104,38 +1104,17 @@ fn failover_cmd(data_dir: &std::path::Path, cmd: FailoverCmd) -> anyhow::Result<
             if json {
                 print_json(&s)?;
             } else {
-                print_failover_status(&s);
+                print!("{}", s.render_text());
             }
         }
         c @ (FailoverCmd::Takeover | FailoverCmd::Release) => {
             let req = if matches!(c, FailoverCmd::Takeover) { AdminRequest::Takeover } else { AdminRequest::Release };
-            submit_request(data_dir, req)
-                .with_context(|| format!("writing the request under {}", data_dir.display()))?;
-            println!("requested {req:?}; the service acts within a second (see `understudy failover status`)");
+            deliver_request(data_dir, req, std::time::Duration::from_secs(2))
+                .with_context(|| format!("failover {} (data dir {})", req.word(), data_dir.display()))?;
+            println!("the service took the {} request (see `understudy failover status`)", req.word());
         }
     }
     Ok(0)
-}
-
-fn print_failover_status(s: &crate::failover::service::Status) {
-    println!("node {} ({}): {}, term {}", s.node, s.role, s.state, s.term);
-    println!("holder: {}", s.holder.as_deref().unwrap_or("nobody (or unknown)"));
-    let heard = s.peer_last_heard_ms.map(|m| format!("{m} ms ago")).unwrap_or_else(|| "never".into());
-    println!("peer: {} (last heard {heard})", s.peer.as_deref().unwrap_or("-"));
-    for c in &s.channels {
-        let last = c.last_heard_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
-        println!(
-            "channel {}: {} loss {:.1}% last heard {last} send failures {}",
-            c.name,
-            if c.up { "up" } else { "DOWN" },
-            c.loss * 100.0,
-            c.send_failures
-        );
-    }
-    for a in &s.alarms {
-        println!("ALARM {a}");
-    }
-    println!("updated {}", s.updated);
 }
 
 async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<i32> {

@@ -182,11 +182,20 @@ fn jobs_pages_events_and_openapi() {
         "/api/v1/nodes/{name}",
         "/api/v1/deployments/{id}/progress",
         "/api/v1/events",
+        "/api/v1/failover/takeover",
+        "/api/v1/failover/release",
     ] {
         assert!(doc["paths"].get(p).is_some(), "OpenAPI lacks {p}");
     }
     let (s, b) = srv.curl("GET", "/api/v1/failover", t, None);
     assert_eq!((s, err_code(&b).as_str()), (404, "not_found"), "no [failover]: {b}");
+    for action in ["takeover", "release"] {
+        let path = format!("/api/v1/failover/{action}");
+        let (s, b) = srv.curl("POST", &path, None, None);
+        assert_eq!((s, err_code(&b).as_str()), (401, "unauthorized"), "{action} without a token: {b}");
+        let (s, b) = srv.curl("POST", &path, t, None);
+        assert_eq!((s, err_code(&b).as_str()), (404, "not_found"), "{action} without [failover]: {b}");
+    }
     let metrics = srv.curl("GET", "/metrics", None, None).1;
     assert!(
         metrics.contains("understudy_http_requests_total{route=\"/api/v1/images\",method=\"GET\",status=\"200\"}"),

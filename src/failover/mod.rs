@@ -49,6 +49,7 @@ pub mod config;
 pub mod garp;
 pub mod link;
 pub mod machine;
+pub mod metrics;
 pub mod monitor;
 pub mod net;
 pub mod packet;

@@ -114,7 +114,8 @@ pub enum PacketError {
 }
 
 /// Counters of accepted and refused datagrams, one per [`PacketError`] variant.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RxStats {
     /// Accepted heartbeats.
     pub accepted: u64,

@@ -16,7 +16,7 @@ use super::config::{Channel, Hook, MonitorConfig};
 use super::machine::{Action, Alarm, Event, Machine, MachineInit, State};
 use super::monitor::{MonitorAction, MonitorTracker};
 use super::net;
-use super::packet::{Keyring, decode, encode, next_boot_id, parse_key_file};
+use super::packet::{Keyring, RxStats, decode, encode, next_boot_id, parse_key_file};
 use super::{Check, FailoverConfig};
 use crate::images::Inventory;
 use serde::{Deserialize, Serialize};
@@ -150,8 +150,44 @@ pub struct EventInfo {
     pub message: String,
 }
 
+/// One service monitor in the status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MonitorInfo {
+    /// Monitor name.
+    pub name: String,
+    /// `unknown`, `up` or `down`.
+    pub health: String,
+    /// Out of restarts and handed to the state machine (until it passes again).
+    pub escalated: bool,
+    /// Restarts since the service started.
+    pub restarts: u64,
+    /// Checks run.
+    pub checks: u64,
+    /// Checks failed.
+    pub failures: u64,
+}
+
+/// Monitors' status, written by their tasks, read when the status is published.
+type SharedMonitors = Arc<std::sync::Mutex<Vec<MonitorInfo>>>;
+
+/// Counts of what the service did since it started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    /// VIP additions (takeovers).
+    pub takeovers: u64,
+    /// VIP removals (releases).
+    pub releases: u64,
+    /// Gratuitous ARP rounds.
+    pub garps: u64,
+    /// Datagrams on a heartbeat port from an address that is not the peer's (dropped unread).
+    pub foreign_source: u64,
+}
+
 /// The failover status shown by the API and the CLI.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     /// This node.
     pub node: String,
@@ -177,10 +213,68 @@ pub struct Status {
     pub alarms: Vec<String>,
     /// Heartbeats refused (bad MAC, replay, ...).
     pub rejected: u64,
+    /// Heartbeats accepted, and refused by reason.
+    pub rx: RxStats,
+    /// What the service did.
+    pub counters: Counters,
+    /// Service monitors.
+    pub monitors: Vec<MonitorInfo>,
     /// Recent events, oldest first.
     pub events: VecDeque<EventInfo>,
     /// When this snapshot was taken (RFC 3339).
     pub updated: String,
+    /// The same, in milliseconds since the Unix epoch.
+    pub updated_unix_ms: u64,
+}
+
+impl Status {
+    /// The human-readable form (`understudy failover status`).
+    pub fn render_text(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let _ = writeln!(o, "node {} ({}): {}, term {}", self.node, self.role, self.state, self.term);
+        let _ = writeln!(o, "holder: {}", self.holder.as_deref().unwrap_or("nobody (or unknown)"));
+        let heard = self.peer_last_heard_ms.map(|m| format!("{m} ms ago")).unwrap_or_else(|| "never".into());
+        let _ = writeln!(o, "peer: {} (last heard {heard})", self.peer.as_deref().unwrap_or("-"));
+        for c in &self.channels {
+            let last = c.last_heard_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                o,
+                "channel {}: {} loss {:.1}% last heard {last} send failures {}",
+                c.name,
+                if c.up { "up" } else { "DOWN" },
+                c.loss * 100.0,
+                c.send_failures
+            );
+        }
+        for m in &self.monitors {
+            let esc = if m.escalated { ", ESCALATED" } else { "" };
+            let _ = writeln!(
+                o,
+                "monitor {}: {}{esc} ({} restarts, {} of {} checks failed)",
+                m.name, m.health, m.restarts, m.failures, m.checks
+            );
+        }
+        let _ = writeln!(
+            o,
+            "heartbeats: {} accepted, {} refused, {} from strangers",
+            self.rx.accepted, self.rejected, self.counters.foreign_source
+        );
+        for a in &self.alarms {
+            let _ = writeln!(o, "ALARM {a}");
+        }
+        for e in self.events.iter().rev().take(10).collect::<Vec<_>>().into_iter().rev() {
+            let _ = writeln!(o, "{} {} {}", e.ts, e.kind, e.message);
+        }
+        let _ = writeln!(o, "updated {}", self.updated);
+        o
+    }
+}
+
+/// Read the status the running service last wrote (None: no file, or unreadable).
+pub fn load_status(data_dir: &Path) -> Option<Status> {
+    let text = std::fs::read(data_dir.join(STATUS_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 /// The status shared with the HTTP API.
@@ -196,7 +290,8 @@ pub enum AdminRequest {
 }
 
 impl AdminRequest {
-    fn word(self) -> &'static str {
+    /// The word in the request file.
+    pub fn word(self) -> &'static str {
         match self {
             AdminRequest::Takeover => "takeover",
             AdminRequest::Release => "release",
@@ -207,6 +302,48 @@ impl AdminRequest {
 /// Drop an admin request for a running service (atomically, so it never reads half).
 pub fn submit_request(data_dir: &Path, req: AdminRequest) -> std::io::Result<()> {
     write_durably(&data_dir.join(REQUEST_FILE), req.word().as_bytes())
+}
+
+/// Why an admin request did not reach the service.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// No status file: failover is not configured here, or never ran.
+    #[error("failover is not running on this server (no [failover] section)")]
+    NotRunning,
+    /// The status file is old: the service is not running now.
+    #[error("the failover service is not running (its status is {0} s old)")]
+    Stale(u64),
+    /// The service did not take the request in time.
+    #[error("the failover service did not pick up the request within {0:?}")]
+    NotPickedUp(Duration),
+    /// The request file cannot be written.
+    #[error("writing the request: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Hand `req` to the running service and wait until it took it (at most `wait`); a
+/// request it did not take is withdrawn, so it cannot act by surprise later. Blocking.
+pub fn deliver_request(data_dir: &Path, req: AdminRequest, wait: Duration) -> Result<(), RequestError> {
+    let status = load_status(data_dir).ok_or(RequestError::NotRunning)?;
+    let age_ms = (wall_micros() / 1000).saturating_sub(status.updated_unix_ms);
+    // The service rewrites it every second; a few seconds of slack for a busy machine.
+    if age_ms > 5000 {
+        return Err(RequestError::Stale(age_ms / 1000));
+    }
+    submit_request(data_dir, req)?;
+    let path = data_dir.join(REQUEST_FILE);
+    let start = std::time::Instant::now();
+    while start.elapsed() < wait {
+        if !path.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match std::fs::remove_file(&path) {
+        // Taken between the last look and now.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(RequestError::NotPickedUp(wait)),
+    }
 }
 
 /// Read and delete a pending admin request, if any.
@@ -284,6 +421,13 @@ pub async fn prepare(cfg: FailoverConfig, data_dir: &Path) -> Result<Prepared, F
     write_durably(&state_path, persisted.render().as_bytes())
         .map_err(|source| FailoverError::State { path: state_path.clone(), source })?;
     let vip_present = net::any_vip_present(&cfg.vips).await?;
+    if vip_present {
+        // Adopting it would be a guess: the peer may have taken over while we were down.
+        tracing::warn!(
+            "failover: a VIP is already on its interface at start (left by an earlier process, or added by \
+             hand); removing it: the pair decides afresh who holds it"
+        );
+    }
     let init =
         MachineInit { boot: persisted.boot, term: persisted.term, peer_boot_floor: persisted.peer_boot, vip_present };
     let status = Arc::new(RwLock::new(Status { node: cfg.node.clone(), ..Status::default() }));
@@ -341,9 +485,10 @@ pub async fn serve(p: Prepared, inv: Inventory, shutdown: CancellationToken) -> 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let tasks = tokio_util::task::TaskTracker::new();
     let helper_stop = CancellationToken::new();
-    spawn_receivers(&tasks, &cfg, &sockets, &keys, &ev_tx, &helper_stop);
+    let mut view = View::new(&cfg, &status);
+    spawn_receivers(&tasks, &cfg, &sockets, &keys, &ev_tx, &helper_stop, &view.foreign);
     spawn_link_poller(&tasks, &cfg, &ev_tx, &helper_stop);
-    spawn_monitors(&tasks, &cfg.monitors, &ev_tx, &helper_stop);
+    spawn_monitors(&tasks, &cfg.monitors, &ev_tx, &helper_stop, &view.monitors);
     spawn_request_poller(&tasks, &data_dir, &ev_tx, &helper_stop);
     let (persist_tx, persist_rx) = mpsc::unbounded_channel();
     let persist_task = tokio::spawn(persister(data_dir.join(STATE_FILE), persist_rx, ev_tx.clone()));
@@ -356,7 +501,6 @@ pub async fn serve(p: Prepared, inv: Inventory, shutdown: CancellationToken) -> 
     let origin = tokio::time::Instant::now();
     let now = || origin.elapsed();
     let (mut m, first) = Machine::new(mcfg, init, now());
-    let mut view = View::new(&cfg, &status);
     println!("understudy: failover {} running", cfg.node);
     let _ = std::io::Write::flush(&mut std::io::stdout());
     tracing::info!("failover: node {} ({:?}) boot {} term {}", cfg.node, cfg.role, m.boot(), m.term());
@@ -421,6 +565,10 @@ struct View {
     alarms: std::collections::BTreeSet<Alarm>,
     events: VecDeque<EventInfo>,
     origin: tokio::time::Instant,
+    counters: Counters,
+    /// Datagrams from strangers, counted by the receiver tasks.
+    foreign: Arc<std::sync::atomic::AtomicU64>,
+    monitors: SharedMonitors,
 }
 
 impl View {
@@ -434,6 +582,14 @@ impl View {
             alarms: Default::default(),
             events: VecDeque::new(),
             origin: tokio::time::Instant::now(),
+            counters: Counters::default(),
+            foreign: Default::default(),
+            monitors: Arc::new(std::sync::Mutex::new(
+                cfg.monitors
+                    .iter()
+                    .map(|m| MonitorInfo { name: m.name.clone(), health: "unknown".into(), ..Default::default() })
+                    .collect(),
+            )),
         }
     }
 
@@ -487,8 +643,15 @@ impl View {
                 .collect(),
             alarms: self.alarms.iter().map(|a| alarm_name(*a, &self.channels)).collect(),
             rejected: m.stats().rejected(),
+            rx: m.stats().clone(),
+            counters: Counters {
+                foreign_source: self.foreign.load(std::sync::atomic::Ordering::Relaxed),
+                ..self.counters.clone()
+            },
+            monitors: self.monitors.lock().map(|g| g.clone()).unwrap_or_default(),
             events: self.events.clone(),
             updated: crate::db::now(),
+            updated_unix_ms: wall_micros() / 1000,
         };
         if let Ok(json) = serde_json::to_vec_pretty(&s) {
             // Not fsynced: the snapshot is rewritten every second and losing one is harmless.
@@ -544,14 +707,17 @@ fn run_actions(
                 spawn_report(&h.events, run_fence(cfg.fence.clone(), cfg.fence_timeout), |ok| Event::FenceResult { ok })
             }
             Action::AddVip { term, reason } => {
+                view.counters.takeovers += 1;
                 tracing::warn!("failover: taking the VIP (term {term}, {reason:?})");
                 let _ = h.vip.send(VipOp::Add);
             }
             Action::RemoveVip => {
+                view.counters.releases += 1;
                 tracing::warn!("failover: releasing the VIP");
                 let _ = h.vip.send(VipOp::Remove);
             }
             Action::SendGarp => {
+                view.counters.garps += 1;
                 let _ = h.vip.send(VipOp::Garp);
             }
             Action::RunStartHooks => {
@@ -621,9 +787,11 @@ fn spawn_receivers(
     keys: &Keyring,
     events: &mpsc::UnboundedSender<Event>,
     stop: &CancellationToken,
+    foreign: &Arc<std::sync::atomic::AtomicU64>,
 ) {
     for (channel, (sock, c)) in sockets.iter().zip(&cfg.channels).enumerate() {
         let (sock, keys, events, stop, peer) = (sock.clone(), keys.clone(), events.clone(), stop.clone(), c.peer);
+        let foreign = foreign.clone();
         tasks.spawn(async move {
             let mut buf = [0u8; 512];
             loop {
@@ -633,6 +801,7 @@ fn spawn_receivers(
                 };
                 let Ok((n, from)) = r else { continue };
                 if from.ip() != peer {
+                    foreign.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     continue;
                 }
                 let e = match decode(&buf[..n], &keys) {
@@ -711,9 +880,10 @@ fn spawn_monitors(
     monitors: &[MonitorConfig],
     events: &mpsc::UnboundedSender<Event>,
     stop: &CancellationToken,
+    shared: &SharedMonitors,
 ) {
-    for mc in monitors {
-        let (mc, events, stop) = (mc.clone(), events.clone(), stop.clone());
+    for (i, mc) in monitors.iter().enumerate() {
+        let (mc, events, stop, shared) = (mc.clone(), events.clone(), stop.clone(), shared.clone());
         tasks.spawn(async move {
             let origin = tokio::time::Instant::now();
             let mut t = MonitorTracker::new();
@@ -723,7 +893,18 @@ fn spawn_monitors(
                     _ = tokio::time::sleep(mc.interval) => {}
                 }
                 let ok = tokio::time::timeout(mc.timeout, check(&mc.check)).await.unwrap_or(false);
-                for a in t.observe(&mc.policy, ok, origin.elapsed()) {
+                let actions = t.observe(&mc.policy, ok, origin.elapsed());
+                if let Ok(mut g) = shared.lock()
+                    && let Some(info) = g.get_mut(i)
+                {
+                    info.checks += 1;
+                    info.failures += u64::from(!ok);
+                    info.restarts +=
+                        actions.iter().filter(|a| matches!(a, MonitorAction::Restart { .. })).count() as u64;
+                    info.escalated = t.escalated();
+                    info.health = health_name(t.health()).into();
+                }
+                for a in actions {
                     let e = match a {
                         MonitorAction::Escalate => Event::MonitorEscalation { monitor: mc.name.clone() },
                         MonitorAction::Recovered => Event::MonitorRecovered { monitor: mc.name.clone() },
@@ -745,6 +926,14 @@ fn spawn_monitors(
                 }
             }
         });
+    }
+}
+
+fn health_name(h: super::Health) -> &'static str {
+    match h {
+        super::Health::Unknown => "unknown",
+        super::Health::Up => "up",
+        super::Health::Down => "down",
     }
 }
 
@@ -906,5 +1095,40 @@ mod tests {
         assert_eq!(take_request(d.path()), None);
         std::fs::write(d.path().join(REQUEST_FILE), "nonsense").unwrap();
         assert_eq!(take_request(d.path()), None);
+    }
+
+    #[test]
+    fn delivering_a_request_needs_a_live_service() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let wait = Duration::from_millis(300);
+        let r = deliver_request(&dir, AdminRequest::Takeover, wait);
+        assert!(matches!(r, Err(RequestError::NotRunning)), "{r:?}");
+        let write_status = |ms: u64| {
+            let s = Status { updated_unix_ms: ms, ..Status::default() };
+            std::fs::write(dir.join(STATUS_FILE), serde_json::to_vec(&s).unwrap()).unwrap();
+        };
+        write_status(wall_micros() / 1000 - 60_000);
+        assert!(matches!(deliver_request(&dir, AdminRequest::Takeover, wait), Err(RequestError::Stale(60))));
+        // Fresh status but nobody reads requests: refused, and nothing is left behind.
+        write_status(wall_micros() / 1000);
+        let r = deliver_request(&dir, AdminRequest::Release, wait);
+        assert!(matches!(r, Err(RequestError::NotPickedUp(_))), "{r:?}");
+        assert!(!dir.join(REQUEST_FILE).exists());
+        // A reader that takes it: delivered, and it read the right word.
+        let reader = {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    if let Some(r) = take_request(&dir) {
+                        return Some(r);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                None
+            })
+        };
+        deliver_request(&dir, AdminRequest::Release, Duration::from_secs(2)).unwrap();
+        assert_eq!(reader.join().unwrap(), Some(AdminRequest::Release));
     }
 }

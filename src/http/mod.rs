@@ -165,7 +165,13 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         Ok((n,)) => n,
         Err(e) => return ApiError::internal(e).into_response(),
     };
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render(running)).into_response()
+    let mut body = st.metrics.render(running);
+    // Failover writes its status into the data dir every second; its metrics come from there.
+    if let Some(s) = crate::failover::service::load_status(&st.data_dir()) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        body.push_str(&crate::failover::metrics::render(&s, now.as_millis() as u64));
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// Build the router.
