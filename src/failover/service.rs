@@ -949,9 +949,19 @@ async fn check(c: &Check) -> bool {
     }
 }
 
+/// A live process with this name: a zombie (dead, not yet reaped by its parent) is not one.
 fn process_exists(name: &str) -> bool {
     let Ok(rd) = std::fs::read_dir("/proc") else { return false };
-    rd.flatten().any(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+    rd.flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+            && std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| !stat_is_zombie(&st))
+    })
+}
+
+/// `/proc/PID/stat` says the process is a zombie (state `Z`, after the parenthesised name,
+/// which may itself hold spaces and parentheses).
+fn stat_is_zombie(stat: &str) -> bool {
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
 }
 
 async fn command_ok(argv: &[String]) -> bool {
@@ -1079,6 +1089,15 @@ mod tests {
             Persisted::parse("garbage\nterm x\nterm 3\nfuture 9\n"),
             Persisted { term: 3, ..Default::default() }
         );
+    }
+
+    #[test]
+    fn zombies_are_not_running() {
+        assert!(stat_is_zombie("42 (sleep) Z 1 42 42 0 -1"));
+        assert!(stat_is_zombie("42 (a) Z) b) Z 1"));
+        assert!(!stat_is_zombie("42 (a) Z) b) S 1"));
+        assert!(!stat_is_zombie("42 (sleep) S 1 42"));
+        assert!(!stat_is_zombie("garbage"));
     }
 
     #[test]
