@@ -7,7 +7,7 @@ BIN      := target/release/understudy
 
 # Debian packages the tests call as real, independent clients and tools.
 TEST_PKGS  := curl busybox isc-dhcp-client iproute2 sqlite3 rsync acl attr libcap2-bin util-linux python3 tar zstd e2fsprogs nftables iputils-ping iputils-arping tftp-hpa atftp
-BENCH_PKGS := $(TEST_PKGS) debootstrap casync kea-admin kea-dhcp4-server dnsmasq-base jq time tftpd-hpa
+BENCH_PKGS := $(TEST_PKGS) debootstrap casync kea-admin kea-dhcp4-server dnsmasq-base jq time tftpd-hpa keepalived
 
 .PHONY: all build run test bench deps bench-deps fmt lint clean fuzz-api fuzz
 
@@ -34,6 +34,7 @@ bench: bench-deps build
 	UNDERSTUDY_BIN=$(BIN) ./benches/deploy-remote.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/dhcp.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/tftp.sh
+	UNDERSTUDY_BIN=$(BIN) ./benches/failover.sh
 
 fmt:
 	$(CARGO) fmt --all

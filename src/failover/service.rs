@@ -485,7 +485,9 @@ pub async fn serve(p: Prepared, inv: Inventory, shutdown: CancellationToken) -> 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let tasks = tokio_util::task::TaskTracker::new();
     let helper_stop = CancellationToken::new();
-    let mut view = View::new(&cfg, &status);
+    let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+    let status_task = tokio::spawn(status_writer(data_dir.join(STATUS_FILE), status_rx));
+    let mut view = View::new(&cfg, &status, status_tx);
     spawn_receivers(&tasks, &cfg, &sockets, &keys, &ev_tx, &helper_stop, &view.foreign);
     spawn_link_poller(&tasks, &cfg, &ev_tx, &helper_stop);
     spawn_monitors(&tasks, &cfg.monitors, &ev_tx, &helper_stop, &view.monitors);
@@ -532,7 +534,7 @@ pub async fn serve(p: Prepared, inv: Inventory, shutdown: CancellationToken) -> 
             e = ev_rx.recv() => match e { Some(e) => e, None => break },
             _ = tokio::time::sleep(wait) => Event::Tick,
             _ = status_every.tick() => {
-                view.publish(&m, now(), &data_dir);
+                view.publish(&m);
                 continue;
             }
         };
@@ -548,7 +550,9 @@ pub async fn serve(p: Prepared, inv: Inventory, shutdown: CancellationToken) -> 
     if let Err(e) = net::remove_vips(&cfg.vips).await {
         tracing::error!("failover: removing the VIP at shutdown: {e}");
     }
-    view.publish(&m, now(), &data_dir);
+    view.publish(&m);
+    drop(view);
+    let _ = status_task.await;
     let _ = persist_task.await;
     let _ = log_task.await;
     tasks.wait().await;
@@ -569,11 +573,14 @@ struct View {
     /// Datagrams from strangers, counted by the receiver tasks.
     foreign: Arc<std::sync::atomic::AtomicU64>,
     monitors: SharedMonitors,
+    /// The newest status snapshot for [`status_writer`].
+    writer: tokio::sync::watch::Sender<Option<Vec<u8>>>,
 }
 
 impl View {
-    fn new(cfg: &FailoverConfig, status: &SharedStatus) -> View {
+    fn new(cfg: &FailoverConfig, status: &SharedStatus, writer: tokio::sync::watch::Sender<Option<Vec<u8>>>) -> View {
         View {
+            writer,
             status: status.clone(),
             channels: cfg.channels.clone(),
             role: format!("{:?}", cfg.role).to_lowercase(),
@@ -606,7 +613,7 @@ impl View {
         self.events.push_back(EventInfo { ts: crate::db::now(), kind, message });
     }
 
-    fn publish(&self, m: &Machine, _now: Duration, data_dir: &Path) {
+    fn publish(&self, m: &Machine) {
         let holding = m.state() == State::Holding;
         let since = self.peer.as_ref().map(|(_, _, t)| self.origin.elapsed().saturating_sub(*t));
         let peer_alive = since.is_some_and(|d| d < self.dead_time);
@@ -654,12 +661,8 @@ impl View {
             updated_unix_ms: wall_micros() / 1000,
         };
         if let Ok(json) = serde_json::to_vec_pretty(&s) {
-            // Not fsynced: the snapshot is rewritten every second and losing one is harmless.
-            let path = data_dir.join(STATUS_FILE);
-            let tmp = path.with_extension("json.tmp");
-            if std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
-                tracing::warn!("failover: cannot write {}", path.display());
-            }
+            // The writer task does the file I/O, so a slow disk never delays the machine.
+            let _ = self.writer.send(Some(json));
         }
         if let Ok(mut g) = self.status.write() {
             *g = s;
@@ -830,7 +833,11 @@ fn spawn_link_poller(
     tasks.spawn(async move {
         let mut last = None;
         loop {
-            let up = ifaces.iter().all(|i| net::carrier(i));
+            // Reading carrier in sysfs takes the kernel's RTNL lock, which link changes hold
+            // for a while (hundreds of ms on a busy machine): never on an async worker,
+            // where it would stall the machine's loop into a false "self stall".
+            let ifs = ifaces.clone();
+            let up = tokio::task::spawn_blocking(move || ifs.iter().all(|i| net::carrier(i))).await.unwrap_or(true);
             if last != Some(up) {
                 last = Some(up);
                 if events.send(Event::LinkState { up }).is_err() {
@@ -939,7 +946,10 @@ fn health_name(h: super::Health) -> &'static str {
 
 async fn check(c: &Check) -> bool {
     match c {
-        Check::Process(name) => process_exists(name),
+        Check::Process(name) => {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || process_exists(&name)).await.unwrap_or(false)
+        }
         Check::Unit(u) => command_ok(&["systemctl".into(), "is-active".into(), "--quiet".into(), u.clone()]).await,
         Check::Tcp(addr) => tokio::net::TcpStream::connect(addr.as_str()).await.is_ok(),
         Check::Http { url, expect_status } => {
@@ -1016,6 +1026,23 @@ async fn run_hooks(hooks: &[Hook], verb: &str, timeout: Duration) -> bool {
     tokio::time::timeout(timeout, all).await.unwrap_or(false)
 }
 
+/// Writes each newest status snapshot (not fsynced: it is rewritten every second and losing
+/// one is harmless); ends, after the last one, when the sender goes.
+async fn status_writer(path: PathBuf, mut rx: tokio::sync::watch::Receiver<Option<Vec<u8>>>) {
+    while rx.changed().await.is_ok() {
+        let Some(json) = rx.borrow_and_update().clone() else { continue };
+        let path = path.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| (path, e))
+        })
+        .await;
+        if let Ok(Err((path, e))) = r {
+            tracing::warn!("failover: cannot write {}: {e}", path.display());
+        }
+    }
+}
+
 /// Writes the state file in request order; acknowledges terms once they are on disk.
 async fn persister(
     path: PathBuf,
@@ -1045,11 +1072,16 @@ async fn vip_worker(cfg: FailoverConfig, mut rx: mpsc::UnboundedReceiver<VipOp>,
             VipOp::Add => net::add_vips(vips).await,
             VipOp::Remove => net::remove_vips(vips).await,
             VipOp::Garp => {
-                for v in vips {
-                    if let Err(e) = net::send_garp(v) {
-                        tracing::warn!("failover: gratuitous ARP for {} on {}: {e}", v.address, v.interface);
+                // Blocking socket and sysfs calls (see the link poller): off the async workers.
+                let vs = vips.clone();
+                let sent = tokio::task::spawn_blocking(move || {
+                    for v in &vs {
+                        if let Err(e) = net::send_garp(v) {
+                            tracing::warn!("failover: gratuitous ARP for {} on {}: {e}", v.address, v.interface);
+                        }
                     }
-                }
+                });
+                let _ = sent.await;
                 Ok(())
             }
             VipOp::StartHooks => {
