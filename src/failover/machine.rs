@@ -9,8 +9,10 @@
 //! `now` is a monotonic time chosen by the adapter. The machine keeps its own clock that
 //! advances by the gap between consecutive events; a gap that goes backwards advances it
 //! by nothing. A gap longer than twice the heartbeat interval means our own loop did not
-//! run (stall, VM pause, suspend, clock jump): that gap is not counted as peer silence, the
-//! dead-time window starts again.
+//! run (stall, VM pause, suspend, clock jump): that gap is not counted as peer silence
+//! (the silence before it still is), and the peer is not declared dead until twice the
+//! interval after it, so input queued during the stall is read first and a peer whose
+//! packets were lost during a VM pause has time to be heard again.
 //!
 //! # Decisions
 //!
@@ -619,8 +621,10 @@ impl Machine {
             Some(gap) => {
                 self.clock = self.clock.saturating_add(gap);
                 if gap > self.cfg.stall_limit() {
-                    ev(out, EventKind::SelfStall, format!("our loop stalled {gap:?}; dead-time window restarted"));
-                    self.quiet_since = self.clock;
+                    ev(out, EventKind::SelfStall, format!("our loop stalled {gap:?}; that time is not silence"));
+                    let shifted = self.silence_base().saturating_add(gap);
+                    let grace = self.clock.saturating_sub(self.cfg.dead_time).saturating_add(self.cfg.stall_limit());
+                    self.quiet_since = shifted.max(grace).min(self.clock);
                 }
             }
         }
@@ -1451,6 +1455,37 @@ mod tests {
         // A real death is still detected after the window.
         let out = run(&mut m, &mut p, &[], 2000, 2700);
         assert!(has(&out, |a| matches!(a, Action::PersistTerm(_))));
+    }
+
+    /// Silence before a stall counts, the stall does not, and there is a grace of two
+    /// intervals after it: a peer that died just before our stall is declared dead
+    /// sooner than a whole dead time after it.
+    #[test]
+    fn stall_time_is_not_silence_but_earlier_silence_is() {
+        let mut m = standby(1);
+        let mut p = peer_holding(5);
+        run(&mut m, &mut p, &[0], 0, 1000); // last heard at 900
+        let out = run(&mut m, &mut p, &[], 1000, 1200); // last tick at 1150: 250 ms of silence
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))));
+        // Our loop freezes 700 ms: alone that would pass for the dead time (500 ms).
+        let out = m.handle(Event::Tick, ms(1850));
+        assert!(has(&out, |a| matches!(a, Action::RecordEvent { kind: EventKind::SelfStall, .. })));
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))), "stall time counted as silence");
+        // 250 ms before + 250 ms after = the dead time: dead at 2100, not a dead time after 1850.
+        let out = run(&mut m, &mut p, &[], 1900, 2100);
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))));
+        let out = run(&mut m, &mut p, &[], 2100, 2150);
+        assert!(has(&out, |a| matches!(a, Action::PersistTerm(_))), "{out:#?}");
+        // After a long stall with little silence before it, the grace (2 intervals) holds.
+        let mut m = standby(1);
+        run(&mut m, &mut p, &[0], 0, 1000); // last heard at 900
+        run(&mut m, &mut p, &[], 1000, 1300); // last tick at 1250: 350 ms of silence
+        let out = m.handle(Event::Tick, ms(5000)); // stall of 3.75 s
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))));
+        let out = run(&mut m, &mut p, &[], 5050, 5200);
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))), "takeover inside the grace after a stall");
+        let out = run(&mut m, &mut p, &[], 5200, 5250);
+        assert!(has(&out, |a| matches!(a, Action::PersistTerm(_))), "{out:#?}");
     }
 
     #[test]
