@@ -3,11 +3,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod boot;
 pub mod error;
 pub mod metrics;
 pub mod stream;
 
-use crate::config::HttpConfig;
+use crate::config::{BootConfig, HttpConfig};
 use crate::images::Inventory;
 use crate::store::IndexCache;
 use crate::store::manifest::Manifest;
@@ -42,6 +43,10 @@ pub struct AppState {
     manifests: Mutex<HashMap<String, Arc<Manifest>>>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// `[boot]` settings.
+    pub boot: BootConfig,
+    /// Where the iPXE binaries are (the TFTP root unless `boot.pxe_dir` says otherwise).
+    pub pxe_dir: PathBuf,
 }
 
 const MANIFEST_CACHE: usize = 16;
@@ -58,7 +63,26 @@ impl AppState {
             index_cache: IndexCache::default(),
             manifests: Mutex::new(HashMap::new()),
             shutdown,
+            boot: BootConfig::default(),
+            pxe_dir: PathBuf::from("pxe"),
         }
+    }
+
+    /// Use these network-boot settings; `tftp_root` is the default home of the iPXE binaries.
+    pub fn with_boot(mut self, boot: BootConfig, tftp_root: Option<PathBuf>) -> AppState {
+        self.pxe_dir = boot.pxe_dir.clone().or(tftp_root).unwrap_or_else(|| PathBuf::from("pxe"));
+        self.boot = boot;
+        self
+    }
+
+    /// Where the deploy environment's kernel and initramfs are.
+    pub fn boot_dir(&self) -> PathBuf {
+        self.inv.data_dir.join(&self.boot.dir)
+    }
+
+    /// Where the iPXE binaries are.
+    pub fn boot_pxe_dir(&self) -> PathBuf {
+        self.pxe_dir.clone()
     }
 
     /// Data directory.
@@ -183,6 +207,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api_router)
         .route("/api/v1/openapi.json", axum::routing::get(move || async move { axum::Json(doc.as_ref().clone()) }))
         .route("/metrics", axum::routing::get(metrics))
+        .route("/boot/{file}", axum::routing::get(boot::boot_file))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
@@ -195,5 +220,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
     let app = router(state);
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    // Peer addresses matter: a deploy script is only handed to the node's own address.
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
