@@ -6,7 +6,7 @@ DATA_DIR ?= images
 BIN      := target/release/understudy
 
 # Debian packages the tests call as real, independent clients and tools.
-TEST_PKGS  := curl busybox isc-dhcp-client iproute2 sqlite3 rsync acl attr libcap2-bin util-linux python3 tar zstd e2fsprogs nftables iputils-ping iputils-arping tftp-hpa atftp
+TEST_PKGS  := curl busybox isc-dhcp-client iproute2 sqlite3 rsync acl attr libcap2-bin util-linux python3 tar zstd e2fsprogs nftables iputils-ping iputils-arping tftp-hpa atftp fdisk dosfstools
 BENCH_PKGS := $(TEST_PKGS) debootstrap casync kea-admin kea-dhcp4-server dnsmasq-base jq time tftpd-hpa
 
 .PHONY: all build run test bench deps bench-deps fmt lint clean fuzz-api fuzz

@@ -126,30 +126,93 @@ pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
     run(cmd, None)
 }
 
+/// The partitions the install writes to. Loop devices made for them (see [`apply`]) are
+/// detached on drop, after the mounts above them are gone.
+#[derive(Debug)]
+pub struct Partitions {
+    /// EFI system partition device.
+    pub esp: String,
+    /// Root partition device.
+    pub root: String,
+    loops: Vec<String>,
+}
+
+impl Drop for Partitions {
+    fn drop(&mut self) {
+        for l in self.loops.drain(..) {
+            let _ = Command::new("losetup").args(["-d", &l]).status();
+        }
+    }
+}
+
 /// Partition `disk` and make the filesystems. Everything on it is lost.
-pub fn apply(disk: &str, fs: &Filesystems) -> anyhow::Result<()> {
+pub fn apply(disk: &str, fs: &Filesystems) -> anyhow::Result<Partitions> {
     // Old signatures (RAID, LVM, filesystems) would confuse the kernel and mkfs.
-    run(Command::new("wipefs").args(["-a", "-q", disk]), None).or_else(|e| {
+    if let Err(e) = run(Command::new("wipefs").args(["-a", "-q", disk]), None) {
         tracing::warn!("wipefs: {e:#}");
-        Ok::<_, anyhow::Error>(())
-    })?;
+    }
     run(Command::new("sfdisk").args(["--quiet", "--wipe", "always", disk]), Some(&sfdisk_script()))?;
     let (esp, root) = (part_dev(disk, 2), part_dev(disk, 3));
-    wait_for(&[&esp, &root])?;
-    run(Command::new("mkfs.vfat").args(["-F", "32", "-n", "EFI", "-i", &fs.esp_id.replace('-', ""), &esp]), None)?;
-    run(Command::new("mkfs.ext4").args(["-F", "-q", "-L", "root", "-U", &fs.root_uuid, &root]), None)?;
-    Ok(())
+    let parts = if wait_for(&[&esp, &root]) {
+        Partitions { esp, root, loops: vec![] }
+    } else {
+        // A kernel without GPT support (some VM and custom boot kernels) shows no
+        // partitions: reach them through loop devices at the table's offsets instead.
+        tracing::warn!("the kernel shows no partitions on {disk}; mapping them with loop devices");
+        let out = Command::new("sfdisk").args(["--json", disk]).output()?;
+        let table = parse_table(&String::from_utf8_lossy(&out.stdout)).map_err(anyhow::Error::msg)?;
+        let mut p = Partitions { esp: String::new(), root: String::new(), loops: vec![] };
+        for (i, (start, size)) in table.iter().enumerate().skip(1).take(2) {
+            let o = Command::new("losetup")
+                .args(["-f", "--show", "-o", &start.to_string(), "--sizelimit", &size.to_string(), disk])
+                .output()?;
+            if !o.status.success() {
+                anyhow::bail!(
+                    "losetup for partition {} of {disk}: {}",
+                    i + 1,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            p.loops.push(String::from_utf8_lossy(&o.stdout).trim().to_string());
+        }
+        if p.loops.len() != 2 {
+            anyhow::bail!("{disk}: the new partition table has {} partitions, expected 3", table.len());
+        }
+        (p.esp, p.root) = (p.loops[0].clone(), p.loops[1].clone());
+        p
+    };
+    run(
+        Command::new("mkfs.vfat").args(["-F", "32", "-n", "EFI", "-i", &fs.esp_id.replace('-', ""), &parts.esp]),
+        None,
+    )?;
+    run(Command::new("mkfs.ext4").args(["-F", "-q", "-L", "root", "-U", &fs.root_uuid, &parts.root]), None)?;
+    Ok(parts)
+}
+
+/// Partitions as (byte offset, byte length) from `sfdisk --json`.
+pub fn parse_table(json: &str) -> Result<Vec<(u64, u64)>, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("sfdisk --json: {e}"))?;
+    let t = &v["partitiontable"];
+    let sector = t["sectorsize"].as_u64().unwrap_or(512);
+    let parts = t["partitions"].as_array().ok_or("sfdisk --json: no partitions")?;
+    parts
+        .iter()
+        .map(|p| match (p["start"].as_u64(), p["size"].as_u64()) {
+            (Some(s), Some(n)) => Ok((s * sector, n * sector)),
+            _ => Err("sfdisk --json: a partition without start or size".to_string()),
+        })
+        .collect()
 }
 
 /// The kernel creates partition nodes on devtmpfs a moment after the table is re-read.
-fn wait_for(devs: &[&str]) -> anyhow::Result<()> {
-    for _ in 0..100 {
+fn wait_for(devs: &[&str]) -> bool {
+    for _ in 0..50 {
         if devs.iter().all(|d| Path::new(d).exists()) {
-            return Ok(());
+            return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    anyhow::bail!("partitions {devs:?} did not appear after partitioning")
+    false
 }
 
 #[cfg(test)]
@@ -190,6 +253,17 @@ mod tests {
         assert!(uuid_like(&f.root_uuid));
         assert_eq!(f.esp_id.len(), 9);
         assert_ne!(Filesystems::random(), f);
+    }
+
+    #[test]
+    fn partition_table_json() {
+        let j = r#"{"partitiontable": {"label": "gpt", "sectorsize": 512, "partitions": [
+            {"node": "/dev/loop0p1", "start": 2048, "size": 2048},
+            {"node": "/dev/loop0p2", "start": 4096, "size": 524288}]}}"#;
+        assert_eq!(parse_table(j).unwrap(), vec![(1 << 20, 1 << 20), (2 << 20, 256 << 20)]);
+        assert!(parse_table("{}").is_err());
+        assert!(parse_table("not json").is_err());
+        assert!(parse_table(r#"{"partitiontable": {"partitions": [{"start": 1}]}}"#).is_err());
     }
 
     fn uuid_like(s: &str) -> bool {

@@ -68,7 +68,6 @@ pub fn apply(root: &Path, node: &str, fs: &Filesystems, keep_ssh_keys: bool) -> 
     std::fs::create_dir_all(&etc)?;
     let old = std::fs::read_to_string(etc.join("fstab")).unwrap_or_default();
     write(&etc.join("fstab"), &fstab(&old, fs))?;
-    std::fs::create_dir_all(root.join("boot/efi"))?;
     write(&etc.join("hostname"), &format!("{node}\n"))?;
     let old = std::fs::read_to_string(etc.join("hosts")).unwrap_or_default();
     write(&etc.join("hosts"), &hosts(&old, node))?;

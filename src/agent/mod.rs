@@ -126,14 +126,14 @@ async fn install(
     println!("understudy-agent: installing {} on {disk}", d.image);
     report(client, a.deployment, "running", &format!("partitioning {disk}"), counters, None).await;
     let fs = disk::Filesystems::random();
-    {
+    let parts = {
         let (disk, fs) = (disk.clone(), fs.clone());
-        tokio::task::spawn_blocking(move || disk::apply(&disk, &fs)).await??;
-    }
+        tokio::task::spawn_blocking(move || disk::apply(&disk, &fs)).await??
+    };
     let root = opts.mount_dir.clone();
     let mut mounts = Mounts::default();
     std::fs::create_dir_all(&root)?;
-    mounts.mount(&disk::part_dev(&disk, 3), &root, &[])?;
+    mounts.mount(&parts.root, &root, &[])?;
     // mkfs.ext4 leaves an empty lost+found; the deploy wants an empty root (the image has its own).
     let _ = std::fs::remove_dir(root.join("lost+found"));
     let pulled =
@@ -141,9 +141,9 @@ async fn install(
     println!("understudy-agent: wrote {} files, {} bytes", pulled.stats.files, pulled.stats.bytes);
     report(client, a.deployment, "running", "identity", counters, None).await;
     identity::apply(&root, &a.node, &fs, a.keep_ssh_keys)?;
-    mounts.mount(&disk::part_dev(&disk, 2), &root.join("boot/efi"), &[])?;
     if a.bootloader {
         report(client, a.deployment, "running", "bootloader", counters, None).await;
+        mounts.mount(&parts.esp, &root.join("boot/efi"), &[])?;
         bootloader(&root, &disk, &mut mounts)?;
     }
     mounts.release()?;
