@@ -4,9 +4,9 @@
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiPath, ApiQuery, ApiResult};
 use crate::boot::{self, Plan};
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -23,6 +23,7 @@ const FIRMWARE: &[&str] = &["ipxe.efi", "snponly.efi", "undionly.kpxe", "ipxe-ar
 
 /// Query of boot requests.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BootQuery {
     /// Which check a waiting machine is on (scripts chain to themselves with `attempt + 1`).
     attempt: Option<u32>,
@@ -30,11 +31,19 @@ pub struct BootQuery {
     token: Option<String>,
 }
 
-/// `GET /boot/{file}`.
+/// Network boot: `{mac}.ipxe` (the machine's script), `vmlinuz` and `initramfs.img`
+/// (deployment token or admin; Range), `ipxe.efi`, `snponly.efi`, `undionly.kpxe`.
+#[utoipa::path(get, path = "/boot/{file}", tag = "boot", security((), ("bearer" = [])),
+    params(("file" = String, Path, description = "`<mac>.ipxe`, `vmlinuz`, `initramfs.img` or an iPXE binary"),
+           ("attempt" = Option<u32>, Query, description = "check number of a waiting machine"),
+           ("token" = Option<String>, Query, description = "deployment token for the kernel and initramfs")),
+    responses((status = 200, description = "the script or file", content_type = "application/octet-stream"),
+              (status = 206, description = "part of the file (Range)"),
+              (status = 416, description = "unsatisfiable Range")))]
 pub async fn boot_file(
     State(st): State<Arc<AppState>>,
-    Path(file): Path<String>,
-    Query(q): Query<BootQuery>,
+    ApiPath(file): ApiPath<String>,
+    ApiQuery(q): ApiQuery<BootQuery>,
     headers: HeaderMap,
     req: Request,
 ) -> Response {

@@ -110,7 +110,7 @@ impl AppState {
     info(title = "understudy", description = "Image server, network boot and failover for cluster head nodes."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "images"), (name = "nodes"), (name = "deployments"), (name = "events"), (name = "system"))
+    tags((name = "images"), (name = "nodes"), (name = "deployments"), (name = "events"), (name = "boot"), (name = "system"))
 )]
 struct ApiDoc;
 
@@ -197,6 +197,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let (api_router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api::routes())
         .merge(stream::routes(&state.cfg))
+        .routes(utoipa_axum::routes!(boot::boot_file))
         .split_for_parts();
     // Applied after the routes are merged, so it sees every operation.
     utoipa::Modify::modify(&CommonErrors, &mut openapi);
@@ -207,7 +208,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api_router)
         .route("/api/v1/openapi.json", axum::routing::get(move || async move { axum::Json(doc.as_ref().clone()) }))
         .route("/metrics", axum::routing::get(metrics))
-        .route("/boot/{file}", axum::routing::get(boot::boot_file))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
