@@ -68,6 +68,39 @@ pub enum Command {
     /// Heartbeat and failover: keys, status, planned switchover.
     #[command(subcommand)]
     Failover(FailoverCmd),
+    /// Network boot: build the boot environment (kernel + initramfs with the agent).
+    #[command(subcommand)]
+    Pxe(PxeCmd),
+}
+
+/// `pxe` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PxeCmd {
+    /// Build vmlinuz + initramfs.img from the host's own kernel and modules (or the given ones).
+    Build(PxeBuildArgs),
+}
+
+/// `pxe build` arguments.
+#[derive(Debug, Args)]
+pub struct PxeBuildArgs {
+    /// Kernel image [default: /boot/vmlinuz-$(uname -r)].
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Modules directory with modules.dep [default: /lib/modules/<the kernel's release>].
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+    /// busybox binary, static preferred [default: busybox on PATH].
+    #[arg(long, value_name = "FILE")]
+    pub busybox: Option<PathBuf>,
+    /// Output directory [default: <data dir>/boot].
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Rebuild even when the output matches the inputs.
+    #[arg(long)]
+    pub force: bool,
+    /// JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `failover` subcommands.
@@ -363,6 +396,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             return Ok(0);
         }
         Command::Failover(cmd) => return failover_cmd(&cli.data_dir, cmd),
+        Command::Pxe(PxeCmd::Build(a)) => return pxe_build_cmd(&cli.data_dir, a).await,
         _ => {}
     }
     if let Some(server) = &cli.server {
@@ -372,7 +406,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let inv =
         Inventory::open(&cli.data_dir).await.with_context(|| format!("opening data dir {}", cli.data_dir.display()))?;
     match cli.command {
-        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) => unreachable!("handled above"),
+        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) | Command::Pxe(_) => {
+            unreachable!("handled above")
+        }
         Command::Nodes(cmd) => nodes_cmd(&Api::local(inv), cmd).await,
         Command::Deployments(cmd) => deployments_cmd(&Api::local(inv), cmd).await,
         Command::Events(a) => events_cmd(&Api::local(inv), a).await,
@@ -947,7 +983,9 @@ async fn remote_cmd(client: &Client, cmd: Command, quiet: bool) -> anyhow::Resul
         Command::Capture(_) | Command::Images(_) => {
             bail!("capture, import and export run on the server host against its data dir (omit --server)")
         }
-        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) => unreachable!("handled before"),
+        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) | Command::Pxe(_) => {
+            unreachable!("handled before")
+        }
     }
 }
 
@@ -1206,5 +1244,53 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         }
     }
     inv.db.event(None, "server.stop", "understudy serve stopped").await?;
+    Ok(0)
+}
+
+// ---------------------------------------------------------------- pxe
+
+async fn pxe_build_cmd(data_dir: &std::path::Path, a: PxeBuildArgs) -> anyhow::Result<i32> {
+    let opts = crate::pxe::build::BuildOptions {
+        kernel: a.kernel,
+        modules: a.modules,
+        busybox: a.busybox,
+        output: a.output.unwrap_or_else(|| data_dir.join("boot")),
+        force: a.force,
+    };
+    let t = Instant::now();
+    let out = {
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || crate::pxe::build::build(&opts)).await??
+    };
+    let secs = t.elapsed().as_secs_f64();
+    for w in &out.warnings {
+        tracing::warn!("{w}");
+    }
+    let i = &out.info;
+    if a.json {
+        let mut v = serde_json::to_value(i)?;
+        v["up_to_date"] = json!(out.up_to_date);
+        v["output"] = json!(opts.output);
+        v["warnings"] = json!(out.warnings);
+        v["seconds"] = json!(secs);
+        print_json(&v)?;
+    } else if out.up_to_date {
+        println!("boot environment in {} is up to date (input {})", opts.output.display(), &i.input_hash[..16]);
+    } else {
+        println!(
+            "built {}: vmlinuz {} ({}), initramfs.img {} {} ({} unpacked, {} entries, understudy {}), {} modules, tools: {}; in {:.1}s",
+            opts.output.display(),
+            i.kernel_release,
+            human(i.kernel.size),
+            serde_json::to_value(i.compression)?.as_str().unwrap_or("?"),
+            human(i.initramfs.size),
+            human(i.uncompressed_size),
+            i.entries,
+            human(i.understudy_size),
+            i.modules.len(),
+            i.tools.keys().cloned().collect::<Vec<_>>().join(" "),
+            secs
+        );
+    }
     Ok(0)
 }

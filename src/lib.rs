@@ -16,6 +16,7 @@ pub mod http;
 pub mod images;
 pub mod nodes;
 pub mod progress;
+pub mod pxe;
 pub mod ratelog;
 pub mod remote;
 pub mod store;
