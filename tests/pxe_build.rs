@@ -134,7 +134,10 @@ fn bad_inputs_are_clear_errors() {
     let args = ["pxe", "build", "--kernel", k.kernel.to_str().unwrap(), "--modules", empty.to_str().unwrap(), "-o"];
     let e = sb.fails(&[&args[..], &[out.to_str().unwrap()]].concat());
     assert!(e.contains("no modules.dep") && !e.contains("panicked"), "{e}");
-    let e = sb.fails(&[build_args(&k, &out), vec!["--busybox", "/nonexistent/busybox"]].concat());
+    let mut args = build_args(&k, &out);
+    let i = args.iter().position(|a| *a == "--busybox").unwrap();
+    args[i + 1] = "/nonexistent/busybox";
+    let e = sb.fails(&args);
     assert!(e.contains("/nonexistent/busybox") && !e.contains("panicked"), "{e}");
     assert!(!out.join("boot.json").exists());
 }
