@@ -1,18 +1,13 @@
 //! Network boot decisions as plain functions: which iPXE script a machine gets for its
-//! node's state, the kernel command line that carries the agent's deployment, and the
-//! template rendering (values are checked so that nothing can inject iPXE commands).
+//! node's state and the kernel command line that carries the agent's deployment. The
+//! templates and their (checked) rendering live in [`crate::pxe::template`].
 
 use crate::db::Node;
 use std::net::IpAddr;
 
-/// Boot the deploy environment (kernel + initramfs with the agent).
-pub const DEPLOY_TEMPLATE: &str = include_str!("../pxe/templates/deploy.ipxe");
-/// Boot from the local disk (deployed nodes).
-pub const LOCAL_TEMPLATE: &str = include_str!("../pxe/templates/local.ipxe");
-/// Nothing to boot yet: show why, sleep, ask again.
-pub const WAIT_TEMPLATE: &str = include_str!("../pxe/templates/wait.ipxe");
-/// Waited too long: power off.
-pub const POWEROFF_TEMPLATE: &str = include_str!("../pxe/templates/poweroff.ipxe");
+pub use crate::pxe::template::{
+    DEPLOY as DEPLOY_TEMPLATE, LOCAL as LOCAL_TEMPLATE, POWEROFF as POWEROFF_TEMPLATE, WAIT as WAIT_TEMPLATE, render,
+};
 
 /// Kernel command-line keys the agent reads; reserved, so the admin's extra arguments
 /// cannot override them.
@@ -53,53 +48,13 @@ pub fn plan(node: Option<&Node>, collecting: bool) -> Plan {
     }
 }
 
-/// Why a template could not be rendered.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TemplateError {
-    /// The template names a value that was not given.
-    #[error("template placeholder {{{{{0}}}}} has no value")]
-    Missing(String),
-    /// A `{{` without its `}}`.
-    #[error("template has an unterminated placeholder")]
-    Unterminated,
-    /// A value that would change the script's meaning.
-    #[error("value for {0} is not safe in an iPXE script")]
-    Unsafe(String),
-}
-
-/// Is `v` safe to paste into an iPXE script line: printable ASCII, no line breaks, no
-/// `${` expansion, no comment or command separators at word starts.
-pub fn safe_value(v: &str) -> bool {
-    v.bytes().all(|b| (0x20..0x7f).contains(&b)) && !v.contains("${") && !v.contains("||") && !v.contains("&&")
-}
-
-/// Fill `{{key}}` placeholders.
-pub fn render(template: &str, vars: &[(&str, &str)]) -> Result<String, TemplateError> {
-    let mut out = String::with_capacity(template.len() + 256);
-    let mut rest = template;
-    while let Some(i) = rest.find("{{") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let j = after.find("}}").ok_or(TemplateError::Unterminated)?;
-        let key = after[..j].trim();
-        let (_, v) = vars.iter().find(|(k, _)| *k == key).ok_or_else(|| TemplateError::Missing(key.into()))?;
-        if !safe_value(v) {
-            return Err(TemplateError::Unsafe(key.into()));
-        }
-        out.push_str(v);
-        rest = &after[j + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 /// Check the admin's extra kernel arguments (`boot.cmdline`).
 pub fn check_cmdline(s: &str) -> Result<(), String> {
     if s.len() > 1024 {
         return Err("longer than 1024 bytes".into());
     }
-    if !safe_value(s) || s.contains('"') || s.contains('\'') {
-        return Err("use printable ASCII without quotes, `${`, `||` or `&&`".into());
+    if let Some(why) = crate::pxe::template::unsafe_value(s) {
+        return Err(why.into());
     }
     if let Some(k) = s.split_whitespace().find_map(|w| CMDLINE_KEYS.iter().find(|k| w.split('=').next() == Some(**k))) {
         return Err(format!("{k} is set by the server"));
@@ -194,49 +149,6 @@ mod tests {
         assert!(matches!(plan(Some(&node("assigned", None)), false), Plan::Wait(_)));
         assert!(matches!(plan(None, true), Plan::Wait(m) if m.contains("collected")));
         assert!(matches!(plan(None, false), Plan::Wait(m) if m.contains("turn on MAC collection")));
-    }
-
-    #[test]
-    fn templates_render_and_every_placeholder_is_filled() {
-        let deploy = render(
-            DEPLOY_TEMPLATE,
-            &[
-                ("deployment", "7"),
-                ("image", "head-a@2"),
-                ("node", "standby"),
-                ("kernel_url", "vmlinuz?token=ab"),
-                ("initrd_url", "initramfs.img?token=ab"),
-                ("cmdline", "console=ttyS0 understudy.token=ab"),
-                ("retry_secs", "30"),
-                ("script_url", "52:54:00:00:00:01.ipxe"),
-            ],
-        )
-        .unwrap();
-        assert!(deploy.starts_with("#!ipxe\n"));
-        assert!(deploy.contains("kernel vmlinuz?token=ab initrd=initramfs console=ttyS0 understudy.token=ab ||"));
-        assert!(deploy.contains("initrd --name initramfs initramfs.img?token=ab"));
-        assert!(!deploy.contains("{{"));
-        let local = render(LOCAL_TEMPLATE, &[("node", "standby")]).unwrap();
-        assert!(local.contains("sanboot --no-describe --drive 0x80") && local.contains("exit"));
-        let vars = [
-            ("message", "not a node"),
-            ("mac", "52:54:00:00:00:01"),
-            ("retry_secs", "30"),
-            ("attempt", "1"),
-            ("retries", "3"),
-            ("next_url", "x.ipxe?attempt=2"),
-        ];
-        assert!(render(WAIT_TEMPLATE, &vars).unwrap().contains("chain --replace --autofree x.ipxe?attempt=2"));
-        assert!(render(POWEROFF_TEMPLATE, &vars).unwrap().contains("\npoweroff\n"));
-    }
-
-    #[test]
-    fn unsafe_values_and_bad_templates_are_refused() {
-        assert_eq!(render("a {{x}}", &[]), Err(TemplateError::Missing("x".into())));
-        assert_eq!(render("a {{x", &[("x", "1")]), Err(TemplateError::Unterminated));
-        for bad in ["a\nshell", "${net0/mac}", "x || shell", "a && b", "tab\there", "é"] {
-            assert_eq!(render("{{x}}", &[("x", bad)]), Err(TemplateError::Unsafe("x".into())), "{bad:?}");
-        }
     }
 
     #[test]

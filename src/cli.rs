@@ -72,6 +72,9 @@ pub enum Command {
     /// The installer of the boot environment: partition, deploy, identity, bootloader, reboot.
     /// Reads its deployment from the kernel command line; everything on the disk is lost.
     Agent(AgentCmdArgs),
+    /// Network boot: build the boot environment (kernel + initramfs with the agent).
+    #[command(subcommand)]
+    Pxe(PxeCmd),
 }
 
 /// `agent` arguments (the boot environment's /init runs it without any).
@@ -89,6 +92,36 @@ pub struct AgentCmdArgs {
     /// Stay up after the install instead of rebooting.
     #[arg(long)]
     pub no_reboot: bool,
+}
+
+/// `pxe` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PxeCmd {
+    /// Build vmlinuz + initramfs.img from the host's own kernel and modules (or the given ones).
+    Build(PxeBuildArgs),
+}
+
+/// `pxe build` arguments.
+#[derive(Debug, Args)]
+pub struct PxeBuildArgs {
+    /// Kernel image [default: /boot/vmlinuz-$(uname -r)].
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Modules directory with modules.dep [default: /lib/modules/<the kernel's release>].
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+    /// busybox binary, static preferred [default: busybox on PATH].
+    #[arg(long, value_name = "FILE")]
+    pub busybox: Option<PathBuf>,
+    /// Output directory [default: <data dir>/boot].
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Rebuild even when the output matches the inputs.
+    #[arg(long)]
+    pub force: bool,
+    /// JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `failover` subcommands.
@@ -395,6 +428,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             crate::agent::run(opts).await?;
             return Ok(0);
         }
+        Command::Pxe(PxeCmd::Build(a)) => return pxe_build_cmd(&cli.data_dir, a).await,
         _ => {}
     }
     if let Some(server) = &cli.server {
@@ -404,7 +438,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let inv =
         Inventory::open(&cli.data_dir).await.with_context(|| format!("opening data dir {}", cli.data_dir.display()))?;
     match cli.command {
-        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) | Command::Agent(_) => {
+        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) | Command::Agent(_) | Command::Pxe(_) => {
             unreachable!("handled above")
         }
         Command::Nodes(cmd) => nodes_cmd(&Api::local(inv), cmd).await,
@@ -981,7 +1015,7 @@ async fn remote_cmd(client: &Client, cmd: Command, quiet: bool) -> anyhow::Resul
         Command::Capture(_) | Command::Images(_) => {
             bail!("capture, import and export run on the server host against its data dir (omit --server)")
         }
-        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) | Command::Agent(_) => {
+        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) | Command::Agent(_) | Command::Pxe(_) => {
             unreachable!("handled before")
         }
     }
@@ -1197,5 +1231,53 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         }
     }
     inv.db.event(None, "server.stop", "understudy serve stopped").await?;
+    Ok(0)
+}
+
+// ---------------------------------------------------------------- pxe
+
+async fn pxe_build_cmd(data_dir: &std::path::Path, a: PxeBuildArgs) -> anyhow::Result<i32> {
+    let opts = crate::pxe::build::BuildOptions {
+        kernel: a.kernel,
+        modules: a.modules,
+        busybox: a.busybox,
+        output: a.output.unwrap_or_else(|| data_dir.join("boot")),
+        force: a.force,
+    };
+    let t = Instant::now();
+    let out = {
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || crate::pxe::build::build(&opts)).await??
+    };
+    let secs = t.elapsed().as_secs_f64();
+    for w in &out.warnings {
+        tracing::warn!("{w}");
+    }
+    let i = &out.info;
+    if a.json {
+        let mut v = serde_json::to_value(i)?;
+        v["up_to_date"] = json!(out.up_to_date);
+        v["output"] = json!(opts.output);
+        v["warnings"] = json!(out.warnings);
+        v["seconds"] = json!(secs);
+        print_json(&v)?;
+    } else if out.up_to_date {
+        println!("boot environment in {} is up to date (input {})", opts.output.display(), &i.input_hash[..16]);
+    } else {
+        println!(
+            "built {}: vmlinuz {} ({}), initramfs.img {} {} ({} unpacked, {} entries, understudy {}), {} modules, tools: {}; in {:.1}s",
+            opts.output.display(),
+            i.kernel_release,
+            human(i.kernel.size),
+            serde_json::to_value(i.compression)?.as_str().unwrap_or("?"),
+            human(i.initramfs.size),
+            human(i.uncompressed_size),
+            i.entries,
+            human(i.understudy_size),
+            i.modules.len(),
+            i.tools.keys().cloned().collect::<Vec<_>>().join(" "),
+            secs
+        );
+    }
     Ok(0)
 }

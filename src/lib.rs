@@ -19,6 +19,7 @@ pub mod images;
 pub mod nodes;
 pub mod progress;
 pub mod pull;
+pub mod pxe;
 pub mod ratelog;
 pub mod remote;
 pub mod store;

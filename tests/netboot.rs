@@ -22,23 +22,6 @@ use std::time::{Duration, Instant};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// Debian's kernel package, extracted by `make test` (`.ci/fetch-debian-kernel`).
-fn debian_kernel() -> (PathBuf, PathBuf) {
-    let root = std::env::var_os("UNDERSTUDY_KERNEL_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian-kernel/root"));
-    let kernel = std::fs::read_dir(root.join("boot"))
-        .ok()
-        .and_then(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
-        })
-        .unwrap_or_else(|| panic!("no Debian kernel under {}: run `make test` (target pxe-kernel)", root.display()));
-    let version = kernel.file_name().unwrap().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
-    (kernel, root.join("lib/modules").join(version))
-}
-
 /// A namespace holding the server side of a tap device the VM plugs into.
 struct Net {
     ns: String,
@@ -174,8 +157,8 @@ fn wait_for(what: &str, limit: Duration, vm: &mut Vm, mut ok: impl FnMut(&str) -
     }
 }
 
-fn deployment_status(srv: &Server) -> Vec<String> {
-    let (_, body) = srv.curl("GET", "/api/v1/deployments?node=vm", Some(&srv.token), None);
+fn deployment_status(srv: &NsServer) -> Vec<String> {
+    let (_, body) = srv.curl("GET", "/api/v1/deployments?node=vm", None);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["items"].as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap().to_string()).collect()
 }
@@ -183,7 +166,7 @@ fn deployment_status(srv: &Server) -> Vec<String> {
 fn netboot(fw: Firmware) {
     let sb = Sandbox::new();
     let net = Net::new();
-    let (kernel, modules) = debian_kernel();
+    let k = debian_kernel();
     // The image: a small tree with the identity files the agent rewrites.
     let src = sb.path("src");
     std::fs::create_dir_all(src.join("etc")).unwrap();
@@ -192,7 +175,8 @@ fn netboot(fw: Firmware) {
     std::fs::create_dir_all(src.join("srv/data")).unwrap();
     std::fs::write(src.join("srv/data/blob"), noise(2 << 20, 3)).unwrap();
     sb.ok(&["capture", "--name", "head-a", src.to_str().unwrap()]);
-    sb.ok(&["pxe", "build", "--kernel", kernel.to_str().unwrap(), "--modules", modules.to_str().unwrap()]);
+    let boot = sb.data().join("boot");
+    sb.ok(&build_args(&k, &boot));
     let pxe = sb.path("pxe");
     std::fs::create_dir_all(&pxe).unwrap();
     for f in ["snponly.efi", "undionly.kpxe", "ipxe.efi"] {
@@ -245,7 +229,7 @@ fn netboot(fw: Firmware) {
         std::thread::sleep(Duration::from_millis(500));
     }
     drop(vm);
-    assert_eq!(deployment_status(&srv.srv), ["done"]);
+    assert_eq!(deployment_status(&srv), ["done"]);
     let (_, node) = srv.curl("GET", "/api/v1/nodes/vm", None);
     assert!(node.contains("\"state\":\"deployed\""), "{node}");
 
@@ -290,7 +274,7 @@ fn netboot(fw: Firmware) {
         assert!(vm.child.try_wait().unwrap().is_none(), "VM exited; console:\n{}", vm.console());
         std::thread::sleep(Duration::from_secs(1));
     }
-    assert_eq!(deployment_status(&srv.srv), ["done"], "a deployed node must not start another deployment");
+    assert_eq!(deployment_status(&srv), ["done"], "a deployed node must not start another deployment");
 }
 
 /// The server plus the namespace its address lives in.
