@@ -7,14 +7,36 @@ BIN      := target/release/understudy
 
 # Debian packages the tests call as real, independent clients and tools.
 TEST_PKGS  := curl busybox isc-dhcp-client iproute2 sqlite3 rsync acl attr libcap2-bin util-linux python3 tar zstd e2fsprogs nftables iputils-ping iputils-arping tftp-hpa atftp
+# The boot environment: iPXE, QEMU to boot it, the tools it carries, cpio to list it,
+# kmod (depmod) and binutils (objcopy) to build it.
+TEST_PKGS  += ipxe qemu-system-x86 fdisk xfsprogs dosfstools cpio kmod binutils
 BENCH_PKGS := $(TEST_PKGS) debootstrap casync kea-admin kea-dhcp4-server dnsmasq-base jq time tftpd-hpa keepalived
 
-.PHONY: all build run test bench deps bench-deps fmt lint clean fuzz-api fuzz
+.PHONY: all build run test bench deps bench-deps fmt lint clean fuzz-api fuzz pxe-binaries pxe-kernel
+
+# iPXE binaries served over TFTP/HTTP, from Debian's ipxe package (gitignored in pxe/).
+PXE_BINARIES := pxe/undionly.kpxe pxe/ipxe.efi pxe/snponly.efi
+# Debian's kernel (and busybox-static) for the boot-environment tests, fetched once.
+PXE_CACHE    ?= /var/cache/understudy-test
+PXE_KERNEL   := $(PXE_CACHE)/debian-kernel
 
 all: build
 
-build:
+build: pxe-binaries
 	$(CARGO) build --release --locked
+
+pxe-binaries: $(PXE_BINARIES)
+
+pxe/%.kpxe:
+	@./.ci/apt-ensure ipxe
+	install -m 0644 /usr/lib/ipxe/$(@F) $@
+
+pxe/%.efi:
+	@./.ci/apt-ensure ipxe
+	install -m 0644 /usr/lib/ipxe/$(@F) $@
+
+pxe-kernel: deps
+	./.ci/fetch-debian-kernel $(PXE_KERNEL)
 
 # Starts the server on its embedded defaults (data dir images/, HTTP on 127.0.0.1:8080).
 run: build
@@ -26,8 +48,8 @@ deps:
 bench-deps:
 	@./.ci/apt-ensure $(BENCH_PKGS)
 
-test: deps
-	$(CARGO) test --locked -- --test-threads=4
+test: deps pxe-kernel
+	UNDERSTUDY_TEST_KERNEL=$(PXE_KERNEL)/root $(CARGO) test --locked -- --test-threads=4
 
 bench: bench-deps build
 	UNDERSTUDY_BIN=$(BIN) ./benches/store.sh

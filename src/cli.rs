@@ -8,7 +8,8 @@ use crate::db::{Deployment, Event, ImageRow, Node};
 use crate::deploy::{self, DeployOptions};
 use crate::http::api::{DeploymentCreated, ImageDetail, Job, NodeCreate, NodePatch, Page, WhoAmI};
 use crate::images::{self, Inventory};
-use crate::remote::{Client, PullOptions, RemoteSource, encode};
+use crate::pull::report;
+use crate::remote::{Client, encode};
 use crate::store::{LockMode, Store};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -68,6 +69,59 @@ pub enum Command {
     /// Heartbeat and failover: keys, status, planned switchover.
     #[command(subcommand)]
     Failover(FailoverCmd),
+    /// The installer of the boot environment: partition, deploy, identity, bootloader, reboot.
+    /// Reads its deployment from the kernel command line; everything on the disk is lost.
+    Agent(AgentCmdArgs),
+    /// Network boot: build the boot environment (kernel + initramfs with the agent).
+    #[command(subcommand)]
+    Pxe(PxeCmd),
+}
+
+/// `agent` arguments (the boot environment's /init runs it without any).
+#[derive(Debug, Args)]
+pub struct AgentCmdArgs {
+    /// Kernel command line to read the deployment from.
+    #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+    pub cmdline: PathBuf,
+    /// Install on this disk instead of `understudy.disk` or the first suitable one.
+    #[arg(long, value_name = "DEV")]
+    pub disk: Option<String>,
+    /// Where the new root is mounted during the install.
+    #[arg(long, value_name = "DIR", default_value = "/mnt/target")]
+    pub mount_dir: PathBuf,
+    /// Stay up after the install instead of rebooting.
+    #[arg(long)]
+    pub no_reboot: bool,
+}
+
+/// `pxe` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PxeCmd {
+    /// Build vmlinuz + initramfs.img from the host's own kernel and modules (or the given ones).
+    Build(PxeBuildArgs),
+}
+
+/// `pxe build` arguments.
+#[derive(Debug, Args)]
+pub struct PxeBuildArgs {
+    /// Kernel image [default: /boot/vmlinuz-$(uname -r)].
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Modules directory with modules.dep [default: /lib/modules/<the kernel's release>].
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+    /// busybox binary, static preferred [default: busybox on PATH].
+    #[arg(long, value_name = "FILE")]
+    pub busybox: Option<PathBuf>,
+    /// Output directory [default: <data dir>/boot].
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Rebuild even when the output matches the inputs.
+    #[arg(long)]
+    pub force: bool,
+    /// JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `failover` subcommands.
@@ -363,6 +417,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             return Ok(0);
         }
         Command::Failover(cmd) => return failover_cmd(&cli.data_dir, cmd),
+        Command::Agent(a) => {
+            let opts = crate::agent::AgentOptions {
+                cmdline: a.cmdline,
+                disk: a.disk,
+                mount_dir: a.mount_dir,
+                no_reboot: a.no_reboot,
+                ..Default::default()
+            };
+            crate::agent::run(opts).await?;
+            return Ok(0);
+        }
+        Command::Pxe(PxeCmd::Build(a)) => return pxe_build_cmd(&cli.data_dir, a).await,
         _ => {}
     }
     if let Some(server) = &cli.server {
@@ -372,7 +438,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let inv =
         Inventory::open(&cli.data_dir).await.with_context(|| format!("opening data dir {}", cli.data_dir.display()))?;
     match cli.command {
-        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) => unreachable!("handled above"),
+        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) | Command::Agent(_) | Command::Pxe(_) => {
+            unreachable!("handled above")
+        }
         Command::Nodes(cmd) => nodes_cmd(&Api::local(inv), cmd).await,
         Command::Deployments(cmd) => deployments_cmd(&Api::local(inv), cmd).await,
         Command::Events(a) => events_cmd(&Api::local(inv), a).await,
@@ -947,83 +1015,38 @@ async fn remote_cmd(client: &Client, cmd: Command, quiet: bool) -> anyhow::Resul
         Command::Capture(_) | Command::Images(_) => {
             bail!("capture, import and export run on the server host against its data dir (omit --server)")
         }
-        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) => unreachable!("handled before"),
-    }
-}
-
-async fn report(
-    client: &Client,
-    id: i64,
-    status: &str,
-    phase: &str,
-    c: &crate::deploy::DeployCounters,
-    error: Option<String>,
-) {
-    use std::sync::atomic::Ordering;
-    let body = crate::http::api::Progress {
-        status: status.into(),
-        phase: phase.into(),
-        bytes_done: c.bytes.load(Ordering::Relaxed) as i64,
-        files_done: c.files.load(Ordering::Relaxed) as i64,
-        error,
-    };
-    if let Err(e) = client
-        .call::<_, serde_json::Value>(reqwest::Method::POST, &format!("/api/v1/deployments/{id}/progress"), Some(&body))
-        .await
-    {
-        tracing::warn!("could not report progress: {e}");
+        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) | Command::Agent(_) | Command::Pxe(_) => {
+            unreachable!("handled before")
+        }
     }
 }
 
 /// `deploy --server`: pull the image over HTTP and write it like a local deploy.
 async fn deploy_remote(client: &Client, a: DeployArgs, quiet: bool) -> anyhow::Result<i32> {
     let who: WhoAmI = client.get("/api/v1/whoami").await?;
-    let (m, id, label) = client.manifest(&a.image).await?;
     let counters = std::sync::Arc::new(crate::deploy::DeployCounters::default());
     let dep = who.deployment.map(|d| d.id);
     if let Some(d) = dep {
         report(client, d, "running", "writing", &counters, None).await;
     }
     let t = Instant::now();
-    let src = RemoteSource::start(
-        client.clone(),
-        crate::store::hex_id(&id),
-        &m,
-        PullOptions::default(),
-        &tokio::runtime::Handle::current(),
-    );
-    let opts = DeployOptions { quiet: quiet || a.json, sync: !a.no_sync, counters: Some(counters.clone()) };
-    let target = a.target.clone();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let ticker = dep.map(|d| {
-        let (client, counters, stop) = (client.clone(), counters.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => report(&client, d, "running", "writing", &counters, None).await,
-                }
-            }
-        })
-    });
-    let res = tokio::task::spawn_blocking(move || deploy::deploy(&src, &m, &target, opts)).await?;
-    stop.cancel();
-    if let Some(t) = ticker {
-        let _ = t.await;
-    }
+    let res =
+        crate::pull::pull(client, &a.image, a.target.clone(), dep, counters.clone(), quiet || a.json, !a.no_sync).await;
     match res {
-        Ok(stats) => {
+        Ok(p) => {
             if let Some(d) = dep {
                 report(client, d, "done", "done", &counters, None).await;
             }
             let secs = t.elapsed().as_secs_f64();
+            let stats = p.stats;
             if a.json {
                 print_json(
-                    &json!({"image": label, "id": crate::store::hex_id(&id), "target": a.target, "entries": stats.entries, "files": stats.files, "bytes": stats.bytes, "seconds": secs}),
+                    &json!({"image": p.label, "id": p.id, "target": a.target, "entries": stats.entries, "files": stats.files, "bytes": stats.bytes, "seconds": secs}),
                 )?;
             } else {
                 println!(
-                    "deployed {label} from the server into {}: {} entries, {} in {secs:.1}s",
+                    "deployed {} from the server into {}: {} entries, {} in {secs:.1}s",
+                    p.label,
                     a.target.display(),
                     stats.entries,
                     human(stats.bytes)
@@ -1033,9 +1056,9 @@ async fn deploy_remote(client: &Client, a: DeployArgs, quiet: bool) -> anyhow::R
         }
         Err(e) => {
             if let Some(d) = dep {
-                report(client, d, "failed", "writing", &counters, Some(e.to_string())).await;
+                report(client, d, "failed", "writing", &counters, Some(format!("{e:#}"))).await;
             }
-            Err(e.into())
+            Err(e)
         }
     }
 }
@@ -1158,7 +1181,9 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         println!("understudy: HTTP API on http://{addr} (data dir {})", data_dir.display());
         std::io::stdout().flush()?;
         tracing::info!("HTTP API listening on http://{addr}");
-        let state = std::sync::Arc::new(crate::http::AppState::new(inv.clone(), h, &token, shutdown.clone()));
+        let state = crate::http::AppState::new(inv.clone(), h, &token, shutdown.clone())
+            .with_boot(cfg.boot.clone(), cfg.tftp.as_ref().map(|t| t.root.clone()));
+        let state = std::sync::Arc::new(state);
         tasks.spawn(async move { crate::http::serve(state, listener).await.context("HTTP service") });
     }
     if let Some(d) = cfg.dhcp.clone() {
@@ -1185,5 +1210,53 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         }
     }
     inv.db.event(None, "server.stop", "understudy serve stopped").await?;
+    Ok(0)
+}
+
+// ---------------------------------------------------------------- pxe
+
+async fn pxe_build_cmd(data_dir: &std::path::Path, a: PxeBuildArgs) -> anyhow::Result<i32> {
+    let opts = crate::pxe::build::BuildOptions {
+        kernel: a.kernel,
+        modules: a.modules,
+        busybox: a.busybox,
+        output: a.output.unwrap_or_else(|| data_dir.join("boot")),
+        force: a.force,
+    };
+    let t = Instant::now();
+    let out = {
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || crate::pxe::build::build(&opts)).await??
+    };
+    let secs = t.elapsed().as_secs_f64();
+    for w in &out.warnings {
+        tracing::warn!("{w}");
+    }
+    let i = &out.info;
+    if a.json {
+        let mut v = serde_json::to_value(i)?;
+        v["up_to_date"] = json!(out.up_to_date);
+        v["output"] = json!(opts.output);
+        v["warnings"] = json!(out.warnings);
+        v["seconds"] = json!(secs);
+        print_json(&v)?;
+    } else if out.up_to_date {
+        println!("boot environment in {} is up to date (input {})", opts.output.display(), &i.input_hash[..16]);
+    } else {
+        println!(
+            "built {}: vmlinuz {} ({}), initramfs.img {} {} ({} unpacked, {} entries, understudy {}), {} modules, tools: {}; in {:.1}s",
+            opts.output.display(),
+            i.kernel_release,
+            human(i.kernel.size),
+            serde_json::to_value(i.compression)?.as_str().unwrap_or("?"),
+            human(i.initramfs.size),
+            human(i.uncompressed_size),
+            i.entries,
+            human(i.understudy_size),
+            i.modules.len(),
+            i.tools.keys().cloned().collect::<Vec<_>>().join(" "),
+            secs
+        );
+    }
     Ok(0)
 }

@@ -119,6 +119,41 @@ pub struct Config {
     pub failover: Option<FailoverConfig>,
     /// The TFTP service; absent means no TFTP.
     pub tftp: Option<TftpConfig>,
+    /// Network boot over HTTP (per-node iPXE scripts, kernel, initramfs); defaults apply.
+    #[serde(default)]
+    pub boot: BootConfig,
+}
+
+/// `[boot]`: what `GET /boot/{mac}.ipxe` hands out and where the boot files live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootConfig {
+    /// Kernel and initramfs directory (what `understudy pxe build` writes), relative to the data dir.
+    pub dir: PathBuf,
+    /// iPXE binaries served over HTTP for UEFI HTTP boot; default the TFTP root, else `pxe`.
+    pub pxe_dir: Option<PathBuf>,
+    /// Extra kernel command line for the boot environment.
+    pub cmdline: String,
+    /// URL the agent reaches the server at; default `http://` + the Host the script was fetched from.
+    pub server_url: Option<String>,
+    /// How long a waiting machine (unknown MAC, node without image, failed deploy) sleeps between checks.
+    #[serde(deserialize_with = "de_duration")]
+    pub retry_interval: Duration,
+    /// Checks before a waiting machine powers off.
+    pub retries: u32,
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        BootConfig {
+            dir: PathBuf::from("boot"),
+            pxe_dir: None,
+            cmdline: "console=tty0 console=ttyS0,115200".into(),
+            server_url: None,
+            retry_interval: Duration::from_secs(30),
+            retries: 120,
+        }
+    }
 }
 
 /// `[tftp]`: read-only TFTP for network boot.
@@ -268,7 +303,14 @@ impl Default for HttpConfig {
 impl Config {
     /// The configuration `serve` runs with when no file is given.
     pub fn embedded_default() -> Config {
-        Config { data_dir: None, http: Some(HttpConfig::default()), dhcp: None, tftp: None, failover: None }
+        Config {
+            data_dir: None,
+            http: Some(HttpConfig::default()),
+            dhcp: None,
+            tftp: None,
+            failover: None,
+            boot: BootConfig::default(),
+        }
     }
 
     /// Parse TOML text; `path` names the file in errors.
@@ -342,6 +384,24 @@ impl Config {
             if h.max_concurrent_requests == 0 {
                 return bad("http.max_concurrent_requests must be at least 1".into());
             }
+        }
+        let b = &self.boot;
+        if b.dir.is_absolute() || b.dir.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return bad("boot.dir must be a relative path inside the data dir".into());
+        }
+        if let Err(m) = crate::boot::check_cmdline(&b.cmdline) {
+            return bad(format!("boot.cmdline: {m}"));
+        }
+        if let Some(u) = &b.server_url
+            && let Err(m) = crate::boot::check_server_url(u)
+        {
+            return bad(format!("boot.server_url: {m}"));
+        }
+        if b.retry_interval < Duration::from_secs(1) || b.retry_interval > Duration::from_secs(3600) {
+            return bad("boot.retry_interval must be 1s..=1h".into());
+        }
+        if b.retries == 0 {
+            return bad("boot.retries must be at least 1".into());
         }
         if let Some(f) = &self.failover
             && let Err(m) = f.validate()

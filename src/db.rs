@@ -304,6 +304,9 @@ pub struct NewDeployment<'a> {
     pub bytes_total: i64,
     /// Files to write.
     pub files_total: i64,
+    /// Started by the node's network boot: earlier unfinished deployments of the node are
+    /// superseded (the machine rebooted, so they cannot finish) and the node is deploying.
+    pub boot: bool,
 }
 
 /// An event row.
@@ -573,7 +576,7 @@ impl Db {
     /// Create a deployment for a node and image with a hashed token.
     pub async fn create_deployment(&self, d: &NewDeployment<'_>) -> std::result::Result<Deployment, Refused> {
         let ts = now();
-        let NewDeployment { node, image, manifest_id, token_hash, expires, bytes_total, files_total } = *d;
+        let NewDeployment { node, image, manifest_id, token_hash, expires, bytes_total, files_total, boot } = *d;
         let mut tx = self.write_tx().await?;
         if sqlx::query_as::<_, (String,)>("SELECT name FROM nodes WHERE name = ?")
             .bind(node)
@@ -603,6 +606,36 @@ impl Db {
             .bind(format!("deployment {id} of {image} to {node} created"))
             .execute(&mut *tx)
             .await?;
+        if boot {
+            let old: Vec<(i64,)> = sqlx::query_as(
+                "UPDATE deployments SET status = 'failed', finished = ?, error = ?
+                 WHERE node = ? AND id != ? AND status IN ('pending', 'running') RETURNING id",
+            )
+            .bind(&ts)
+            .bind(format!("superseded by deployment {id}: the node network-booted again"))
+            .bind(node)
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let prev: (String,) =
+                sqlx::query_as("SELECT state FROM nodes WHERE name = ?").bind(node).fetch_one(&mut *tx).await?;
+            sqlx::query("UPDATE nodes SET state = 'deploying', updated = ? WHERE name = ?")
+                .bind(&ts)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?;
+            let mut msg = format!("{node} network-booted into deployment {id}; state {} -> deploying", prev.0);
+            if !old.is_empty() {
+                let ids: Vec<String> = old.iter().map(|o| o.0.to_string()).collect();
+                msg.push_str(&format!("; superseded deployment {}", ids.join(", ")));
+            }
+            sqlx::query("INSERT INTO events (ts, node, kind, message) VALUES (?, ?, 'boot.deploy', ?)")
+                .bind(&ts)
+                .bind(node)
+                .bind(msg)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         self.deployment(id).await?.ok_or_else(|| Refused::NotFound(format!("deployment {id}")))
     }

@@ -3,7 +3,9 @@
 //! The library holds every component; `main.rs` only parses the command line and wires
 //! them together.
 
+pub mod agent;
 pub mod archive;
+pub mod boot;
 pub mod capture;
 pub mod cli;
 pub mod config;
@@ -16,6 +18,8 @@ pub mod http;
 pub mod images;
 pub mod nodes;
 pub mod progress;
+pub mod pull;
+pub mod pxe;
 pub mod ratelog;
 pub mod remote;
 pub mod store;

@@ -488,7 +488,18 @@ async fn create_deployment(
     let node = st.inv.db.node(&b.node).await?.ok_or_else(|| ApiError::not_found(format!("no node {}", b.node)))?;
     let image =
         b.image.or(node.image).ok_or_else(|| ApiError::conflict(format!("node {} has no image; name one", b.node)))?;
-    let row = st.inv.resolve(&image).await?;
+    let (d, token) = issue_deployment(&st, &b.node, &image, false).await?;
+    Ok((StatusCode::CREATED, Json(DeploymentCreated { deployment: d, token })))
+}
+
+/// Create a deployment of `image` to `node` and its scoped token (returned once; stored hashed).
+pub(crate) async fn issue_deployment(
+    st: &AppState,
+    node: &str,
+    image: &str,
+    boot: bool,
+) -> ApiResult<(Deployment, String)> {
+    let row = st.inv.resolve(image).await?;
     let m = st.manifest(&row).await?;
     let files = m.entries.iter().filter(|e| matches!(e.kind, crate::store::manifest::Kind::File { .. })).count() as i64;
     let token = new_token();
@@ -504,16 +515,17 @@ async fn create_deployment(
         .inv
         .db
         .create_deployment(&crate::db::NewDeployment {
-            node: &b.node,
+            node,
             image: &label,
             manifest_id: &row.id,
             token_hash: &hash,
             expires: &expires,
             bytes_total: m.total_bytes() as i64,
             files_total: files,
+            boot,
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(DeploymentCreated { deployment: d, token })))
+    Ok((d, token))
 }
 
 /// Filter for deployments.

@@ -34,14 +34,29 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) else { return Ok(Caller::Anonymous) };
-        let token = h
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
+        match bearer(&parts.headers)? {
+            Some(token) => Caller::from_token(state, token).await,
+            None => Ok(Caller::Anonymous),
+        }
+    }
+}
+
+/// The bearer token of a request, if it has an Authorization header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(h) = headers.get(axum::http::header::AUTHORIZATION) else { return Ok(None) };
+    h.to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .map(Some)
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))
+}
+
+impl Caller {
+    /// The caller a bearer token stands for (also used for tokens carried in boot URLs,
+    /// where iPXE cannot send headers).
+    pub async fn from_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
         let hash = token_hash(token);
         // blake3::Hash equality is constant-time.
         if hash == state.admin_hash {
@@ -55,9 +70,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             None => Err(ApiError::unauthorized("invalid token")),
         }
     }
-}
 
-impl Caller {
     /// Mutations and anything revealing image content need the admin.
     pub fn admin(&self) -> Result<(), ApiError> {
         match self {

@@ -3,11 +3,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod boot;
 pub mod error;
 pub mod metrics;
 pub mod stream;
 
-use crate::config::HttpConfig;
+use crate::config::{BootConfig, HttpConfig};
 use crate::images::Inventory;
 use crate::store::IndexCache;
 use crate::store::manifest::Manifest;
@@ -42,6 +43,10 @@ pub struct AppState {
     manifests: Mutex<HashMap<String, Arc<Manifest>>>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// `[boot]` settings.
+    pub boot: BootConfig,
+    /// Where the iPXE binaries are (the TFTP root unless `boot.pxe_dir` says otherwise).
+    pub pxe_dir: PathBuf,
 }
 
 const MANIFEST_CACHE: usize = 16;
@@ -58,7 +63,26 @@ impl AppState {
             index_cache: IndexCache::default(),
             manifests: Mutex::new(HashMap::new()),
             shutdown,
+            boot: BootConfig::default(),
+            pxe_dir: PathBuf::from("pxe"),
         }
+    }
+
+    /// Use these network-boot settings; `tftp_root` is the default home of the iPXE binaries.
+    pub fn with_boot(mut self, boot: BootConfig, tftp_root: Option<PathBuf>) -> AppState {
+        self.pxe_dir = boot.pxe_dir.clone().or(tftp_root).unwrap_or_else(|| PathBuf::from("pxe"));
+        self.boot = boot;
+        self
+    }
+
+    /// Where the deploy environment's kernel and initramfs are.
+    pub fn boot_dir(&self) -> PathBuf {
+        self.inv.data_dir.join(&self.boot.dir)
+    }
+
+    /// Where the iPXE binaries are.
+    pub fn boot_pxe_dir(&self) -> PathBuf {
+        self.pxe_dir.clone()
     }
 
     /// Data directory.
@@ -86,7 +110,7 @@ impl AppState {
     info(title = "understudy", description = "Image server, network boot and failover for cluster head nodes."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "images"), (name = "nodes"), (name = "deployments"), (name = "events"), (name = "system"))
+    tags((name = "images"), (name = "nodes"), (name = "deployments"), (name = "events"), (name = "boot"), (name = "system"))
 )]
 struct ApiDoc;
 
@@ -179,6 +203,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let (api_router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api::routes())
         .merge(stream::routes(&state.cfg))
+        .routes(utoipa_axum::routes!(boot::boot_file))
         .split_for_parts();
     // Applied after the routes are merged, so it sees every operation.
     utoipa::Modify::modify(&CommonErrors, &mut openapi);
@@ -201,5 +226,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
     let app = router(state);
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    // Peer addresses matter: a deploy script is only handed to the node's own address.
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }

@@ -345,3 +345,51 @@ impl Drop for Server {
         }
     }
 }
+
+/// Debian's kernel package extracted with `dpkg -x` (plus depmod and busybox-static).
+pub struct DebianKernel {
+    pub kernel: PathBuf,
+    pub modules: PathBuf,
+    pub busybox: PathBuf,
+    pub release: String,
+}
+
+pub fn debian_kernel() -> DebianKernel {
+    let root = std::env::var_os("UNDERSTUDY_TEST_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/understudy-test/debian-kernel/root"));
+    let missing = |what: &str| -> ! {
+        panic!("{what} missing under {}: run `make pxe-kernel` (or set UNDERSTUDY_TEST_KERNEL)", root.display())
+    };
+    let kernel = std::fs::read_dir(root.join("boot"))
+        .unwrap_or_else(|_| missing("boot/"))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .unwrap_or_else(|| missing("boot/vmlinuz-*"));
+    let release = kernel.file_name().unwrap().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+    let modules = root.join("lib/modules").join(&release);
+    if !modules.join("modules.dep").is_file() {
+        missing(&format!("lib/modules/{release}/modules.dep"));
+    }
+    let busybox = root.join("bin/busybox");
+    if !busybox.is_file() {
+        missing("bin/busybox (busybox-static)");
+    }
+    DebianKernel { kernel, modules, busybox, release }
+}
+
+pub fn build_args<'a>(k: &'a DebianKernel, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "pxe",
+        "build",
+        "--kernel",
+        k.kernel.to_str().unwrap(),
+        "--modules",
+        k.modules.to_str().unwrap(),
+        "--busybox",
+        k.busybox.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]
+}

@@ -1,0 +1,77 @@
+//! Pull an image from a server into a directory (`deploy --server` and the boot agent),
+//! reporting progress to the deployment the token belongs to.
+
+use crate::deploy::{self, DeployCounters, DeployOptions, DeployStats};
+use crate::remote::{Client, PullOptions, RemoteSource};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// What a pull did.
+#[derive(Debug)]
+pub struct Pulled {
+    /// Counts of what was written.
+    pub stats: DeployStats,
+    /// The image as the server named it (NAME@N).
+    pub label: String,
+    /// Manifest id (hex).
+    pub id: String,
+}
+
+/// Report progress of deployment `id`; failures are logged, not fatal (the deploy goes on).
+pub async fn report(client: &Client, id: i64, status: &str, phase: &str, c: &DeployCounters, error: Option<String>) {
+    let body = crate::http::api::Progress {
+        status: status.into(),
+        phase: phase.into(),
+        bytes_done: c.bytes.load(Ordering::Relaxed) as i64,
+        files_done: c.files.load(Ordering::Relaxed) as i64,
+        error,
+    };
+    if let Err(e) = client
+        .call::<_, serde_json::Value>(reqwest::Method::POST, &format!("/api/v1/deployments/{id}/progress"), Some(&body))
+        .await
+    {
+        tracing::warn!("could not report progress: {e}");
+    }
+}
+
+/// Pull `image` into `target` (empty or new). With `dep`, progress is reported as phase
+/// `writing` every 2 s; the caller reports the outcome.
+pub async fn pull(
+    client: &Client,
+    image: &str,
+    target: PathBuf,
+    dep: Option<i64>,
+    counters: Arc<DeployCounters>,
+    quiet: bool,
+    sync: bool,
+) -> anyhow::Result<Pulled> {
+    let (m, id, label) = client.manifest(image).await?;
+    let src = RemoteSource::start(
+        client.clone(),
+        crate::store::hex_id(&id),
+        &m,
+        PullOptions::default(),
+        &tokio::runtime::Handle::current(),
+    );
+    let opts = DeployOptions { quiet, sync, counters: Some(counters.clone()) };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ticker = dep.map(|d| {
+        let (client, counters, stop) = (client.clone(), counters.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => report(&client, d, "running", "writing", &counters, None).await,
+                }
+            }
+        })
+    });
+    let res = tokio::task::spawn_blocking(move || deploy::deploy(&src, &m, &target, opts)).await;
+    stop.cancel();
+    if let Some(t) = ticker {
+        let _ = t.await;
+    }
+    Ok(Pulled { stats: res??, label, id: crate::store::hex_id(&id) })
+}

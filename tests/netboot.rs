@@ -1,0 +1,317 @@
+//! Whole network boot with firmware nobody here wrote: QEMU (`-accel tcg`) PXE-boots
+//! against `understudy serve` (DHCP, TFTP, HTTP) over a tap device inside a private network
+//! namespace, on both firmware paths:
+//! - BIOS: SeaBIOS with the NIC's iPXE option ROM (Debian's ipxe-qemu), which asks DHCP
+//!   as iPXE and gets the per-node script URL straight away;
+//! - UEFI: OVMF's own PXE (NIC without option ROM) fetches snponly.efi over TFTP, which
+//!   runs iPXE, which fetches the script.
+//!
+//! The script boots the deploy environment built by `understudy pxe build` from Debian's
+//! kernel; its agent partitions the VM's disk, deploys the image and reports. The test
+//! then reads the VM's disk from the host, and boots the VM again to see it sent to its
+//! local disk.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A namespace holding the server side of a tap device the VM plugs into.
+struct Net {
+    ns: String,
+    tap: String,
+    subnet: u8,
+}
+
+impl Net {
+    fn new() -> Net {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{:x}{n}", std::process::id() & 0xfff);
+        let net = Net { ns: format!("usnb-{id}"), tap: format!("usnb{id}"), subnet: 160 + (n as u8 % 30) };
+        sh(&format!("ip netns add {} && ip -n {} link set lo up", net.ns, net.ns));
+        sh(&format!("ip -n {} tuntap add dev {} mode tap", net.ns, net.tap));
+        sh(&format!(
+            "ip -n {} addr add {}/24 dev {} && ip -n {} link set {} up",
+            net.ns,
+            net.ip(1),
+            net.tap,
+            net.ns,
+            net.tap
+        ));
+        net
+    }
+
+    fn ip(&self, last: u8) -> String {
+        format!("10.{}.0.{last}", self.subnet)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A QEMU VM; killed on drop. Its serial console goes to a file.
+struct Vm {
+    child: Child,
+    console: PathBuf,
+}
+
+impl Vm {
+    fn console(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.console) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Firmware {
+    Bios,
+    Uefi,
+}
+
+const MAC: &str = "52:54:00:be:ef:01";
+
+fn start_vm(sb: &Sandbox, net: &Net, fw: Firmware, disk: &Path, run: u32) -> Vm {
+    let console = sb.path(&format!("console-{run}.log"));
+    let mut args: Vec<String> = vec![
+        "netns".into(),
+        "exec".into(),
+        net.ns.clone(),
+        "qemu-system-x86_64".into(),
+        "-accel".into(),
+        "tcg".into(),
+        "-m".into(),
+        "1024".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-serial".into(),
+        format!("file:{}", console.display()),
+        "-netdev".into(),
+        format!("tap,id=n0,ifname={},script=no,downscript=no", net.tap),
+        "-drive".into(),
+        format!("file={},format=raw,if=virtio", disk.display()),
+    ];
+    match fw {
+        Firmware::Bios => {
+            // The NIC's option ROM is Debian's iPXE (ipxe-qemu); boot from the network first.
+            args.extend(["-boot".into(), "order=n".into()]);
+            args.extend(["-device".into(), format!("virtio-net-pci,netdev=n0,mac={MAC}")]);
+        }
+        Firmware::Uefi => {
+            let vars = sb.path("OVMF_VARS.fd");
+            if !vars.exists() {
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF vars (package ovmf)");
+            }
+            args.extend(["-machine".into(), "q35".into()]);
+            args.extend([
+                "-drive".into(),
+                "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]);
+            // No option ROM: the firmware's own PXE runs and must fetch iPXE over TFTP.
+            args.extend(["-device".into(), format!("virtio-net-pci,netdev=n0,mac={MAC},romfile=,bootindex=1")]);
+        }
+    }
+    let child = Command::new("ip")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu");
+    Vm { child, console }
+}
+
+fn wait_for(what: &str, limit: Duration, vm: &mut Vm, mut ok: impl FnMut(&str) -> bool) {
+    let t = Instant::now();
+    loop {
+        let con = vm.console();
+        if ok(&con) {
+            return;
+        }
+        if let Ok(Some(st)) = vm.child.try_wait() {
+            panic!("VM exited ({st}) before {what}; console:\n{con}");
+        }
+        assert!(t.elapsed() < limit, "no {what} after {limit:?}; console:\n{con}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn deployment_status(srv: &NsServer) -> Vec<String> {
+    let (_, body) = srv.curl("GET", "/api/v1/deployments?node=vm", None);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["items"].as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap().to_string()).collect()
+}
+
+fn netboot(fw: Firmware) {
+    let sb = Sandbox::new();
+    let net = Net::new();
+    let k = debian_kernel();
+    // The image: a small tree with the identity files the agent rewrites.
+    let src = sb.path("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hostname"), "head-a\n").unwrap();
+    std::fs::write(src.join("etc/fstab"), "UUID=old / ext4 defaults 0 1\n").unwrap();
+    std::fs::create_dir_all(src.join("srv/data")).unwrap();
+    std::fs::write(src.join("srv/data/blob"), noise(2 << 20, 3)).unwrap();
+    sb.ok(&["capture", "--name", "head-a", src.to_str().unwrap()]);
+    let boot = sb.data().join("boot");
+    sb.ok(&build_args(&k, &boot));
+    let pxe = sb.path("pxe");
+    std::fs::create_dir_all(&pxe).unwrap();
+    for f in ["snponly.efi", "undionly.kpxe", "ipxe.efi"] {
+        std::fs::copy(Path::new("/usr/lib/ipxe").join(f), pxe.join(f)).expect("iPXE binaries (package ipxe)");
+    }
+    let cfg = sb.path("serve.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {data:?}\n[http]\nlisten = \"{ip}:8080\"\n[dhcp]\ninterface = \"{tap}\"\nserver_ip = \"{ip}\"\n\
+             subnet = \"10.{s}.0.0/24\"\nrange = \"10.{s}.0.100-10.{s}.0.150\"\n[tftp]\nlisten = \"{ip}:69\"\nroot = {pxe:?}\n\
+             [boot]\ncmdline = \"console=ttyS0,115200 understudy.bootloader=none understudy.reboot=0 understudy.poweroff=1\"\n\
+             retry_interval = \"2s\"\n",
+            data = sb.data().to_str().unwrap(),
+            ip = net.ip(1),
+            tap = net.tap,
+            s = net.subnet,
+            pxe = pxe.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.ns]).arg(bin()).args([
+        "--data-dir",
+        sb.data().to_str().unwrap(),
+        "serve",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let srv = Server::start_cmd(&sb, &mut cmd);
+    // curl from inside the namespace (the server listens on the namespace's address).
+    let srv = NsServer { srv, ns: net.ns.clone() };
+    srv.ok(&sb, &["nodes", "add", "vm", "--mac", MAC, "--ip", &net.ip(50), "--image", "head-a"]);
+
+    let disk = sb.path("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(3 << 30).unwrap();
+    let mut vm = start_vm(&sb, &net, fw, &disk, 1);
+    let limit = Duration::from_secs(600);
+    wait_for("the boot environment", limit, &mut vm, |c| c.contains("understudy-init: starting"));
+    wait_for("the agent's report", limit, &mut vm, |c| {
+        c.contains("understudy-agent: node vm deployed") || c.contains("deploy failed")
+    });
+    let con = vm.console();
+    assert!(con.contains("understudy-agent: node vm deployed"), "console:\n{con}");
+    // (On UEFI the NIC has no option ROM, so reaching the agent means the firmware's PXE
+    // fetched snponly.efi from our TFTP and iPXE then fetched the script over HTTP.)
+    // init powers off after the agent (understudy.poweroff=1); QEMU exits with -no-reboot.
+    let t = Instant::now();
+    while vm.child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(vm);
+    assert_eq!(deployment_status(&srv), ["done"]);
+    let (_, node) = srv.curl("GET", "/api/v1/nodes/vm", None);
+    assert!(node.contains("\"state\":\"deployed\""), "{node}");
+
+    // The VM's disk, read from the host: GPT, and the image on the root filesystem.
+    let pt = Command::new("sfdisk").args(["--json", disk.to_str().unwrap()]).output().unwrap();
+    let pt: serde_json::Value = serde_json::from_slice(&pt.stdout).expect("partition table on the VM disk");
+    assert_eq!(pt["partitiontable"]["label"], "gpt");
+    let p = &pt["partitiontable"]["partitions"][2];
+    let (start, size) = (p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512);
+    let mnt = sb.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let o = Command::new("mount")
+        .args([
+            "-o",
+            &format!("ro,loop,offset={start},sizelimit={size}"),
+            disk.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "mount: {}", String::from_utf8_lossy(&o.stderr));
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let m = Umount(mnt.clone());
+    assert_eq!(rsync_diff(&src.join("srv"), &mnt.join("srv"), &[]), "");
+    assert_eq!(std::fs::read_to_string(mnt.join("etc/hostname")).unwrap(), "vm\n");
+    drop(m);
+
+    // Deployed: the next network boot is sent to the local disk.
+    let mut vm = start_vm(&sb, &net, fw, &disk, 2);
+    let t = Instant::now();
+    loop {
+        let (_, ev) = srv.curl("GET", "/api/v1/events?kind=boot.local", None);
+        if ev.contains("boot from its disk") {
+            break;
+        }
+        assert!(t.elapsed() < limit, "no boot.local event; console:\n{}", vm.console());
+        assert!(vm.child.try_wait().unwrap().is_none(), "VM exited; console:\n{}", vm.console());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(deployment_status(&srv), ["done"], "a deployed node must not start another deployment");
+}
+
+/// The server plus the namespace its address lives in.
+struct NsServer {
+    srv: Server,
+    ns: String,
+}
+
+impl NsServer {
+    fn curl(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, "curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+        c.args(["-H", &format!("Authorization: Bearer {}", self.srv.token), &format!("{}{path}", self.srv.url)]);
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let o = c.output().expect("curl");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    fn ok(&self, sb: &Sandbox, args: &[&str]) {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(bin()).arg("--data-dir").arg(sb.data()).args(args);
+        c.args(["--server", &self.srv.url, "--token", &self.srv.token]);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
+fn bios_pxe_boots_into_the_agent_and_deploys() {
+    netboot(Firmware::Bios);
+}
+
+#[test]
+fn uefi_pxe_boots_into_the_agent_and_deploys() {
+    netboot(Firmware::Uefi);
+}
