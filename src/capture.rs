@@ -306,9 +306,8 @@ fn read_file(store: &Store, job: &Job, stats: &Stats) -> Result<(Vec<Extent>, Ve
                 let put = store.put_near(c, base);
                 match put {
                     Ok((id, put)) => {
-                        if put.added > 0 {
+                        if put.new {
                             stats.new_chunks.fetch_add(1, Ordering::Relaxed);
-                            stats.added.fetch_add(put.added, Ordering::Relaxed);
                         }
                         chunks.push(ChunkRef { id, len: c.len() as u32 });
                         Ok(())
@@ -334,7 +333,6 @@ fn read_file(store: &Store, job: &Job, stats: &Stats) -> Result<(Vec<Extent>, Ve
 #[derive(Default)]
 struct Stats {
     new_chunks: AtomicU64,
-    added: AtomicU64,
 }
 
 struct Frame {
@@ -380,6 +378,7 @@ pub fn capture(
     opts: &CaptureOptions,
 ) -> Result<Captured, CaptureError> {
     fsx::raise_nofile_limit();
+    let written = store.written_bytes();
     let src_err = |e: std::io::Error| CaptureError::Source { path: source.into(), source: e };
     let canonical = std::fs::canonicalize(source).map_err(src_err)?;
     let root_fd = fsx::open_dir(&canonical).map_err(src_err)?;
@@ -673,7 +672,7 @@ pub fn capture(
     }
     cs.entries = manifest.entries.len() as u64;
     cs.new_chunks = stats.new_chunks.load(Ordering::Relaxed);
-    cs.added_bytes = stats.added.load(Ordering::Relaxed);
+    cs.added_bytes = store.written_bytes() - written;
     Ok(Captured { id, manifest, stats: cs, warnings })
 }
 

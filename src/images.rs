@@ -99,9 +99,7 @@ pub fn stored_bytes(store: &Store, m: &Manifest) -> u64 {
     let mut seen = HashSet::new();
     m.chunk_refs()
         .filter(|(_, c)| seen.insert(c.id))
-        .map(|(_, c)| {
-            store.locate(&c.id).map(|l| l.stored_len as u64 + store::pack::RECORD_HEADER_LEN as u64).unwrap_or(0)
-        })
+        .map(|(_, c)| store.locate(&c.id).map(|l| l.stored_share()).unwrap_or(0))
         .sum()
 }
 

@@ -137,9 +137,22 @@ struct Slot {
 #[derive(Default)]
 struct Window {
     slots: HashMap<ChunkId, Slot>,
+    /// Every chunk ever put in `slots`: a chunk that arrives twice (a block can carry
+    /// chunks another batch also asked for) is kept once, or its refs would never drain.
+    delivered: HashSet<ChunkId>,
     bytes: usize,
     failed: Option<String>,
     done: bool,
+}
+
+impl Window {
+    /// Hold a received chunk for the writers, unless it was received before.
+    fn deliver(&mut self, id: ChunkId, slot: Slot) {
+        if self.delivered.insert(id) {
+            self.bytes += slot.payload.len() + pack::RECORD_HEADER_LEN;
+            self.slots.insert(id, slot);
+        }
+    }
 }
 
 struct Shared {
@@ -163,7 +176,10 @@ pub struct PullOptions {
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { parallel: 4, batch_bytes: 8 << 20, window_bytes: 256 << 20, retries: 8 }
+        // A batch that starts or ends inside a stored block makes the server recompress the
+        // part it wants: 32 MiB batches keep that to ~1/16 of the data with 2 MiB blocks
+        // (server CPU for a 1 GB root: 1.7 s, against 4.1 s with 8 MiB batches).
+        PullOptions { parallel: 4, batch_bytes: 32 << 20, window_bytes: 256 << 20, retries: 8 }
     }
 }
 
@@ -270,6 +286,13 @@ async fn fetch_batch(
     let mut remaining: HashSet<ChunkId> = ids.iter().copied().collect();
     let mut attempt = 0u32;
     loop {
+        {
+            let w = sh.w.lock().unwrap_or_else(|e| e.into_inner());
+            remaining.retain(|id| !w.delivered.contains(id));
+        }
+        if remaining.is_empty() {
+            return Ok(());
+        }
         let want: Vec<String> = ids.iter().filter(|i| remaining.contains(*i)).map(hex_id).collect();
         match fetch_once(client, image, want, &mut remaining, sh, refs).await {
             Ok(()) if remaining.is_empty() => return Ok(()),
@@ -321,26 +344,58 @@ async fn fetch_once(
                 break;
             }
             let rec = buf.split_to(need).freeze();
+            let payload = rec.slice(pack::RECORD_HEADER_LEN..);
+            if flags == pack::FLAG_BLOCK {
+                receive_block(&id, raw, &payload, remaining, sh, refs)?;
+                continue;
+            }
+            if flags == pack::FLAG_DELTA {
+                // Servers send deltas whole: this side may not have the base.
+                return Err(RemoteError::Protocol(format!("server sent chunk {} as a delta", hex_id(&id))));
+            }
             if !remaining.remove(&id) {
                 return Err(RemoteError::Protocol(format!("server sent chunk {} that was not asked for", hex_id(&id))));
             }
             let mut w = sh.w.lock().unwrap_or_else(|e| e.into_inner());
-            w.bytes += rec.len();
-            w.slots.insert(
-                id,
-                Slot {
-                    flags,
-                    raw_len: raw,
-                    payload: rec.slice(pack::RECORD_HEADER_LEN..),
-                    refs: refs.get(&id).copied().unwrap_or(1),
-                },
-            );
+            w.deliver(id, Slot { flags, raw_len: raw, payload, refs: refs.get(&id).copied().unwrap_or(1) });
             sh.cv.notify_all();
         }
     }
     if !buf.is_empty() {
         return Err(RemoteError::Protocol("stream ended inside a record".into()));
     }
+    Ok(())
+}
+
+/// Split a received block into its chunks (each is verified when the writers take it).
+/// The block must hold at least one chunk that was asked for; others the image needs are
+/// kept too, the rest ignored.
+fn receive_block(
+    id: &ChunkId,
+    raw: u32,
+    payload: &[u8],
+    remaining: &mut HashSet<ChunkId>,
+    sh: &Shared,
+    refs: &HashMap<ChunkId, u32>,
+) -> Result<(), RemoteError> {
+    // Decompressed here, on the receiving task: a block is at most a few hundred KiB to a
+    // few MiB, and every chunk in it would otherwise need the whole frame again.
+    let (chunks, data) =
+        pack::decode_block(payload, id, raw).map_err(|e| RemoteError::Protocol(format!("bad block record: {e}")))?;
+    let asked = chunks.iter().filter(|c| remaining.remove(&c.id)).count();
+    if asked == 0 {
+        return Err(RemoteError::Protocol(format!(
+            "server sent block {} with no chunk that was asked for",
+            hex_id(id)
+        )));
+    }
+    let mut w = sh.w.lock().unwrap_or_else(|e| e.into_inner());
+    for c in &chunks {
+        let Some(&n) = refs.get(&c.id) else { continue };
+        let bytes = bytes::Bytes::copy_from_slice(&data[c.inner as usize..(c.inner + c.len) as usize]);
+        w.deliver(c.id, Slot { flags: pack::FLAG_RAW, raw_len: c.len, payload: bytes, refs: n });
+    }
+    sh.cv.notify_all();
     Ok(())
 }
 

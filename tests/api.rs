@@ -375,3 +375,143 @@ fn sigterm_stops_the_server_cleanly_and_config_check_explains_errors() {
     assert!(sb.ok(&["config", "check", good.to_str().unwrap()]).contains("ok"));
     let _ = json!(null);
 }
+
+/// GET `path` (POST with a JSON body) as admin; the answer must be 200: its bytes.
+fn fetch(srv: &Server, path: &str, body: Option<Value>) -> Vec<u8> {
+    let c = reqwest::Client::new();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let r = match body {
+            Some(b) => c.post(format!("{}{path}", srv.url)).json(&b),
+            None => c.get(format!("{}{path}", srv.url)),
+        };
+        let r = r.bearer_auth(&srv.token).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.bytes().await.unwrap().to_vec()
+    })
+}
+
+/// An image's manifest, fetched from the server.
+fn manifest(srv: &Server, image: &str) -> understudy::store::manifest::Manifest {
+    understudy::store::manifest::Manifest::decode(&fetch(srv, &format!("/api/v1/images/{image}/manifest"), None))
+        .unwrap()
+}
+
+/// One chunk received from a stream: id and bytes.
+type Received = ([u8; 32], Vec<u8>);
+
+/// Parse a chunk stream into its chunks, checking every record and chunk hash; also
+/// returns how many block records came.
+fn parse_stream(mut body: &[u8]) -> (Vec<Received>, usize) {
+    use understudy::store::pack;
+    let mut out = Vec::new();
+    let mut blocks = 0;
+    while !body.is_empty() {
+        let (id, flags, raw, stored) = pack::parse_record_header(body).unwrap();
+        let payload = &body[pack::RECORD_HEADER_LEN..pack::RECORD_HEADER_LEN + stored as usize];
+        body = &body[pack::RECORD_HEADER_LEN + stored as usize..];
+        match flags {
+            pack::FLAG_BLOCK => {
+                blocks += 1;
+                let (chunks, data) = pack::decode_block(payload, &id, raw).unwrap();
+                for c in chunks {
+                    out.push((c.id, data[c.inner as usize..(c.inner + c.len) as usize].to_vec()));
+                }
+            }
+            pack::FLAG_RAW => out.push((id, payload.to_vec())),
+            pack::FLAG_DELTA => panic!("chunk {} was streamed as a delta", hex::encode(id)),
+            _ => out.push((id, zstd::bulk::decompress(payload, raw as usize).unwrap())),
+        }
+    }
+    for (id, data) in &out {
+        assert_eq!(blake3::hash(data).as_bytes(), id, "a streamed chunk does not match its id");
+    }
+    (out, blocks)
+}
+
+#[test]
+fn stream_sends_exactly_the_chunks_asked_for_even_out_of_shared_blocks() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..400u64 {
+        std::fs::write(src.join(format!("s{i:03}")), format!("small file {i}\n").repeat(50 + i as usize)).unwrap();
+    }
+    std::fs::write(src.join("big"), noise(5 << 20, 3)).unwrap();
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    let srv = Server::start(&sb, "");
+    let m = manifest(&srv, "img");
+    let mut seen = std::collections::HashSet::new();
+    let all: Vec<[u8; 32]> = m.chunk_refs().map(|(_, c)| c.id).filter(|id| seen.insert(*id)).collect();
+    assert!(all.len() > 400);
+    let hex = |ids: &[[u8; 32]]| ids.iter().map(hex::encode).collect::<Vec<_>>();
+
+    // Everything: each chunk once, whole blocks.
+    let (got, blocks) = parse_stream(&fetch(&srv, "/api/v1/images/img/stream", Some(json!({}))));
+    assert!(blocks >= 1);
+    let ids: Vec<_> = got.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), all.len(), "a chunk was sent twice or not at all");
+    assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>(), all.iter().collect());
+
+    // Every third chunk, minus those the client has: exactly those, out of split blocks.
+    let want: Vec<_> = all.iter().copied().step_by(3).collect();
+    let have: Vec<_> = want.iter().copied().step_by(4).collect();
+    let expected: std::collections::HashSet<_> = want.iter().filter(|id| !have.contains(id)).copied().collect();
+    let (got, _) =
+        parse_stream(&fetch(&srv, "/api/v1/images/img/stream", Some(json!({"want": hex(&want), "have": hex(&have)}))));
+    let ids: Vec<_> = got.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), expected.len(), "sent {} chunks for {} wanted", ids.len(), expected.len());
+    assert_eq!(ids.into_iter().collect::<std::collections::HashSet<_>>(), expected);
+}
+
+#[test]
+fn stream_sends_deltas_whole_and_block_members_to_a_remote_deploy() {
+    use understudy::store::{LockMode, Store, pack};
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Small files share blocks; "conf" is small enough for a block too, and its next
+    // version is stored as a delta against its block member.
+    for i in 0..200u64 {
+        std::fs::write(src.join(format!("s{i:03}")), format!("small file {i}\n").repeat(40 + i as usize)).unwrap();
+    }
+    let conf = noise(60_000, 5);
+    std::fs::write(src.join("conf"), &conf).unwrap();
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    let mut next = conf.clone();
+    next[30_000..30_016].copy_from_slice(b"a changed value!");
+    std::fs::write(src.join("conf"), &next).unwrap();
+    let v2 = sb.json(&["capture", "--name", "img", "--json", src.to_str().unwrap()]);
+    assert!(v2["added_bytes"].as_u64().unwrap() < 2_000, "{v2}");
+    let srv = Server::start(&sb, "");
+    let ids = |image: &str| -> std::collections::HashSet<[u8; 32]> {
+        manifest(&srv, image).chunk_refs().map(|(_, c)| c.id).collect()
+    };
+    let (old, new) = (ids("img@1"), ids("img@2"));
+    let changed: Vec<_> = new.difference(&old).copied().collect();
+    assert_eq!(changed.len(), 1, "one chunk of conf changed");
+    {
+        // Shared lock: the server holds one too.
+        let store = Store::open(&sb.data(), LockMode::Shared).unwrap();
+        let base = store.delta_base(&changed[0]).unwrap().expect("the changed chunk is a delta");
+        assert_eq!(store.locate(&base).unwrap().flags, pack::FLAG_BLOCK, "its base sits in a block");
+    }
+    // A client that has v1 gets just the changed chunk, whole (it need not hold the base).
+    let have: Vec<String> = old.iter().map(hex::encode).collect();
+    let (got, blocks) = parse_stream(&fetch(&srv, "/api/v1/images/img@2/stream", Some(json!({ "have": have }))));
+    assert_eq!((got.len(), blocks), (1, 0));
+    assert_eq!(got[0].0, changed[0]);
+    // Everything of v2: blocks and the delta, each chunk once.
+    let (got, blocks) = parse_stream(&fetch(&srv, "/api/v1/images/img@2/stream", Some(json!({}))));
+    assert!(blocks >= 1);
+    assert_eq!(got.iter().map(|(id, _)| *id).collect::<std::collections::HashSet<_>>(), new);
+    assert_eq!(got.len(), new.len());
+    // And a real remote deploy of both versions.
+    for (image, tree) in [("img@2", None), ("img@1", Some(&conf))] {
+        let out = sb.path(&format!("remote-{image}"));
+        sb.ok(&["--server", &srv.url, "--token", &srv.token, "deploy", image, out.to_str().unwrap()]);
+        match tree {
+            None => assert_eq!(rsync_diff(&src, &out, &[]), ""),
+            Some(conf) => assert_eq!(&std::fs::read(out.join("conf")).unwrap(), conf),
+        }
+    }
+}

@@ -152,3 +152,46 @@ fn small_edits_are_stored_as_deltas_whose_bases_survive_gc() {
     sb.ok(&["--server", &srv.url, "--token", &srv.token, "deploy", "img", rout.to_str().unwrap()]);
     assert_eq!(rsync_diff(&src, &rout, &[]), "");
 }
+
+#[test]
+fn gc_rewrites_blocks_that_lost_some_of_their_chunks() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Small files share solid blocks; one big incompressible file has records of its own
+    // and blocks of its chunks.
+    // Incompressible, so that the dead chunks are a large enough share of the pack for
+    // gc to rewrite it.
+    for i in 0..600u64 {
+        std::fs::write(src.join(format!("s{i:03}")), noise(1500 + (i as usize % 7) * 100, 1000 + i)).unwrap();
+    }
+    std::fs::write(src.join("big"), noise(1 << 20, 7)).unwrap();
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    // Two thirds of the small files go; v1 is deleted, so their chunks become garbage
+    // inside blocks that also hold live chunks.
+    for i in (0..600u64).filter(|i| i % 3 != 0) {
+        std::fs::remove_file(src.join(format!("s{i:03}"))).unwrap();
+    }
+    let v2 = sb.json(&["capture", "--name", "img", "--json", src.to_str().unwrap()]);
+    assert_eq!(v2["added_bytes"], 0, "dropping files adds nothing: {v2}");
+    sb.ok(&["images", "delete", "img@1"]);
+    let packs_before = allocated_files(&sb.data().join("store/packs"));
+    let gc = sb.json(&["images", "gc", "--json"]);
+    assert_eq!(gc["removed_manifests"], 1, "{gc}");
+    assert!(gc["rewritten_packs"].as_u64().unwrap() >= 1, "{gc}");
+    assert!(gc["freed_bytes"].as_u64().unwrap() > 0, "{gc}");
+    assert!(allocated_files(&sb.data().join("store/packs")) < packs_before);
+    assert!(sb.ok(&["images", "verify"]).contains("0 fault"));
+    let out = sb.path("out");
+    sb.ok(&["deploy", "img", out.to_str().unwrap()]);
+    assert_eq!(rsync_diff(&src, &out, &[]), "");
+    // A second gc finds nothing left to do.
+    let again = sb.json(&["images", "gc", "--json"]);
+    assert_eq!(again["rewritten_packs"], 0, "{again}");
+    assert_eq!(again["removed_packs"], 0, "{again}");
+}
+
+/// Total size of the files in a directory.
+fn allocated_files(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+}

@@ -123,6 +123,7 @@ fn read_sparse_map(r: &mut impl Read, path: &[u8]) -> Result<(Vec<(u64, u64)>, u
 /// Import a tar stream into the store; returns the manifest (not yet written) and counters.
 pub fn import(store: &Store, input: impl Read, quiet: bool) -> Result<(Manifest, ImportStats), ArchiveError> {
     let progress = Progress::new("import", None, quiet);
+    let written = store.written_bytes();
     let mut ar = tar::Archive::new(input);
     let mut st = ImportStats::default();
     let mut map: HashMap<Vec<u8>, Entry> = HashMap::new();
@@ -241,8 +242,7 @@ pub fn import(store: &Store, input: impl Read, quiet: bool) -> Result<(Manifest,
                         let mut store_err = None;
                         let got = params
                             .cut_reader(r.take(len), len, |c| match store.put(c) {
-                                Ok((id, put)) => {
-                                    st.added_bytes += put.added;
+                                Ok((id, _)) => {
                                     chunks.push(ChunkRef { id, len: c.len() as u32 });
                                     Ok(())
                                 }
@@ -404,6 +404,9 @@ pub fn import(store: &Store, input: impl Read, quiet: bool) -> Result<(Manifest,
     entries.sort_by(|a, b| path_cmp(&a.path, &b.path));
     let m = Manifest { chunker: params, entries };
     m.validate().map_err(|e| ArchiveError::Malformed { path: String::new(), why: e.to_string() })?;
+    // Small chunks reach packs in blocks, some only at flush: count after it.
+    store.flush()?;
+    st.added_bytes = store.written_bytes() - written;
     Ok((m, st))
 }
 

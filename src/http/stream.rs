@@ -2,21 +2,32 @@
 //! endpoint that sends every chunk a client lacks in a single response.
 //!
 //! Stream wire format (`application/x-understudy-chunks`): a sequence of records, each a
-//! 41-byte header (32-byte id, 1-byte encoding 0=raw 1=zstd, u32 LE raw length, u32 LE
-//! stored length) followed by the stored bytes. The client verifies every chunk's BLAKE3.
+//! 41-byte header (32-byte id, 1-byte encoding, u32 LE raw length, u32 LE stored length)
+//! followed by the stored bytes, exactly as records are stored in packs. Encodings:
+//! 0 = one raw chunk, 1 = one chunk as a zstd frame, 3 = a block of chunks: a table (u32
+//! LE count, then per chunk its 32-byte id and u32 LE length) followed by one zstd frame
+//! of the chunks' bytes in table order; the record id is the BLAKE3 of the table and the
+//! raw length the sum of the chunk lengths. The client verifies every chunk's BLAKE3.
+//! Stored deltas (2) are never sent as such: the client may lack their base, so a delta
+//! chunk goes out raw.
+//!
+//! A stored block is sent as it is when every chunk in it was asked for; when only some
+//! were, the server decompresses it and sends a new block of just those (so a client never
+//! receives what it did not ask for, and batch boundaries cost no duplicate bytes). Each
+//! chunk is sent at most once per response.
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody};
 use crate::config::HttpConfig;
-use crate::store::{ChunkId, Store, hex_id, pack, parse_id};
+use crate::store::{self, ChunkId, Record, Store, hex_id, pack, parse_id};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -171,20 +182,36 @@ async fn stream_chunks(
         };
         let res = (|| -> Result<(), String> {
             let store = Store::open_cached(&st2.data_dir(), &st2.index_cache).map_err(|e| e.to_string())?;
-            let mut batch = Vec::with_capacity(BATCH + (1 << 18));
+            let mut locs = Vec::with_capacity(list.len());
+            let mut wanted_in: HashMap<(u32, u32), HashSet<ChunkId>> = HashMap::new();
             for id in &list {
+                let loc = store.locate(id).ok_or_else(|| format!("chunk {} missing from the store", hex_id(id)))?;
+                if loc.flags == pack::FLAG_BLOCK {
+                    wanted_in.entry((loc.pack, loc.offset)).or_default().insert(*id);
+                }
+                locs.push(loc);
+            }
+            let mut sent_blocks = HashSet::new();
+            let mut batch = Vec::with_capacity(BATCH + (1 << 18));
+            for (id, loc) in list.iter().zip(locs) {
                 if st2.shutdown.is_cancelled() {
                     return Err("server shutting down".into());
                 }
-                let loc = store.locate(id).ok_or_else(|| format!("chunk {} missing from the store", hex_id(id)))?;
-                let (flags, raw, payload) = store.read_payload(id, loc).map_err(|e| e.to_string())?;
-                // A delta needs its base, which the client may not have: send it whole.
-                let (flags, payload) = if flags == pack::FLAG_DELTA {
-                    (pack::FLAG_RAW, store.read(id).map_err(|e| e.to_string())?)
-                } else {
-                    (flags, payload)
+                let key = (loc.pack, loc.offset);
+                if loc.flags == pack::FLAG_BLOCK && !sent_blocks.insert(key) {
+                    continue; // went out with an earlier chunk of the same block
+                }
+                let rec = store.read_record(id, loc).map_err(|e| e.to_string())?;
+                let (hdr, payload) = match wanted_in.get(&key) {
+                    Some(wanted) if loc.flags == pack::FLAG_BLOCK => block_record(rec, wanted)?,
+                    // A delta needs its base, which the client may not have: send it whole.
+                    _ if rec.flags == pack::FLAG_DELTA => {
+                        let data = store.read(id).map_err(|e| e.to_string())?;
+                        (pack::record_header(id, pack::FLAG_RAW, rec.raw_len, data.len() as u32), data)
+                    }
+                    _ => (pack::record_header(id, rec.flags, rec.raw_len, rec.payload.len() as u32), rec.payload),
                 };
-                batch.extend_from_slice(&pack::record_header(id, flags, raw, payload.len() as u32));
+                batch.extend_from_slice(&hdr);
                 batch.extend_from_slice(&payload);
                 if batch.len() >= BATCH {
                     sent += batch.len() as u64;
@@ -216,6 +243,29 @@ async fn stream_chunks(
         body,
     )
         .into_response())
+}
+
+/// The record to send for a stored block of which the client wants `wanted`: the block
+/// as stored if that is all of it, else a new block of just the wanted chunks.
+fn block_record(rec: Record, wanted: &HashSet<ChunkId>) -> Result<([u8; pack::RECORD_HEADER_LEN], Vec<u8>), String> {
+    let bad = |e: pack::FormatError| format!("stored block {}: {e}", hex_id(&rec.id));
+    let (table, _) = pack::parse_block_table(&rec.payload, &rec.id, rec.raw_len).map_err(bad)?;
+    let held: HashSet<ChunkId> = table.iter().map(|c| c.id).collect();
+    if let Some(lost) = wanted.iter().find(|id| !held.contains(*id)) {
+        return Err(format!("chunk {} is not in the block its index entry names", hex_id(lost)));
+    }
+    if held.len() == wanted.len() {
+        let hdr = pack::record_header(&rec.id, rec.flags, rec.raw_len, rec.payload.len() as u32);
+        return Ok((hdr, rec.payload));
+    }
+    let (table, data) = pack::decode_block(&rec.payload, &rec.id, rec.raw_len).map_err(bad)?;
+    let mut list = Vec::new();
+    let mut bytes = Vec::new();
+    for c in table.iter().filter(|c| wanted.contains(&c.id)) {
+        list.push((c.id, c.len));
+        bytes.extend_from_slice(&data[c.inner as usize..(c.inner + c.len) as usize]);
+    }
+    store::encode_block(&list, &bytes).map_err(|e| format!("compressing block: {e}"))
 }
 
 fn tokio_stream_wrapper(
