@@ -120,6 +120,11 @@ fn scripts_follow_the_node_state_and_tokens_guard_the_boot_files() {
     let (_, d) = srv.curl("GET", &format!("/api/v1/deployments/{first}"), Some(&srv.token), None);
     assert!(d.contains("superseded"), "{d}");
 
+    // The node's image is deleted: the machine is told why and waits; nothing is issued.
+    sb.ok(&["images", "delete", "head-a"]);
+    let s3 = script(&srv, &url);
+    assert!(s3.contains("cannot be deployed") && s3.contains("head-a") && !s3.contains("token="), "{s3}");
+
     // Deployed: boot from the local disk (BIOS sanboot, UEFI exit).
     sb.ok(&["nodes", "set", "standby", "--state", "deployed", "--server", &srv.url, "--token", &srv.token]);
     let s = script(&srv, &url);

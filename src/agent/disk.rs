@@ -112,7 +112,13 @@ fn run(cmd: &mut Command, input: Option<&str>) -> anyhow::Result<()> {
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot run {what}: {e}"))?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes())?;
+        // A tool that fails early (no such disk) closes its input: its exit status and
+        // stderr below say why, not the broken pipe.
+        if let Err(e) = stdin.write_all(text.as_bytes())
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            return Err(e.into());
+        }
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
@@ -147,6 +153,12 @@ impl Drop for Partitions {
 
 /// Partition `disk` and make the filesystems. Everything on it is lost.
 pub fn apply(disk: &str, fs: &Filesystems) -> anyhow::Result<Partitions> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(disk) {
+        Ok(m) if m.file_type().is_block_device() => {}
+        Ok(_) => anyhow::bail!("{disk} is not a block device"),
+        Err(e) => anyhow::bail!("disk {disk}: {e}"),
+    }
     // Old signatures (RAID, LVM, filesystems) would confuse the kernel and mkfs.
     if let Err(e) = run(Command::new("wipefs").args(["-a", "-q", disk]), None) {
         tracing::warn!("wipefs: {e:#}");

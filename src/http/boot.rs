@@ -86,6 +86,7 @@ async fn script(
     let attempt = q.attempt.unwrap_or(1).max(1);
     let plan = boot::plan(node.as_ref(), collecting);
     let wait = |message: String| -> ApiResult<Response> {
+        let message = crate::pxe::template::scrub(&message);
         let retries = st.boot.retries;
         let secs = st.boot.retry_interval.as_secs().to_string();
         let (a, r) = (attempt.to_string(), retries.to_string());
@@ -133,7 +134,15 @@ async fn script(
         return wait(format!("the server has no boot environment in {}: run `understudy pxe build`", dir.display()));
     }
     let image = n.image.clone().unwrap_or_default();
-    let (d, token) = super::api::issue_deployment(st, &n.name, &image, true).await?;
+    let (d, token) = match super::api::issue_deployment(st, &n.name, &image, true).await {
+        Ok(x) => x,
+        // The node names an image that is gone: say so on its console and wait for the admin.
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            db.event(Some(&n.name), "boot.missing", &format!("cannot deploy {image}: {}", e.message)).await?;
+            return wait(format!("node {} cannot be deployed: {}", n.name, e.message));
+        }
+        Err(e) => return Err(e),
+    };
     let cmdline = boot::kernel_cmdline(&st.boot.cmdline, &server, d.id, &n.name, &token);
     let (kernel_url, initrd_url) = (format!("{KERNEL}?token={token}"), format!("{INITRAMFS}?token={token}"));
     let (id, secs) = (d.id.to_string(), st.boot.retry_interval.as_secs().to_string());

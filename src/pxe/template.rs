@@ -45,6 +45,17 @@ pub fn unsafe_value(v: &str) -> Option<&'static str> {
     }
 }
 
+/// Make free text (a message for the console) safe for [`render`]: characters iPXE would
+/// interpret are dropped, control characters become spaces.
+pub fn scrub(text: &str) -> String {
+    let s: String = text
+        .chars()
+        .filter(|c| !matches!(c, '$' | '\\' | '"' | '\'' | '|'))
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    s.replace("&&", "and")
+}
+
 /// Replace every `{{name}}` in `template` with its value from `values`. Every
 /// placeholder must have a value and every value used must be safe in an iPXE script;
 /// values the template does not use are ignored.
@@ -102,6 +113,15 @@ mod tests {
         // An ordinary URL with a query string and a kernel command line are fine.
         let url = "http://10.0.0.1:8080/boot/vmlinuz?token=abc&x=1";
         assert_eq!(render("{{u}}", &[("u", url)]).unwrap(), url);
+    }
+
+    #[test]
+    fn scrubbed_text_always_renders() {
+        for t in ["no image \"head-a\"", "a\nb", "${x} || y && z", "it's \\ fine"] {
+            let v = scrub(t);
+            assert!(render("{{m}}", &[("m", &v)]).is_ok(), "{t:?} -> {v:?}");
+        }
+        assert_eq!(scrub("no image \"head-a\""), "no image head-a");
     }
 
     #[test]
