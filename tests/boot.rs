@@ -56,8 +56,14 @@ fn scripts_follow_the_node_state_and_tokens_guard_the_boot_files() {
 
     // Unknown MAC: wait and ask again, then power off after `retries` checks.
     let s = script(&srv, &url);
-    assert!(s.contains("not a node") && s.contains(&format!("chain --replace --autofree {MAC}.ipxe?attempt=2")), "{s}");
+    assert!(
+        s.contains("not a node")
+            && s.contains(&format!("chain --replace --autofree {}.ipxe?attempt=2", MAC.replace(':', "-"))),
+        "{s}"
+    );
     assert!(script(&srv, &format!("{url}?attempt=3")).contains("\npoweroff || exit\n"));
+    // The hyphen form the scripts chain to is the same machine.
+    assert!(script(&srv, &format!("/boot/{}.ipxe?attempt=2", MAC.replace(':', "-"))).contains(MAC));
     // With collection on, the MAC is recorded from the script request alone.
     let (c, _) = srv.curl("POST", "/api/v1/discovered/collect", Some(&srv.token), Some(r#"{"minutes": 5}"#));
     assert_eq!(c, 200);

@@ -209,12 +209,26 @@ fn netboot(fw: Firmware) {
     let srv = Server::start_cmd(&sb, &mut cmd);
     // curl from inside the namespace (the server listens on the namespace's address).
     let srv = NsServer { srv, ns: net.ns.clone() };
-    srv.ok(&sb, &["nodes", "add", "vm", "--mac", MAC, "--ip", &net.ip(50), "--image", "head-a"]);
-
     let disk = sb.path("disk.img");
     std::fs::File::create(&disk).unwrap().set_len(3 << 30).unwrap();
-    let mut vm = start_vm(&sb, &net, fw, &disk, 1);
     let limit = Duration::from_secs(600);
+    let add = || srv.ok(&sb, &["nodes", "add", "vm", "--mac", MAC, "--ip", &net.ip(50), "--image", "head-a"]);
+    let mut vm = if fw == Firmware::Uefi {
+        // Unknown at first, with MAC collection on (the firmware gets iPXE only then): iPXE
+        // gets the waiting script and asks again; once the admin adds the node, the next
+        // check boots the deploy, with no reboot in between. (This path prints on the
+        // serial console; the BIOS NIC ROM's iPXE writes to VGA only.)
+        srv.ok(&sb, &["nodes", "collect", "--minutes", "10"]);
+        let mut vm = start_vm(&sb, &net, fw, &disk, 1);
+        wait_for("a second check of the unknown machine", limit, &mut vm, |c| c.contains("(check 2 of"));
+        let (_, disc) = srv.curl("GET", "/api/v1/discovered", None);
+        assert!(disc.contains(MAC), "{disc}");
+        add();
+        vm
+    } else {
+        add();
+        start_vm(&sb, &net, fw, &disk, 1)
+    };
     wait_for("the boot environment", limit, &mut vm, |c| c.contains("understudy-init: starting"));
     wait_for("the agent's report", limit, &mut vm, |c| {
         c.contains("understudy-agent: node vm deployed") || c.contains("deploy failed")

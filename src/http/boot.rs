@@ -94,7 +94,8 @@ async fn script(
             let vars = [("message", message.as_str()), ("mac", mac.as_str()), ("retries", r.as_str())];
             return rendered(boot::POWEROFF_TEMPLATE, &vars);
         };
-        let next_url = format!("{mac}.ipxe?attempt={next}");
+        // No colons in relative URLs: iPXE takes everything before the first ':' as the scheme.
+        let next_url = format!("{}.ipxe?attempt={next}", mac.replace(':', "-"));
         let vars = [
             ("message", message.as_str()),
             ("mac", mac.as_str()),
@@ -146,7 +147,7 @@ async fn script(
     let cmdline = boot::kernel_cmdline(&st.boot.cmdline, &server, d.id, &n.name, &token);
     let (kernel_url, initrd_url) = (format!("{KERNEL}?token={token}"), format!("{INITRAMFS}?token={token}"));
     let (id, secs) = (d.id.to_string(), st.boot.retry_interval.as_secs().to_string());
-    let script_url = format!("{mac}.ipxe");
+    let script_url = format!("{}.ipxe", mac.replace(':', "-"));
     rendered(
         boot::DEPLOY_TEMPLATE,
         &[
