@@ -49,7 +49,7 @@ bench-deps:
 	@./.ci/apt-ensure $(BENCH_PKGS)
 
 test: deps pxe-kernel
-	UNDERSTUDY_TEST_KERNEL=$(PXE_KERNEL)/root $(CARGO) test --locked -- --test-threads=4
+	UNDERSTUDY_TEST_KERNEL=$(PXE_KERNEL)/root $(CARGO) test --locked --no-fail-fast -- --test-threads=4
 
 bench: bench-deps build
 	UNDERSTUDY_BIN=$(BIN) ./benches/store.sh
