@@ -19,8 +19,15 @@ pub struct Pulled {
     pub id: String,
 }
 
-/// Report progress of deployment `id`; failures are logged, not fatal (the deploy goes on).
-pub async fn report(client: &Client, id: i64, status: &str, phase: &str, c: &DeployCounters, error: Option<String>) {
+/// Post progress of deployment `id`.
+pub async fn post_progress(
+    client: &Client,
+    id: i64,
+    status: &str,
+    phase: &str,
+    c: &DeployCounters,
+    error: Option<String>,
+) -> Result<(), crate::remote::RemoteError> {
     let body = crate::http::api::Progress {
         status: status.into(),
         phase: phase.into(),
@@ -28,10 +35,13 @@ pub async fn report(client: &Client, id: i64, status: &str, phase: &str, c: &Dep
         files_done: c.files.load(Ordering::Relaxed) as i64,
         error,
     };
-    if let Err(e) = client
-        .call::<_, serde_json::Value>(reqwest::Method::POST, &format!("/api/v1/deployments/{id}/progress"), Some(&body))
-        .await
-    {
+    let path = format!("/api/v1/deployments/{id}/progress");
+    client.call::<_, serde_json::Value>(reqwest::Method::POST, &path, Some(&body)).await.map(drop)
+}
+
+/// Report progress of deployment `id`; failures are logged, not fatal (the deploy goes on).
+pub async fn report(client: &Client, id: i64, status: &str, phase: &str, c: &DeployCounters, error: Option<String>) {
+    if let Err(e) = post_progress(client, id, status, phase, c, error).await {
         tracing::warn!("could not report progress: {e}");
     }
 }

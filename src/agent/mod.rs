@@ -85,17 +85,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 /// may still be settling right after DHCP, so this retries for a minute.
 async fn booted(client: &Client, a: &AgentArgs) -> anyhow::Result<()> {
     let mut last = None;
+    let none = DeployCounters::default();
     for attempt in 0..30 {
-        let body = crate::http::api::Progress {
-            status: "running".into(),
-            phase: "booted".into(),
-            bytes_done: 0,
-            files_done: 0,
-            error: None,
-        };
-        let path = format!("/api/v1/deployments/{}/progress", a.deployment);
-        match client.call::<_, serde_json::Value>(reqwest::Method::POST, &path, Some(&body)).await {
-            Ok(_) => {
+        match crate::pull::post_progress(client, a.deployment, "running", "booted", &none, None).await {
+            Ok(()) => {
                 println!("understudy-agent: reported to {}", a.server);
                 return Ok(());
             }
