@@ -43,6 +43,30 @@ fn arg<'a>(script: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{key} in {line}"))
 }
 
+/// Register node `standby` here (127.0.0.1) with `head-a` and fetch its deploy script;
+/// returns the script and the kernel command line it boots.
+fn deploy_boot(sb: &Sandbox, srv: &Server) -> (String, String) {
+    sb.ok(&[
+        "nodes",
+        "add",
+        "standby",
+        "--mac",
+        MAC,
+        "--ip",
+        "127.0.0.1",
+        "--image",
+        "head-a",
+        "--server",
+        &srv.url,
+        "--token",
+        &srv.token,
+    ]);
+    let s = script(srv, &format!("/boot/{MAC}.ipxe"));
+    let kernel = s.lines().find(|l| l.starts_with("kernel ")).expect("kernel line");
+    let cmdline = kernel.split_once(' ').unwrap().1.split(" || ").next().unwrap().to_string();
+    (s, cmdline)
+}
+
 fn node_state(srv: &Server, name: &str) -> String {
     let (_, body) = srv.curl("GET", &format!("/api/v1/nodes/{name}"), Some(&srv.token), None);
     serde_json::from_str::<serde_json::Value>(&body).unwrap()["state"].as_str().unwrap().to_string()
@@ -195,24 +219,7 @@ fn agent_installs_on_a_loop_disk_with_the_nodes_own_identity() {
     let sb = Sandbox::new();
     let src = sb.path("src");
     let srv = setup(&sb, &src);
-    sb.ok(&[
-        "nodes",
-        "add",
-        "standby",
-        "--mac",
-        MAC,
-        "--ip",
-        "127.0.0.1",
-        "--image",
-        "head-a",
-        "--server",
-        &srv.url,
-        "--token",
-        &srv.token,
-    ]);
-    let s = script(&srv, &format!("/boot/{MAC}.ipxe"));
-    let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
-    let cmdline = kernel.split_once(' ').unwrap().1.split(" || ").next().unwrap();
+    let (s, cmdline) = deploy_boot(&sb, &srv);
     let file = sb.path("cmdline");
     std::fs::write(&file, format!("{cmdline} understudy.bootloader=none\n")).unwrap();
     let disk = Loop::new(&sb.path("disk.img"), 3 << 30);
@@ -286,33 +293,7 @@ fn agent_reports_a_failure_and_refuses_a_foreign_command_line() {
     let err = sb.fails(&["agent", "--cmdline", file.to_str().unwrap(), "--no-reboot"]);
     assert!(err.contains("understudy.server"), "{err}");
     // A disk that does not exist: the deployment is marked failed with the reason.
-    sb.ok(&[
-        "nodes",
-        "add",
-        "standby",
-        "--mac",
-        MAC,
-        "--ip",
-        "127.0.0.1",
-        "--image",
-        "head-a",
-        "--server",
-        &srv.url,
-        "--token",
-        &srv.token,
-    ]);
-    let s = script(&srv, &format!("/boot/{MAC}.ipxe"));
-    let cmdline = s
-        .lines()
-        .find(|l| l.starts_with("kernel "))
-        .unwrap()
-        .split_once(' ')
-        .unwrap()
-        .1
-        .split(" || ")
-        .next()
-        .unwrap()
-        .to_string();
+    let (s, cmdline) = deploy_boot(&sb, &srv);
     std::fs::write(&file, format!("{cmdline} understudy.disk=/dev/understudy-no-such-disk\n")).unwrap();
     let err = sb.fails(&[
         "agent",

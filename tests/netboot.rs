@@ -307,16 +307,7 @@ struct NsServer {
 
 impl NsServer {
     fn curl(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, "curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
-        c.args(["-H", &format!("Authorization: Bearer {}", self.srv.token), &format!("{}{path}", self.srv.url)]);
-        if let Some(b) = body {
-            c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-        }
-        let o = c.output().expect("curl");
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        self.srv.curl_in(Some(&self.ns), method, path, Some(&self.srv.token), body)
     }
 
     fn ok(&self, sb: &Sandbox, args: &[&str]) {

@@ -317,7 +317,26 @@ impl Server {
 
     /// curl (an HTTP client we did not write): returns (status, body).
     pub fn curl(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
-        let mut c = Command::new("curl");
+        self.curl_in(None, method, path, token, body)
+    }
+
+    /// curl, run inside network namespace `ns` when the server listens there.
+    pub fn curl_in(
+        &self,
+        ns: Option<&str>,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let mut c = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "curl"]);
+                c
+            }
+            None => Command::new("curl"),
+        };
         c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("{}{path}", self.url)]);
         if let Some(t) = token {
             c.args(["-H", &format!("Authorization: Bearer {t}")]);
