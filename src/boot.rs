@@ -1,82 +1,44 @@
-//! Network boot decisions as plain functions: which iPXE script a machine gets for its
-//! node's state and the kernel command line that carries the agent's deployment. The
-//! templates and their (checked) rendering live in [`crate::pxe::template`].
+//! Network boot decisions as plain functions: the checks of the admin's boot settings,
+//! the server URL a booting machine is given, who may fetch a deploy script, and when a
+//! waiting machine gives up. Which script a node's state gets is
+//! [`crate::inventory::rules::boot_plan`]; the kernel command line is
+//! [`crate::wire::cmdline`]; the templates and their (checked) rendering live in
+//! [`crate::pxe::template`].
 
-use crate::db::Node;
+use crate::wire::cmdline;
 use std::net::IpAddr;
 
 pub use crate::pxe::template::{
     DEPLOY as DEPLOY_TEMPLATE, LOCAL as LOCAL_TEMPLATE, POWEROFF as POWEROFF_TEMPLATE, WAIT as WAIT_TEMPLATE, render,
 };
 
-/// Kernel command-line keys the agent reads; reserved, so the admin's extra arguments
-/// cannot override them.
-pub const CMDLINE_KEYS: &[&str] =
-    &["understudy.server", "understudy.deployment", "understudy.node", "understudy.token"];
-
-/// What a network-booting machine should do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
-    /// Start a deployment of the node's image: boot the deploy environment.
-    Deploy,
-    /// The node is deployed: boot from its disk.
-    Local,
-    /// Known or unknown, but nothing to do yet: say why and ask again later.
-    Wait(String),
-}
-
-/// Decide from the node (if the MAC belongs to one) and whether MAC collection is on.
-pub fn plan(node: Option<&Node>, collecting: bool) -> Plan {
-    let Some(n) = node else {
-        return Plan::Wait(if collecting {
-            "this machine is not a node yet; its MAC was collected: assign it with `understudy nodes add`".into()
-        } else {
-            "this machine is not a node; turn on MAC collection or add it with `understudy nodes add`".into()
-        });
-    };
-    match (n.state.as_str(), n.image.is_some()) {
-        ("deployed", _) => Plan::Local,
-        ("assigned" | "deploying", true) => Plan::Deploy,
-        ("failed", _) => Plan::Wait(format!(
-            "the last deployment of node {} failed; see `understudy events --node {}`, then `understudy nodes redeploy {}`",
-            n.name, n.name, n.name
-        )),
-        _ => Plan::Wait(format!(
-            "node {} has no image to deploy; set one with `understudy nodes set {} --image NAME`",
-            n.name, n.name
-        )),
-    }
-}
+/// A boot setting the server will not use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BootSettingError(pub String);
 
 /// Check the admin's extra kernel arguments (`boot.cmdline`).
-pub fn check_cmdline(s: &str) -> Result<(), String> {
+pub fn check_cmdline(s: &str) -> Result<(), BootSettingError> {
     if s.len() > 1024 {
-        return Err("longer than 1024 bytes".into());
+        return Err(BootSettingError("longer than 1024 bytes".into()));
     }
     if let Some(why) = crate::pxe::template::unsafe_value(s) {
-        return Err(why.into());
+        return Err(BootSettingError(why.into()));
     }
-    if let Some(k) = s.split_whitespace().find_map(|w| CMDLINE_KEYS.iter().find(|k| w.split('=').next() == Some(**k))) {
-        return Err(format!("{k} is set by the server"));
+    if let Some(k) =
+        s.split_whitespace().find_map(|w| cmdline::RESERVED.iter().find(|k| w.split('=').next() == Some(**k)))
+    {
+        return Err(BootSettingError(format!("{k} is set by the server")));
     }
     Ok(())
 }
 
-fn host_chars(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-}
-
-/// Check a server URL (`boot.server_url`): `http://` or `https://`, a host, an optional port and path.
-pub fn check_server_url(u: &str) -> Result<(), String> {
-    let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://")).ok_or("must start with http://")?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    if !host_chars(host) {
-        return Err(format!("{u:?} has no valid host"));
-    }
-    if !path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b)) {
-        return Err(format!("{u:?} has characters that do not belong in a path"));
-    }
-    Ok(())
+/// Check a server URL (`boot.server_url`).
+pub fn check_server_url(u: &str) -> Result<(), BootSettingError> {
+    cmdline::check_server_url(u).map_err(|e| match e {
+        cmdline::CmdlineError::Invalid(m) => BootSettingError(m),
+        other => BootSettingError(other.to_string()),
+    })
 }
 
 /// The server URL as seen by the booting machine: the configured one, else the Host it
@@ -85,19 +47,7 @@ pub fn server_url(configured: Option<&str>, host_header: Option<&str>) -> Option
     if let Some(u) = configured {
         return Some(u.trim_end_matches('/').to_string());
     }
-    host_header.filter(|h| host_chars(h) && h.len() <= 255).map(|h| format!("http://{h}"))
-}
-
-/// The kernel command line of the deploy environment.
-pub fn kernel_cmdline(extra: &str, server: &str, deployment: i64, node: &str, token: &str) -> String {
-    let mut s = String::from(extra.trim());
-    if !s.is_empty() {
-        s.push(' ');
-    }
-    s.push_str(&format!(
-        "understudy.server={server} understudy.deployment={deployment} understudy.node={node} understudy.token={token}"
-    ));
-    s
+    host_header.filter(|h| cmdline::usable_host(h)).map(|h| format!("http://{h}"))
 }
 
 /// May a machine at `peer` get a deploy for this node? When the node has known addresses
@@ -126,31 +76,6 @@ pub fn next_attempt(attempt: u32, retries: u32) -> Option<u32> {
 mod tests {
     use super::*;
 
-    fn node(state: &str, image: Option<&str>) -> Node {
-        Node {
-            name: "standby".into(),
-            role: "standby".into(),
-            image: image.map(Into::into),
-            state: state.into(),
-            macs: vec!["52:54:00:00:00:01".into()],
-            ips: vec![],
-            created: String::new(),
-            updated: String::new(),
-        }
-    }
-
-    #[test]
-    fn plans_follow_the_state() {
-        assert_eq!(plan(Some(&node("assigned", Some("head-a"))), false), Plan::Deploy);
-        assert_eq!(plan(Some(&node("deploying", Some("head-a"))), false), Plan::Deploy);
-        assert_eq!(plan(Some(&node("deployed", Some("head-a"))), false), Plan::Local);
-        assert!(matches!(plan(Some(&node("failed", Some("head-a"))), false), Plan::Wait(m) if m.contains("redeploy")));
-        assert!(matches!(plan(Some(&node("discovered", None)), false), Plan::Wait(m) if m.contains("no image")));
-        assert!(matches!(plan(Some(&node("assigned", None)), false), Plan::Wait(_)));
-        assert!(matches!(plan(None, true), Plan::Wait(m) if m.contains("collected")));
-        assert!(matches!(plan(None, false), Plan::Wait(m) if m.contains("turn on MAC collection")));
-    }
-
     #[test]
     fn cmdline_and_urls() {
         assert!(check_cmdline("console=ttyS0,115200 quiet").is_ok());
@@ -158,20 +83,11 @@ mod tests {
         assert!(check_cmdline("a\nb").is_err());
         assert!(check_cmdline("init=\"/bin/sh\"").is_err());
         assert!(check_server_url("http://10.0.0.1:8080").is_ok());
-        assert!(check_server_url("https://head.example/understudy").is_ok());
         assert!(check_server_url("ftp://x").is_err());
-        assert!(check_server_url("http://a b").is_err());
-        assert!(check_server_url("http://").is_err());
         assert_eq!(server_url(None, Some("10.0.0.1:8080")).as_deref(), Some("http://10.0.0.1:8080"));
         assert_eq!(server_url(Some("http://h:1/"), Some("x")).as_deref(), Some("http://h:1"));
         assert_eq!(server_url(None, Some("evil host")), None);
         assert_eq!(server_url(None, None), None);
-        let c = kernel_cmdline(" console=ttyS0 ", "http://h", 3, "n", "t");
-        assert_eq!(
-            c,
-            "console=ttyS0 understudy.server=http://h understudy.deployment=3 understudy.node=n understudy.token=t"
-        );
-        assert!(kernel_cmdline("", "http://h", 3, "n", "t").starts_with("understudy.server="));
     }
 
     #[test]

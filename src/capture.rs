@@ -135,6 +135,17 @@ pub enum CaptureError {
     Unreadable(Vec<String>),
 }
 
+impl CaptureError {
+    /// The caller's input is at fault (a missing source, a bad pattern), not the machine.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            CaptureError::Source { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            CaptureError::Pattern { .. } => true,
+            CaptureError::Store(_) | CaptureError::Unreadable(_) => false,
+        }
+    }
+}
+
 /// Exclude patterns, rsync-like: a pattern starting with `/` is anchored at the source
 /// root, others match at any depth; `*` stays within one component, `**` crosses them;
 /// a trailing `/` matches directories only. An excluded directory is not descended into.

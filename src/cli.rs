@@ -4,13 +4,16 @@
 use crate::archive;
 use crate::capture::CaptureOptions;
 use crate::config::Config;
-use crate::db::{Deployment, Event, ImageRow, Node};
 use crate::deploy::{self, DeployOptions};
-use crate::http::api::{DeploymentCreated, ImageDetail, Job, NodeCreate, NodePatch, Page, WhoAmI};
-use crate::images::{self, Inventory};
+use crate::inventory::images::{ImportSource, kind_name};
+use crate::inventory::{Inventory, InventoryError};
 use crate::pull::report;
 use crate::remote::{Client, encode};
 use crate::store::{LockMode, Store};
+use crate::wire::{
+    Collect, CollectState, Deployment, DeploymentCreate, DeploymentCreated, Discovered, Event, EventKind, Image,
+    ImageDetail, Job, JobState, Node, NodeCreate, NodePatch, Page, ProgressStatus, WhoAmI,
+};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -525,7 +528,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Result<i32> {
     match cmd {
         ImagesCmd::List { json } => {
-            let rows = inv.db.images().await?;
+            let rows = inv.images().await?;
             if json {
                 print_json(&rows)?;
             } else {
@@ -553,7 +556,7 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
             let m = inv.manifest(&row).await?;
             let mut kinds = std::collections::BTreeMap::<&str, u64>::new();
             for e in &m.entries {
-                let k = crate::http::api::kind_name(&e.kind);
+                let k = kind_name(&e.kind);
                 *kinds.entry(k).or_default() += 1;
             }
             let chunks: std::collections::HashSet<_> = m.chunk_refs().map(|(_, c)| c.id).collect();
@@ -645,30 +648,12 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
             Ok(0)
         }
         ImagesCmd::Import { name, file, json } => {
-            images::check_name(&name)?;
-            let dd = inv.data_dir.clone();
-            let src = file.clone();
-            let (store, m, id, stats, stored) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let store = Store::open_for_write(&dd)?;
-                let (m, stats) = if src == "-" {
-                    archive::import(&store, std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock()), quiet)?
-                } else {
-                    let f = std::fs::File::open(&src).with_context(|| format!("opening {src}"))?;
-                    archive::import(&store, std::io::BufReader::with_capacity(1 << 20, f), quiet)?
-                };
-                store.flush()?;
-                let id = store.write_manifest(&m)?;
-                let stored = images::stored_bytes(&store, &m);
-                Ok((store, m, id, stats, stored))
-            })
-            .await??;
-            let source = if file == "-" { "import:stdin".to_string() } else { format!("import:{file}") };
-            let row = inv.record(&name, &id, &source, &m, stored, stats.added_bytes).await?;
-            drop(store);
-            inv.db.event(None, "image.import", &format!("imported {}@{} from {file}", row.name, row.version)).await?;
+            let from = if file == "-" { ImportSource::Stdin } else { ImportSource::File(PathBuf::from(&file)) };
+            let imp = inv.import(&name, from, quiet).await?;
+            let row = imp.image;
             if json {
                 print_json(
-                    &json!({"name": row.name, "version": row.version, "id": row.id, "entries": row.entries, "files": row.files, "bytes": row.bytes, "stored_bytes": row.stored_bytes, "added_bytes": row.added_bytes, "skipped": stats.skipped}),
+                    &json!({"name": row.name, "version": row.version, "id": row.id, "entries": row.entries, "files": row.files, "bytes": row.bytes, "stored_bytes": row.stored_bytes, "added_bytes": row.added_bytes, "skipped": imp.skipped}),
                 )?;
             } else {
                 println!(
@@ -691,7 +676,8 @@ pub fn preflight(cli: &Cli) -> anyhow::Result<()> {
     if let Command::Capture(a) = &cli.command
         && !a.source.is_dir()
     {
-        bail!("capture source {} is not a directory", a.source.display());
+        let why = format!("capture source {} is not a directory", a.source.display());
+        return Err(InventoryError::NotFound(why).into());
     }
     Ok(())
 }
@@ -742,8 +728,17 @@ impl Api {
                 let status = resp.status();
                 let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await?;
                 if !status.is_success() {
+                    // The same API in-process: its error is the inventory's own, so it reads
+                    // (and exits) as it would without the HTTP layer.
                     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                    bail!("{} ({})", v["error"]["message"].as_str().unwrap_or("request failed"), status);
+                    let m = v["error"]["message"].as_str().unwrap_or("request failed").to_string();
+                    return Err(match status.as_u16() {
+                        400 | 413 | 415 | 422 => InventoryError::Invalid(m),
+                        404 => InventoryError::NotFound(m),
+                        409 => InventoryError::Conflict(m),
+                        _ => InventoryError::Join(m),
+                    }
+                    .into());
                 }
                 let v: serde_json::Value =
                     if bytes.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&bytes)? };
@@ -820,9 +815,8 @@ async fn nodes_cmd(api: &Api, cmd: NodesCmd) -> anyhow::Result<i32> {
             println!("deleted node {name}");
         }
         NodesCmd::Collect { minutes, stop } => {
-            let body = crate::http::api::Collect { minutes: if stop { 0 } else { minutes } };
-            let r: crate::http::api::CollectState =
-                api.call(Method::POST, "/api/v1/discovered/collect", Some(&body)).await?;
+            let body = Collect { minutes: if stop { 0 } else { minutes } };
+            let r: CollectState = api.call(Method::POST, "/api/v1/discovered/collect", Some(&body)).await?;
             if r.collecting {
                 println!(
                     "collecting MAC addresses until {}; PXE-boot the machines now, then `understudy nodes discovered`",
@@ -833,7 +827,7 @@ async fn nodes_cmd(api: &Api, cmd: NodesCmd) -> anyhow::Result<i32> {
             }
         }
         NodesCmd::Discovered { json } => {
-            let d: Vec<crate::db::Discovered> = api.get("/api/v1/discovered").await?;
+            let d: Vec<Discovered> = api.get("/api/v1/discovered").await?;
             if json {
                 print_json(&d)?;
             } else {
@@ -877,13 +871,8 @@ fn print_deployments(ds: &[Deployment]) {
 async fn deployments_cmd(api: &Api, cmd: DeploymentsCmd) -> anyhow::Result<i32> {
     match cmd {
         DeploymentsCmd::Create { node, image, json } => {
-            let c: DeploymentCreated = api
-                .call(
-                    reqwest::Method::POST,
-                    "/api/v1/deployments",
-                    Some(&crate::http::api::DeploymentCreate { node, image }),
-                )
-                .await?;
+            let c: DeploymentCreated =
+                api.call(reqwest::Method::POST, "/api/v1/deployments", Some(&DeploymentCreate { node, image })).await?;
             if json {
                 print_json(&c)?;
             } else {
@@ -927,7 +916,7 @@ async fn events_cmd(api: &Api, a: EventsArgs) -> anyhow::Result<i32> {
 
 async fn wait_job(api: &Api, job: Job) -> anyhow::Result<Job> {
     let mut j = job;
-    while j.state == "running" {
+    while j.state == JobState::Running {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         j = api.get(&format!("/api/v1/jobs/{}", j.id)).await?;
     }
@@ -945,7 +934,7 @@ async fn remote_cmd(client: &Client, cmd: Command, quiet: bool) -> anyhow::Resul
         Command::Deployments(c) => deployments_cmd(&api, c).await,
         Command::Events(a) => events_cmd(&api, a).await,
         Command::Images(ImagesCmd::List { json }) => {
-            let rows: Vec<ImageRow> = api.all("/api/v1/images").await?;
+            let rows: Vec<Image> = api.all("/api/v1/images").await?;
             if json {
                 print_json(&rows)?;
             } else {
@@ -1027,7 +1016,7 @@ async fn deploy_remote(client: &Client, a: DeployArgs, quiet: bool) -> anyhow::R
     let counters = std::sync::Arc::new(crate::deploy::DeployCounters::default());
     let dep = who.deployment.map(|d| d.id);
     if let Some(d) = dep {
-        report(client, d, "running", "writing", &counters, None).await;
+        report(client, d, ProgressStatus::Running, "writing", &counters, None).await;
     }
     let t = Instant::now();
     let res =
@@ -1035,7 +1024,7 @@ async fn deploy_remote(client: &Client, a: DeployArgs, quiet: bool) -> anyhow::R
     match res {
         Ok(p) => {
             if let Some(d) = dep {
-                report(client, d, "done", "done", &counters, None).await;
+                report(client, d, ProgressStatus::Done, "done", &counters, None).await;
             }
             let secs = t.elapsed().as_secs_f64();
             let stats = p.stats;
@@ -1056,7 +1045,7 @@ async fn deploy_remote(client: &Client, a: DeployArgs, quiet: bool) -> anyhow::R
         }
         Err(e) => {
             if let Some(d) = dep {
-                report(client, d, "failed", "writing", &counters, Some(format!("{e:#}"))).await;
+                report(client, d, ProgressStatus::Failed, "writing", &counters, Some(format!("{e:#}"))).await;
             }
             Err(e)
         }
@@ -1202,14 +1191,14 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
     if tasks.is_empty() {
         bail!("nothing to serve: the configuration enables no service");
     }
-    inv.db.event(None, "server.start", "understudy serve started").await?;
+    inv.record_event(None, EventKind::ServerStart, "understudy serve started").await?;
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r? {
             shutdown.cancel();
             return Err(e);
         }
     }
-    inv.db.event(None, "server.stop", "understudy serve stopped").await?;
+    inv.record_event(None, EventKind::ServerStop, "understudy serve stopped").await?;
     Ok(0)
 }
 

@@ -40,6 +40,19 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                crate::error::ErrorKind::NotFound
+            }
+            ConfigError::Read { .. } => crate::error::ErrorKind::Io,
+            ConfigError::Parse { .. } | ConfigError::Invalid { .. } => crate::error::ErrorKind::Invalid,
+        }
+    }
+}
+
 /// Parse a duration such as `500ms`, `30s`, `5m`, `12h`, `7d` or `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

@@ -3,6 +3,7 @@
 
 use crate::deploy::{self, DeployCounters, DeployOptions, DeployStats};
 use crate::remote::{Client, PullOptions, RemoteSource};
+use crate::wire::{Progress, ProgressStatus};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,24 +24,25 @@ pub struct Pulled {
 pub async fn post_progress(
     client: &Client,
     id: i64,
-    status: &str,
+    status: ProgressStatus,
     phase: &str,
     c: &DeployCounters,
     error: Option<String>,
 ) -> Result<(), crate::remote::RemoteError> {
-    let body = crate::http::api::Progress {
-        status: status.into(),
-        phase: phase.into(),
-        bytes_done: c.bytes.load(Ordering::Relaxed) as i64,
-        files_done: c.files.load(Ordering::Relaxed) as i64,
-        error,
-    };
+    let body = Progress::new(status, phase, c.bytes.load(Ordering::Relaxed), c.files.load(Ordering::Relaxed), error);
     let path = format!("/api/v1/deployments/{id}/progress");
     client.call::<_, serde_json::Value>(reqwest::Method::POST, &path, Some(&body)).await.map(drop)
 }
 
 /// Report progress of deployment `id`; failures are logged, not fatal (the deploy goes on).
-pub async fn report(client: &Client, id: i64, status: &str, phase: &str, c: &DeployCounters, error: Option<String>) {
+pub async fn report(
+    client: &Client,
+    id: i64,
+    status: ProgressStatus,
+    phase: &str,
+    c: &DeployCounters,
+    error: Option<String>,
+) {
     if let Err(e) = post_progress(client, id, status, phase, c, error).await {
         tracing::warn!("could not report progress: {e}");
     }
@@ -73,7 +75,7 @@ pub async fn pull(
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => report(&client, d, "running", "writing", &counters, None).await,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => report(&client, d, ProgressStatus::Running, "writing", &counters, None).await,
                 }
             }
         })

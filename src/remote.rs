@@ -16,7 +16,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     /// The server answered with an error.
-    #[error("server: {message} ({status} {code})")]
+    #[error("{message}")]
     Api {
         /// HTTP status.
         status: u16,
@@ -31,6 +31,25 @@ pub enum RemoteError {
     /// The server sent something malformed.
     #[error("bad response from server: {0}")]
     Protocol(String),
+}
+
+impl RemoteError {
+    /// What kind of failure this is (from the server's status, or the transport).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind as K;
+        match self {
+            RemoteError::Api { status, .. } => match status {
+                400 | 413 | 415 | 422 => K::Invalid,
+                401 | 403 => K::Refused,
+                404 => K::NotFound,
+                409 => K::Conflict,
+                _ => K::Internal,
+            },
+            RemoteError::Http(e) if e.is_connect() || e.is_timeout() => K::Unreachable,
+            RemoteError::Http(_) => K::Io,
+            RemoteError::Protocol(_) => K::Internal,
+        }
+    }
 }
 
 /// An API client.

@@ -3,15 +3,15 @@
 //! server it booted, lays out the disk, streams the image (every chunk verified), gives the
 //! node its own identity, installs the bootloader, reports the outcome and reboots.
 
-pub mod cmdline;
 pub mod disk;
 pub mod identity;
 
 use crate::deploy::DeployCounters;
 use crate::pull::report;
 use crate::remote::Client;
+use crate::wire::ProgressStatus::{self, Done, Failed, Running};
+use crate::wire::cmdline::{self, BootArgs as AgentArgs};
 use anyhow::Context;
-use cmdline::AgentArgs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -61,11 +61,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let res = install(&client, &a, &counters, &opts).await;
     match &res {
         Ok(()) => {
-            report(&client, a.deployment, "done", "done", &counters, None).await;
+            report(&client, a.deployment, Done, "done", &counters, None).await;
             println!("understudy-agent: node {} deployed", a.node);
         }
         Err(e) => {
-            report(&client, a.deployment, "failed", "install", &counters, Some(format!("{e:#}"))).await;
+            report(&client, a.deployment, Failed, "install", &counters, Some(format!("{e:#}"))).await;
             eprintln!("understudy-agent: deploy failed: {e:#}");
         }
     }
@@ -87,7 +87,7 @@ async fn booted(client: &Client, a: &AgentArgs) -> anyhow::Result<()> {
     let mut last = None;
     let none = DeployCounters::default();
     for attempt in 0..30 {
-        match crate::pull::post_progress(client, a.deployment, "running", "booted", &none, None).await {
+        match crate::pull::post_progress(client, a.deployment, ProgressStatus::Running, "booted", &none, None).await {
             Ok(()) => {
                 println!("understudy-agent: reported to {}", a.server);
                 return Ok(());
@@ -110,14 +110,14 @@ async fn install(
     counters: &Arc<DeployCounters>,
     opts: &AgentOptions,
 ) -> anyhow::Result<()> {
-    let d: crate::db::Deployment = client.get(&format!("/api/v1/deployments/{}", a.deployment)).await?;
+    let d: crate::wire::Deployment = client.get(&format!("/api/v1/deployments/{}", a.deployment)).await?;
     let need = (d.bytes_total.max(0) as u64).saturating_mul(5) / 4 + (1 << 30);
     let disk = match &a.disk {
         Some(d) => d.clone(),
         None => disk::choose_disk(&disk::list_disks(&opts.sys_block)?, need).map_err(anyhow::Error::msg)?,
     };
     println!("understudy-agent: installing {} on {disk}", d.image);
-    report(client, a.deployment, "running", &format!("partitioning {disk}"), counters, None).await;
+    report(client, a.deployment, Running, &format!("partitioning {disk}"), counters, None).await;
     let fs = disk::Filesystems::random();
     let parts = {
         let (disk, fs) = (disk.clone(), fs.clone());
@@ -132,10 +132,10 @@ async fn install(
     let pulled =
         crate::pull::pull(client, &d.image, root.clone(), Some(a.deployment), counters.clone(), true, true).await?;
     println!("understudy-agent: wrote {} files, {} bytes", pulled.stats.files, pulled.stats.bytes);
-    report(client, a.deployment, "running", "identity", counters, None).await;
+    report(client, a.deployment, Running, "identity", counters, None).await;
     identity::apply(&root, &a.node, &fs, a.keep_ssh_keys)?;
     if a.bootloader {
-        report(client, a.deployment, "running", "bootloader", counters, None).await;
+        report(client, a.deployment, Running, "bootloader", counters, None).await;
         mounts.mount(&parts.esp, &root.join("boot/efi"), &[])?;
         bootloader(&root, &disk, &mut mounts)?;
     }

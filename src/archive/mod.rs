@@ -40,6 +40,13 @@ pub enum ArchiveError {
     },
 }
 
+impl ArchiveError {
+    /// The archive is at fault (unsafe or malformed entries), not the machine.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, ArchiveError::Unsafe { .. } | ArchiveError::Malformed { .. })
+    }
+}
+
 /// Format a time as a PAX decimal `sec[.nnnnnnnnn]`, correct for negative times.
 pub fn pax_time(sec: i64, nsec: u32) -> String {
     let total = sec as i128 * 1_000_000_000 + nsec as i128;

@@ -5,8 +5,10 @@
 pub mod policy;
 
 use crate::config::{DhcpConfig, parse_range, parse_subnet};
-use crate::images::Inventory;
+use crate::inventory::Inventory;
+use crate::inventory::dhcp::LeaseRecord;
 use crate::ratelog::LogLimit;
+use crate::wire::{LeaseState, NodeState};
 use policy::{Known, Lease, Leases, Settings, mac_str};
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -32,7 +34,7 @@ pub enum DhcpError {
     Config(String),
     /// The inventory failed.
     #[error(transparent)]
-    Db(#[from] crate::db::DbError),
+    Inventory(#[from] crate::inventory::InventoryError),
 }
 
 fn now_secs() -> u64 {
@@ -102,7 +104,7 @@ struct Cached {
     reserved: std::sync::Arc<HashSet<Ipv4Addr>>,
     collecting: bool,
     /// MAC -> (node, reserved IPv4, state).
-    nodes: HashMap<String, (String, Option<Ipv4Addr>, String)>,
+    nodes: HashMap<String, (String, Option<Ipv4Addr>, NodeState)>,
 }
 
 impl Cached {
@@ -110,15 +112,13 @@ impl Cached {
         if self.at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return Ok(());
         }
-        self.reserved =
-            std::sync::Arc::new(inv.db.reserved_ips().await?.iter().filter_map(|i| i.parse().ok()).collect());
-        self.collecting = inv.db.collect_until().await? > now as i64;
+        self.reserved = std::sync::Arc::new(inv.reserved_ips().await?.iter().filter_map(|i| i.parse().ok()).collect());
+        self.collecting = inv.collecting(now as i64).await?;
         self.nodes = inv
-            .db
             .reservations()
             .await?
             .into_iter()
-            .map(|(mac, node, ip, state)| (mac, (node, ip.and_then(|i| i.parse().ok()), state)))
+            .map(|r| (r.mac, (r.node, r.ipv4.and_then(|i| i.parse().ok()), r.state)))
             .collect();
         self.at = Some(Instant::now());
         Ok(())
@@ -143,9 +143,9 @@ pub async fn serve(
         socks.push(bind(&cfg.interface, 4011)?);
     }
     let mut leases = Leases::default();
-    for r in inv.db.leases().await? {
+    for r in inv.lease_records().await? {
         let (Ok(ip), Some(mac)) = (r.ip.parse::<Ipv4Addr>(), parse_mac(&r.mac)) else { continue };
-        leases.insert(Lease { ip, mac, expires: r.expires.max(0) as u64, bound: r.state == "bound" });
+        leases.insert(Lease { ip, mac, expires: r.expires.max(0) as u64, bound: r.state == LeaseState::Bound });
     }
     tracing::info!(
         "DHCP ({}) on {} as {}: pool {}, {} lease(s) restored",
@@ -217,7 +217,7 @@ pub async fn serve(
             let node = cache.nodes.get(&ms);
             let known = Known {
                 reserved_ip: node.and_then(|n| n.1).filter(|ip| s.in_subnet(*ip)),
-                state: node.map(|n| n.2.clone()),
+                state: node.map(|n| n.2),
                 node: node.map(|n| n.0.clone()),
                 all_reserved: cache.reserved.clone(),
                 collecting: cache.collecting,
@@ -240,11 +240,11 @@ pub async fn serve(
                 // Offers live in memory only; bound leases are written before any reply of
                 // this batch leaves.
                 if l.bound {
-                    puts.push(crate::db::LeaseRow {
+                    puts.push(LeaseRecord {
                         ip: l.ip.to_string(),
                         mac: ms.clone(),
                         expires: l.expires as i64,
-                        state: "bound".into(),
+                        state: LeaseState::Bound,
                     });
                 }
                 leases.insert(l.clone());
@@ -263,9 +263,9 @@ pub async fn serve(
                 replies.push((i, reply, dst, port));
             }
         }
-        inv.db.apply_leases(&puts, &removes).await?;
+        inv.apply_leases(&puts, &removes).await?;
         for (mac, arch, vc) in found {
-            inv.db.record_discovered(&mac, arch, &vc, &cfg.interface).await?;
+            inv.record_discovered(&mac, arch, &vc, &cfg.interface).await?;
         }
         for (i, reply, dst, port) in replies {
             match policy::encode(&reply) {

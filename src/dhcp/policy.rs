@@ -130,7 +130,7 @@ pub struct Known {
     /// Its reserved IPv4 address.
     pub reserved_ip: Option<Ipv4Addr>,
     /// Its state (assigned, deploying, deployed, ...).
-    pub state: Option<String>,
+    pub state: Option<crate::wire::NodeState>,
     /// Every reserved address (no dynamic client ever gets one).
     pub all_reserved: std::sync::Arc<HashSet<Ipv4Addr>>,
     /// MAC collection is on.
@@ -191,9 +191,8 @@ pub fn boot_file(s: &Settings, c: &ClientInfo, k: &Known, mac: &[u8; 6]) -> Opti
     if c.ipxe {
         return Some(format!("{}/boot/{}.ipxe", s.http_base, mac_str(mac)));
     }
-    let wants_boot = match k.state.as_deref() {
-        Some("assigned") | Some("deploying") | Some("failed") => true,
-        Some(_) => false,
+    let wants_boot = match k.state {
+        Some(s) => s.netboots(),
         None => k.collecting,
     };
     if !wants_boot {
@@ -550,7 +549,7 @@ mod tests {
         let kn = Known {
             node: Some("standby".into()),
             reserved_ip: Some("10.0.0.101".parse().unwrap()),
-            state: Some("deployed".into()),
+            state: Some(crate::wire::NodeState::Deployed),
             ..k.clone()
         };
         let o = handle(&s, &msg(MessageType::Discover, MAC, vec![]), &kn, &l, 11);
@@ -587,7 +586,8 @@ mod tests {
                 DhcpOption::ClientSystemArchitecture(Architecture(arch)),
             ]
         };
-        let to_deploy = Known { node: Some("n".into()), state: Some("assigned".into()), ..Default::default() };
+        let to_deploy =
+            Known { node: Some("n".into()), state: Some(crate::wire::NodeState::Assigned), ..Default::default() };
         let file = |k: &Known, opts| {
             let r = handle(&s, &msg(MessageType::Discover, MAC, opts), k, &Leases::default(), 1).reply.unwrap();
             r.fname_str().and_then(|f| f.ok()).map(String::from).filter(|f| !f.is_empty())
@@ -603,7 +603,8 @@ mod tests {
         let ipxe = vec![DhcpOption::UserClass(b"iPXE".to_vec())];
         assert_eq!(file(&to_deploy, ipxe).as_deref(), Some("http://10.0.0.1:8080/boot/52:54:00:01:02:03.ipxe"));
         // Deployed nodes boot from disk: firmware PXE gets no file. Unknown MACs only while collecting.
-        let deployed = Known { node: Some("n".into()), state: Some("deployed".into()), ..Default::default() };
+        let deployed =
+            Known { node: Some("n".into()), state: Some(crate::wire::NodeState::Deployed), ..Default::default() };
         assert_eq!(file(&deployed, pxe(0)), None);
         assert_eq!(file(&Known::default(), pxe(0)), None);
         assert_eq!(file(&Known { collecting: true, ..Default::default() }, pxe(0)).as_deref(), Some("undionly.kpxe"));
@@ -614,7 +615,7 @@ mod tests {
     #[test]
     fn proxy_mode_answers_pxe_clients_only_and_never_gives_addresses() {
         let s = Settings { proxy: true, ..settings() };
-        let k = Known { node: Some("n".into()), state: Some("assigned".into()), ..Default::default() };
+        let k = Known { node: Some("n".into()), state: Some(crate::wire::NodeState::Assigned), ..Default::default() };
         let plain = handle(&s, &msg(MessageType::Discover, MAC, vec![]), &k, &Leases::default(), 1);
         assert!(plain.reply.is_none());
         let o = handle(

@@ -18,7 +18,7 @@ use super::monitor::{MonitorAction, MonitorTracker};
 use super::net;
 use super::packet::{Keyring, RxStats, decode, encode, next_boot_id, parse_key_file};
 use super::{Check, FailoverConfig};
-use crate::images::Inventory;
+use crate::inventory::Inventory;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -1103,7 +1103,11 @@ async fn vip_worker(cfg: FailoverConfig, mut rx: mpsc::UnboundedReceiver<VipOp>,
 
 async fn event_logger(inv: Inventory, mut rx: mpsc::UnboundedReceiver<(String, String)>) {
     while let Some((kind, message)) = rx.recv().await {
-        if let Err(e) = inv.db.event(None, &kind, &message).await {
+        let res = match kind.parse::<crate::wire::EventKind>() {
+            Ok(k) => inv.record_event(None, k, &message).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = res {
             tracing::warn!("failover: event log: {e}");
         }
     }

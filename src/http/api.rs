@@ -1,15 +1,19 @@
-//! REST handlers: images, jobs, nodes, deployments, events.
+//! REST handlers: images, jobs, nodes, deployments, events, DHCP collection and leases.
+//! Each handler checks who is calling, then calls the inventory, which owns every rule.
 
 use super::AppState;
-use super::auth::{Caller, new_token, token_hash};
+use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
-use crate::db::{Deployment, Event, EventFilter, ImageRow, Node};
-use crate::nodes;
+use crate::inventory::EventQuery as Filter;
+use crate::wire::{
+    CallerRole, Collect, CollectState, Deleted, Deployment, DeploymentCreate, DeploymentCreated, Discovered, Event,
+    Image, ImageDetail, Job, JobKind, JobState, Lease, Node, NodeCreate, NodePatch, Page, Progress, WhoAmI,
+};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use utoipa::{IntoParams, ToSchema};
@@ -55,57 +59,20 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    fn get(&self) -> ApiResult<(i64, i64)> {
-        let limit = self.limit.unwrap_or(100);
-        let offset = self.offset.unwrap_or(0);
-        if !(1..=1000).contains(&limit) {
-            return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-        }
-        if offset < 0 {
-            return Err(ApiError::bad_request("offset must not be negative"));
-        }
-        Ok((limit, offset))
+    fn get(&self) -> (i64, i64) {
+        (self.limit.unwrap_or(100), self.offset.unwrap_or(0))
     }
-}
-
-/// One page of a list.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Page<T> {
-    /// The items.
-    pub items: Vec<T>,
-    /// Items in the whole list.
-    pub total: i64,
-    /// Page size used.
-    pub limit: i64,
-    /// Offset used.
-    pub offset: i64,
 }
 
 // ---------------------------------------------------------------- images
 
 /// List image versions.
 #[utoipa::path(get, path = "/api/v1/images", tag = "images", params(PageQuery),
-    responses((status = 200, body = Page<ImageRow>), (status = 401, body = ErrorBody)))]
-async fn list_images(
-    State(st): St,
-    caller: Caller,
-    ApiQuery(q): ApiQuery<PageQuery>,
-) -> ApiResult<Json<Page<ImageRow>>> {
+    responses((status = 200, body = Page<Image>), (status = 401, body = ErrorBody)))]
+async fn list_images(State(st): St, caller: Caller, ApiQuery(q): ApiQuery<PageQuery>) -> ApiResult<Json<Page<Image>>> {
     caller.read(st.cfg.public_reads)?;
-    let (limit, offset) = q.get()?;
-    let (items, total) = st.inv.db.images_page(limit, offset).await?;
-    Ok(Json(Page { items, total, limit, offset }))
-}
-
-/// An image with what it holds.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ImageDetail {
-    /// The version row.
-    pub image: ImageRow,
-    /// Entry counts by type.
-    pub kinds: BTreeMap<String, u64>,
-    /// Distinct chunks.
-    pub chunks: u64,
+    let (limit, offset) = q.get();
+    Ok(Json(st.inv.images_page(limit, offset).await?))
 }
 
 /// Show one image: `NAME`, `NAME@N` or a manifest id (prefix of 8+ hex digits).
@@ -114,36 +81,7 @@ pub struct ImageDetail {
     responses((status = 200, body = ImageDetail), (status = 404, body = ErrorBody)))]
 async fn show_image(State(st): St, caller: Caller, ApiPath(image): ApiPath<String>) -> ApiResult<Json<ImageDetail>> {
     caller.read(st.cfg.public_reads)?;
-    let row = st.inv.resolve(&image).await?;
-    let m = st.manifest(&row).await?;
-    let mut kinds = BTreeMap::new();
-    for e in &m.entries {
-        *kinds.entry(kind_name(&e.kind).to_string()).or_default() += 1;
-    }
-    let chunks = m.chunk_refs().map(|(_, c)| c.id).collect::<std::collections::HashSet<_>>().len() as u64;
-    Ok(Json(ImageDetail { image: row, kinds, chunks }))
-}
-
-/// Name of an entry type.
-pub fn kind_name(k: &crate::store::manifest::Kind) -> &'static str {
-    use crate::store::manifest::Kind::*;
-    match k {
-        File { .. } => "file",
-        Dir => "dir",
-        Symlink { .. } => "symlink",
-        Hardlink { .. } => "hardlink",
-        CharDev { .. } => "char",
-        BlockDev { .. } => "block",
-        Fifo => "fifo",
-        Socket => "socket",
-    }
-}
-
-/// Result of a delete.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Deleted {
-    /// Versions deleted.
-    pub deleted: u64,
+    Ok(Json(st.inv.image_detail(&image).await?.0))
 }
 
 /// Delete `NAME` (all versions) or `NAME@N`; space is freed by gc.
@@ -153,26 +91,6 @@ pub struct Deleted {
 async fn delete_image(State(st): St, caller: Caller, ApiPath(image): ApiPath<String>) -> ApiResult<Json<Deleted>> {
     caller.admin()?;
     Ok(Json(Deleted { deleted: st.inv.delete(&image).await? }))
-}
-
-/// A background job.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Job {
-    /// Job id.
-    pub id: u64,
-    /// verify or gc.
-    pub kind: String,
-    /// running, done or failed.
-    pub state: String,
-    /// Start time.
-    pub started: String,
-    /// End time.
-    pub finished: Option<String>,
-    /// The report when done.
-    #[schema(value_type = Option<Object>)]
-    pub result: Option<serde_json::Value>,
-    /// The error when failed.
-    pub error: Option<String>,
 }
 
 /// Jobs of this server process.
@@ -185,12 +103,12 @@ pub struct Jobs {
 const JOBS_KEPT: usize = 1000;
 
 impl Jobs {
-    fn start(&self, kind: &str) -> Job {
+    fn start(&self, kind: JobKind) -> Job {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let j = Job {
             id,
-            kind: kind.into(),
-            state: "running".into(),
+            kind,
+            state: JobState::Running,
             started: crate::db::now(),
             finished: None,
             result: None,
@@ -198,7 +116,7 @@ impl Jobs {
         };
         let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= JOBS_KEPT {
-            let oldest: Vec<u64> = m.values().filter(|j| j.state != "running").map(|j| j.id).collect();
+            let oldest: Vec<u64> = m.values().filter(|j| j.state != JobState::Running).map(|j| j.id).collect();
             for id in oldest.into_iter().take(JOBS_KEPT / 2) {
                 m.remove(&id);
             }
@@ -207,16 +125,16 @@ impl Jobs {
         j
     }
 
-    fn finish(&self, id: u64, r: Result<serde_json::Value, String>) {
+    fn finish<T: Serialize, E: std::fmt::Display>(&self, id: u64, r: Result<T, E>) {
         if let Some(j) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id) {
             j.finished = Some(crate::db::now());
-            match r {
+            match r.map_err(|e| e.to_string()).and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string())) {
                 Ok(v) => {
-                    j.state = "done".into();
+                    j.state = JobState::Done;
                     j.result = Some(v);
                 }
                 Err(e) => {
-                    j.state = "failed".into();
+                    j.state = JobState::Failed;
                     j.error = Some(e);
                 }
             }
@@ -239,15 +157,10 @@ async fn verify_image(
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     caller.admin()?;
     let row = st.inv.resolve(&image).await?;
-    let job = st.jobs.start("verify");
-    let (st2, id, r) = (st.clone(), job.id, format!("{}@{}", row.name, row.version));
+    let job = st.jobs.start(JobKind::Verify);
+    let (st2, id, r) = (st.clone(), job.id, row.label());
     tokio::spawn(async move {
-        let res = st2
-            .inv
-            .verify(Some(&r))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|rep| serde_json::to_value(rep).map_err(|e| e.to_string()));
+        let res = st2.inv.verify(Some(&r)).await;
         st2.jobs.finish(id, res);
     });
     Ok((StatusCode::ACCEPTED, Json(job)))
@@ -257,15 +170,10 @@ async fn verify_image(
 #[utoipa::path(post, path = "/api/v1/gc", tag = "images", responses((status = 202, body = Job), (status = 401, body = ErrorBody)))]
 async fn start_gc(State(st): St, caller: Caller) -> ApiResult<(StatusCode, Json<Job>)> {
     caller.admin()?;
-    let job = st.jobs.start("gc");
+    let job = st.jobs.start(JobKind::Gc);
     let (st2, id) = (st.clone(), job.id);
     tokio::spawn(async move {
-        let res = st2
-            .inv
-            .gc()
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|rep| serde_json::to_value(rep).map_err(|e| e.to_string()));
+        let res = st2.inv.gc().await;
         st2.jobs.finish(id, res);
     });
     Ok((StatusCode::ACCEPTED, Json(job)))
@@ -281,80 +189,12 @@ async fn get_job(State(st): St, caller: Caller, ApiPath(id): ApiPath<u64>) -> Ap
 
 // ---------------------------------------------------------------- nodes
 
-/// A node to create.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NodeCreate {
-    /// Node name (letters, digits, `.`, `_`, `-`).
-    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    pub name: String,
-    /// standby (default) or compute.
-    #[schema(pattern = "^(standby|compute)$")]
-    pub role: Option<String>,
-    /// Image reference to deploy.
-    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?$")]
-    pub image: Option<String>,
-    /// MAC addresses (unicast; `:`, `-` or no separators).
-    #[serde(default)]
-    #[schema(value_type = Vec<MacAddr>)]
-    pub macs: Vec<String>,
-    /// IP addresses (static reservations).
-    #[serde(default)]
-    #[schema(value_type = Vec<IpAddress>)]
-    pub ips: Vec<String>,
-}
-
-/// A unicast MAC address.
-#[derive(ToSchema)]
-#[schema(pattern = "^[0-9A-Fa-f][02468aceACE]([:-]?[0-9A-Fa-f]{2}){5}$")]
-pub struct MacAddr(#[allow(dead_code)] String);
-
-/// An IP address a node can hold (IPv4 or IPv6; not unspecified, not multicast).
-#[derive(ToSchema)]
-#[schema(format = Ipv4, pattern = r"^(?!0\.0\.0\.0$)(?!2(2[4-9]|3[0-9])\.)[0-9a-fA-F.:]+$")]
-pub struct IpAddress(#[allow(dead_code)] String);
-
-/// Fields to change on a node; absent fields stay.
-#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NodePatch {
-    /// standby or compute.
-    #[schema(pattern = "^(standby|compute)$")]
-    pub role: Option<String>,
-    /// Image reference; an empty string clears it.
-    #[schema(pattern = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?)?$")]
-    pub image: Option<String>,
-    /// New state.
-    #[schema(pattern = "^(discovered|assigned|deploying|deployed|failed)$")]
-    pub state: Option<String>,
-    /// Replace the MACs.
-    #[schema(value_type = Option<Vec<MacAddr>>)]
-    pub macs: Option<Vec<String>>,
-    /// Replace the IPs.
-    #[schema(value_type = Option<Vec<IpAddress>>)]
-    pub ips: Option<Vec<String>>,
-}
-
-async fn check_image_ref(st: &AppState, image: Option<String>) -> ApiResult<Option<String>> {
-    match image.filter(|s| !s.is_empty()) {
-        None => Ok(None),
-        Some(r) => match st.inv.resolve(&r).await {
-            Ok(_) => Ok(Some(r)),
-            Err(crate::images::ImageError::NotFound(_) | crate::images::ImageError::BadName(_)) => {
-                Err(ApiError::not_found(format!("no image {r:?}")))
-            }
-            Err(e) => Err(e.into()),
-        },
-    }
-}
-
 /// List nodes.
 #[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", params(PageQuery), responses((status = 200, body = Page<Node>)))]
 async fn list_nodes(State(st): St, caller: Caller, ApiQuery(q): ApiQuery<PageQuery>) -> ApiResult<Json<Page<Node>>> {
     caller.read(st.cfg.public_reads)?;
-    let (limit, offset) = q.get()?;
-    let (items, total) = st.inv.db.nodes(limit, offset).await?;
-    Ok(Json(Page { items, total, limit, offset }))
+    let (limit, offset) = q.get();
+    Ok(Json(st.inv.nodes(limit, offset).await?))
 }
 
 /// Create a node.
@@ -366,27 +206,7 @@ async fn create_node(
     ApiJson(b): ApiJson<NodeCreate>,
 ) -> ApiResult<(StatusCode, Json<Node>)> {
     caller.admin()?;
-    crate::images::check_name(&b.name).map_err(|_| ApiError::bad_request(format!("invalid node name {:?}", b.name)))?;
-    let role = b.role.unwrap_or_else(|| "standby".into());
-    nodes::check_role(&role).map_err(ApiError::bad_request)?;
-    let macs = nodes::normalize_list(&b.macs, nodes::normalize_mac).map_err(ApiError::bad_request)?;
-    let ips = nodes::normalize_list(&b.ips, nodes::normalize_ip).map_err(ApiError::bad_request)?;
-    if b.image.as_deref() == Some("") {
-        return Err(ApiError::bad_request("image must not be empty (omit it for none)"));
-    }
-    let image = check_image_ref(&st, b.image).await?;
-    let state = if image.is_some() { "assigned" } else { "discovered" };
-    let n = Node {
-        name: b.name,
-        role,
-        image,
-        state: state.into(),
-        macs,
-        ips,
-        created: String::new(),
-        updated: String::new(),
-    };
-    Ok((StatusCode::CREATED, Json(st.inv.db.create_node(&n).await?)))
+    Ok((StatusCode::CREATED, Json(st.inv.create_node(b).await?)))
 }
 
 /// One node.
@@ -394,7 +214,7 @@ async fn create_node(
     responses((status = 200, body = Node), (status = 404, body = ErrorBody)))]
 async fn get_node(State(st): St, caller: Caller, ApiPath(name): ApiPath<String>) -> ApiResult<Json<Node>> {
     caller.read(st.cfg.public_reads)?;
-    st.inv.db.node(&name).await?.map(Json).ok_or_else(|| ApiError::not_found(format!("no node {name}")))
+    Ok(Json(st.inv.node(&name).await?))
 }
 
 /// Change a node.
@@ -407,28 +227,7 @@ async fn update_node(
     ApiJson(p): ApiJson<NodePatch>,
 ) -> ApiResult<Json<Node>> {
     caller.admin()?;
-    let mut n = st.inv.db.node(&name).await?.ok_or_else(|| ApiError::not_found(format!("no node {name}")))?;
-    if let Some(r) = p.role {
-        nodes::check_role(&r).map_err(ApiError::bad_request)?;
-        n.role = r;
-    }
-    if let Some(i) = p.image {
-        n.image = check_image_ref(&st, Some(i)).await?;
-        if n.image.is_some() && n.state == "discovered" {
-            n.state = "assigned".into();
-        }
-    }
-    if let Some(s) = p.state {
-        nodes::check_state(&s).map_err(ApiError::bad_request)?;
-        n.state = s;
-    }
-    if let Some(m) = p.macs {
-        n.macs = nodes::normalize_list(&m, nodes::normalize_mac).map_err(ApiError::bad_request)?;
-    }
-    if let Some(i) = p.ips {
-        n.ips = nodes::normalize_list(&i, nodes::normalize_ip).map_err(ApiError::bad_request)?;
-    }
-    Ok(Json(st.inv.db.update_node(&n).await?))
+    Ok(Json(st.inv.update_node(&name, p).await?))
 }
 
 /// Delete a node.
@@ -436,7 +235,7 @@ async fn update_node(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_node(State(st): St, caller: Caller, ApiPath(name): ApiPath<String>) -> ApiResult<StatusCode> {
     caller.admin()?;
-    st.inv.db.delete_node(&name).await?;
+    st.inv.delete_node(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -445,36 +244,10 @@ async fn delete_node(State(st): St, caller: Caller, ApiPath(name): ApiPath<Strin
     responses((status = 200, body = Node), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn redeploy_node(State(st): St, caller: Caller, ApiPath(name): ApiPath<String>) -> ApiResult<Json<Node>> {
     caller.admin()?;
-    let mut n = st.inv.db.node(&name).await?.ok_or_else(|| ApiError::not_found(format!("no node {name}")))?;
-    if n.image.is_none() {
-        return Err(ApiError::conflict(format!("node {name} has no image to deploy")));
-    }
-    n.state = "assigned".into();
-    Ok(Json(st.inv.db.update_node(&n).await?))
+    Ok(Json(st.inv.redeploy(&name).await?))
 }
 
 // ---------------------------------------------------------------- deployments
-
-/// A deployment to create.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeploymentCreate {
-    /// Target node.
-    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-    pub node: String,
-    /// Image reference; defaults to the node's image.
-    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?$")]
-    pub image: Option<String>,
-}
-
-/// A created deployment and its token (shown only here).
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-pub struct DeploymentCreated {
-    /// The deployment.
-    pub deployment: Deployment,
-    /// Bearer token for the deploy client, scoped to this node and image.
-    pub token: String,
-}
 
 /// Create a deployment and its scoped token.
 #[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments", request_body = DeploymentCreate,
@@ -485,47 +258,8 @@ async fn create_deployment(
     ApiJson(b): ApiJson<DeploymentCreate>,
 ) -> ApiResult<(StatusCode, Json<DeploymentCreated>)> {
     caller.admin()?;
-    let node = st.inv.db.node(&b.node).await?.ok_or_else(|| ApiError::not_found(format!("no node {}", b.node)))?;
-    let image =
-        b.image.or(node.image).ok_or_else(|| ApiError::conflict(format!("node {} has no image; name one", b.node)))?;
-    let (d, token) = issue_deployment(&st, &b.node, &image, false).await?;
-    Ok((StatusCode::CREATED, Json(DeploymentCreated { deployment: d, token })))
-}
-
-/// Create a deployment of `image` to `node` and its scoped token (returned once; stored hashed).
-pub(crate) async fn issue_deployment(
-    st: &AppState,
-    node: &str,
-    image: &str,
-    boot: bool,
-) -> ApiResult<(Deployment, String)> {
-    let row = st.inv.resolve(image).await?;
-    let m = st.manifest(&row).await?;
-    let files = m.entries.iter().filter(|e| matches!(e.kind, crate::store::manifest::Kind::File { .. })).count() as i64;
-    let token = new_token();
-    let ttl = time::Duration::try_from(st.cfg.deploy_token_ttl).unwrap_or(time::Duration::DAY);
-    let expires = (time::OffsetDateTime::now_utc() + ttl)
-        .format(&time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-        ))
-        .map_err(ApiError::internal)?;
-    let label = format!("{}@{}", row.name, row.version);
-    let hash = token_hash(&token).to_hex();
-    let d = st
-        .inv
-        .db
-        .create_deployment(&crate::db::NewDeployment {
-            node,
-            image: &label,
-            manifest_id: &row.id,
-            token_hash: &hash,
-            expires: &expires,
-            bytes_total: m.total_bytes() as i64,
-            files_total: files,
-            boot,
-        })
-        .await?;
-    Ok((d, token))
+    let t = st.inv.create_deployment(b, st.cfg.deploy_token_ttl).await?;
+    Ok((StatusCode::CREATED, Json(DeploymentCreated { deployment: t.deployment, token: t.token })))
 }
 
 /// Filter for deployments.
@@ -550,9 +284,8 @@ async fn list_deployments(
     ApiQuery(q): ApiQuery<DeploymentQuery>,
 ) -> ApiResult<Json<Page<Deployment>>> {
     caller.read(st.cfg.public_reads)?;
-    let (limit, offset) = PageQuery { limit: q.limit, offset: q.offset }.get()?;
-    let (items, total) = st.inv.db.deployments(q.node.as_deref(), limit, offset).await?;
-    Ok(Json(Page { items, total, limit, offset }))
+    let (limit, offset) = PageQuery { limit: q.limit, offset: q.offset }.get();
+    Ok(Json(st.inv.deployments(q.node.as_deref(), limit, offset).await?))
 }
 
 /// One deployment (the admin, or that deployment's own token).
@@ -563,43 +296,7 @@ async fn get_deployment(State(st): St, caller: Caller, ApiPath(id): ApiPath<i64>
         Caller::Deploy(d) if d.id == id => {}
         _ => caller.read(st.cfg.public_reads)?,
     }
-    st.inv.db.deployment(id).await?.map(Json).ok_or_else(|| ApiError::not_found(format!("no deployment {id}")))
-}
-
-/// Progress reported by a deploy client.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Progress {
-    /// running, done or failed.
-    #[schema(pattern = "^(running|done|failed)$")]
-    pub status: String,
-    /// Free-text phase.
-    #[serde(default)]
-    #[schema(max_length = 200)]
-    pub phase: String,
-    /// Bytes written so far.
-    #[serde(default, deserialize_with = "de_count")]
-    #[schema(minimum = 0)]
-    pub bytes_done: i64,
-    /// Files written so far.
-    #[serde(default, deserialize_with = "de_count")]
-    #[schema(minimum = 0)]
-    pub files_done: i64,
-    /// Failure message.
-    #[schema(max_length = 4000)]
-    pub error: Option<String>,
-}
-
-/// A count that JSON may spell as an integral float (`123.0`).
-fn de_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    let v = serde_json::Number::deserialize(d)?;
-    if let Some(i) = v.as_i64() {
-        return Ok(i);
-    }
-    match v.as_f64() {
-        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
-        _ => Err(serde::de::Error::custom(format!("{v} is not a whole number"))),
-    }
+    Ok(Json(st.inv.deployment(id).await?))
 }
 
 /// Report deploy progress (that deployment's token, or the admin).
@@ -616,15 +313,7 @@ async fn report_progress(
         Caller::Deploy(_) => return Err(ApiError::forbidden("this token belongs to another deployment")),
         _ => caller.admin()?,
     }
-    if !matches!(p.status.as_str(), "running" | "done" | "failed") {
-        return Err(ApiError::bad_request("status must be running, done or failed"));
-    }
-    if p.bytes_done < 0 || p.files_done < 0 || p.phase.len() > 200 || p.error.as_ref().is_some_and(|e| e.len() > 4000) {
-        return Err(ApiError::bad_request("counters must not be negative; phase and error must be short"));
-    }
-    Ok(Json(
-        st.inv.db.deployment_progress(id, &p.status, &p.phase, p.bytes_done, p.files_done, p.error.as_deref()).await?,
-    ))
+    Ok(Json(st.inv.report_progress(id, &p).await?))
 }
 
 // ---------------------------------------------------------------- events, whoami
@@ -651,100 +340,46 @@ pub struct EventQuery {
     pub offset: Option<i64>,
 }
 
-fn check_time(t: &Option<String>) -> ApiResult<()> {
-    if let Some(t) = t
-        && time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).is_err()
-    {
-        return Err(ApiError::bad_request(format!("{t:?} is not an RFC 3339 time")));
-    }
-    Ok(())
-}
-
 /// List events, newest first.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventQuery), responses((status = 200, body = Page<Event>)))]
 async fn list_events(State(st): St, caller: Caller, ApiQuery(q): ApiQuery<EventQuery>) -> ApiResult<Json<Page<Event>>> {
     caller.read(st.cfg.public_reads)?;
-    let (limit, offset) = PageQuery { limit: q.limit, offset: q.offset }.get()?;
-    check_time(&q.since)?;
-    check_time(&q.until)?;
-    // Empty query values mean "no filter".
-    let some = |v: Option<String>| v.filter(|s| !s.is_empty());
-    let f = EventFilter { node: some(q.node), kind: some(q.kind), since: q.since, until: q.until };
-    let (items, total) = st.inv.db.events(&f, limit, offset).await?;
-    Ok(Json(Page { items, total, limit, offset }))
-}
-
-/// Who the caller is.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct WhoAmI {
-    /// admin, deploy or anonymous.
-    pub role: String,
-    /// The deployment, for a deployment token.
-    pub deployment: Option<Deployment>,
+    let (limit, offset) = PageQuery { limit: q.limit, offset: q.offset }.get();
+    let f = Filter { node: q.node, kind: q.kind, since: q.since, until: q.until };
+    Ok(Json(st.inv.events(&f, limit, offset).await?))
 }
 
 /// Identify the caller's token.
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "system", security((), ("bearer" = [])), responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
 async fn whoami(caller: Caller) -> Json<WhoAmI> {
     Json(match caller {
-        Caller::Admin => WhoAmI { role: "admin".into(), deployment: None },
-        Caller::Deploy(d) => WhoAmI { role: "deploy".into(), deployment: Some(*d) },
-        Caller::Anonymous => WhoAmI { role: "anonymous".into(), deployment: None },
+        Caller::Admin => WhoAmI { role: CallerRole::Admin, deployment: None },
+        Caller::Deploy(d) => WhoAmI { role: CallerRole::Deploy, deployment: Some(*d) },
+        Caller::Anonymous => WhoAmI { role: CallerRole::Anonymous, deployment: None },
     })
 }
 
 // ---------------------------------------------------------------- DHCP: collection, leases
 
-/// Open or close the MAC collection window.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Collect {
-    /// Minutes to collect from now; 0 closes the window.
-    #[schema(minimum = 0, maximum = 10080)]
-    pub minutes: i64,
-}
-
-/// The collection window.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-pub struct CollectState {
-    /// Whether collection is on.
-    pub collecting: bool,
-    /// Until when (RFC 3339), when on.
-    pub until: String,
-}
-
 /// Machines seen while collecting.
-#[utoipa::path(get, path = "/api/v1/discovered", tag = "nodes", responses((status = 200, body = Vec<crate::db::Discovered>)))]
-async fn list_discovered(State(st): St, caller: Caller) -> ApiResult<Json<Vec<crate::db::Discovered>>> {
+#[utoipa::path(get, path = "/api/v1/discovered", tag = "nodes", responses((status = 200, body = Vec<Discovered>)))]
+async fn list_discovered(State(st): St, caller: Caller) -> ApiResult<Json<Vec<Discovered>>> {
     caller.read(st.cfg.public_reads)?;
-    Ok(Json(st.inv.db.discovered().await?))
+    Ok(Json(st.inv.discovered().await?))
 }
 
 /// Open (minutes > 0) or close (0) MAC collection.
 #[utoipa::path(post, path = "/api/v1/discovered/collect", tag = "nodes", request_body = Collect, responses((status = 200, body = CollectState)))]
 async fn collect(State(st): St, caller: Caller, ApiJson(b): ApiJson<Collect>) -> ApiResult<Json<CollectState>> {
     caller.admin()?;
-    if !(0..=10080).contains(&b.minutes) {
-        return Err(ApiError::bad_request("minutes must be between 0 and 10080 (a week)"));
-    }
-    let now = time::OffsetDateTime::now_utc();
-    let until = now + time::Duration::minutes(b.minutes);
-    st.inv.db.set_collect_until(if b.minutes == 0 { 0 } else { until.unix_timestamp() }).await?;
-    let msg = if b.minutes == 0 {
-        "MAC collection closed".to_string()
-    } else {
-        format!("MAC collection open for {} minute(s)", b.minutes)
-    };
-    st.inv.db.event(None, "dhcp.collect", &msg).await?;
-    let until = until.format(&time::format_description::well_known::Rfc3339).map_err(ApiError::internal)?;
-    Ok(Json(CollectState { collecting: b.minutes > 0, until }))
+    Ok(Json(st.inv.collect(b.minutes).await?))
 }
 
 /// DHCP leases.
-#[utoipa::path(get, path = "/api/v1/leases", tag = "nodes", responses((status = 200, body = Vec<crate::db::LeaseRow>)))]
-async fn list_leases(State(st): St, caller: Caller) -> ApiResult<Json<Vec<crate::db::LeaseRow>>> {
+#[utoipa::path(get, path = "/api/v1/leases", tag = "nodes", responses((status = 200, body = Vec<Lease>)))]
+async fn list_leases(State(st): St, caller: Caller) -> ApiResult<Json<Vec<Lease>>> {
     caller.read(st.cfg.public_reads)?;
-    Ok(Json(st.inv.db.leases().await?))
+    Ok(Json(st.inv.leases().await?))
 }
 
 /// Heartbeat and failover status: role, state, holder, term, channels with loss and

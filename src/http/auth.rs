@@ -4,7 +4,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use crate::db::Deployment;
+use crate::wire::Deployment;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use std::sync::Arc;
@@ -20,15 +20,7 @@ pub enum Caller {
     Deploy(Box<Deployment>),
 }
 
-/// Hash a token for storage and comparison.
-pub fn token_hash(token: &str) -> blake3::Hash {
-    blake3::hash(token.as_bytes())
-}
-
-/// A new random token (256 bits, hex).
-pub fn new_token() -> String {
-    hex::encode(rand::random::<[u8; 32]>())
-}
+pub use crate::inventory::tokens::{new_token, token_hash};
 
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
@@ -62,12 +54,12 @@ impl Caller {
         if hash == state.admin_hash {
             return Ok(Caller::Admin);
         }
-        match state.inv.db.deployment_by_token(&hash.to_hex()).await? {
-            Some(d) if d.expires.as_str() > crate::db::now().as_str() && d.status != "done" && d.status != "failed" => {
-                Ok(Caller::Deploy(Box::new(d)))
-            }
-            Some(_) => Err(ApiError::unauthorized("deployment token expired or already used")),
-            None => Err(ApiError::unauthorized("invalid token")),
+        match state.inv.deployment_for_token(token).await {
+            Ok(Some(d)) => Ok(Caller::Deploy(Box::new(d))),
+            Ok(None) => Err(ApiError::unauthorized("invalid token")),
+            // A spent, expired or superseded token: the inventory says which.
+            Err(crate::inventory::InventoryError::Conflict(m)) => Err(ApiError::unauthorized(m)),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -5,7 +5,11 @@
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiPath, ApiQuery, ApiResult};
-use crate::boot::{self, Plan};
+use crate::boot;
+use crate::inventory::InventoryError;
+use crate::inventory::names::normalize_mac;
+use crate::inventory::rules::{self, BootPlan};
+use crate::wire::{EventKind, cmdline};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -75,16 +79,16 @@ async fn script(
     headers: &HeaderMap,
     peer: Option<IpAddr>,
 ) -> ApiResult<Response> {
-    let mac = crate::nodes::normalize_mac(mac).map_err(ApiError::bad_request)?;
-    let db = &st.inv.db;
-    let node = db.node_by_mac(&mac).await?;
-    let collecting = db.collect_until().await? > time::OffsetDateTime::now_utc().unix_timestamp();
+    let mac = normalize_mac(mac).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let inv = &st.inv;
+    let node = inv.node_by_mac(&mac).await?;
+    let collecting = inv.collecting(time::OffsetDateTime::now_utc().unix_timestamp()).await?;
     if node.is_none() && collecting {
         // iPXE started elsewhere (or proxyDHCP) may never have asked our DHCP: collect here too.
-        db.record_discovered(&mac, None, "iPXE", "http").await?;
+        inv.record_discovered(&mac, None, "iPXE", "http").await?;
     }
     let attempt = q.attempt.unwrap_or(1).max(1);
-    let plan = boot::plan(node.as_ref(), collecting);
+    let plan = rules::boot_plan(node.as_ref().map(|n| (n.name.as_str(), n.state, n.image.is_some())), collecting);
     let wait = |message: String| -> ApiResult<Response> {
         let message = crate::pxe::template::scrub(&message);
         let retries = st.boot.retries;
@@ -107,22 +111,23 @@ async fn script(
         rendered(boot::WAIT_TEMPLATE, &vars)
     };
     let n = match (plan, node) {
-        (Plan::Wait(m), _) => return wait(m),
-        (Plan::Local, Some(n)) => {
-            db.event(Some(&n.name), "boot.local", &format!("{} network-booted; told to boot from its disk", n.name))
-                .await?;
+        (BootPlan::Wait(m), _) => return wait(m),
+        (BootPlan::Local, Some(n)) => {
+            let msg = format!("{} network-booted; told to boot from its disk", n.name);
+            inv.record_event(Some(&n.name), EventKind::BootLocal, &msg).await?;
             return rendered(boot::LOCAL_TEMPLATE, &[("node", &n.name)]);
         }
-        (Plan::Deploy, Some(n)) => n,
+        (BootPlan::Deploy, Some(n)) => n,
         (_, None) => return wait("this machine is not a node".into()),
     };
     // The script carries a deployment token: only the node's own address gets one.
     let mut known = n.ips.clone();
-    known.extend(db.leases().await?.into_iter().filter(|l| n.macs.contains(&l.mac)).map(|l| l.ip));
+    known.extend(inv.leases().await?.into_iter().filter(|l| n.macs.contains(&l.mac)).map(|l| l.ip));
     if !boot::peer_allowed(peer, &known) {
         let from = peer.map(|p| p.to_string()).unwrap_or_else(|| "an unknown address".into());
         tracing::warn!("boot script for {} refused: request from {from}, node addresses {known:?}", n.name);
-        db.event(Some(&n.name), "boot.refused", &format!("deploy script for {} refused to {from}", n.name)).await?;
+        let msg = format!("deploy script for {} refused to {from}", n.name);
+        inv.record_event(Some(&n.name), EventKind::BootRefused, &msg).await?;
         return wait(format!("refused: this request came from {from}, which is not an address of node {}", n.name));
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
@@ -131,20 +136,22 @@ async fn script(
     };
     let dir = st.boot_dir();
     if !dir.join(KERNEL).is_file() || !dir.join(INITRAMFS).is_file() {
-        db.event(Some(&n.name), "boot.missing", "no boot environment: run `understudy pxe build`").await?;
+        let msg = "no boot environment: run `understudy pxe build`";
+        inv.record_event(Some(&n.name), EventKind::BootMissing, msg).await?;
         return wait(format!("the server has no boot environment in {}: run `understudy pxe build`", dir.display()));
     }
     let image = n.image.clone().unwrap_or_default();
-    let (d, token) = match super::api::issue_deployment(st, &n.name, &image, true).await {
+    let t = match inv.boot_deployment(&n.name, &image, st.cfg.deploy_token_ttl).await {
         Ok(x) => x,
         // The node names an image that is gone: say so on its console and wait for the admin.
-        Err(e) if e.status == StatusCode::NOT_FOUND => {
-            db.event(Some(&n.name), "boot.missing", &format!("cannot deploy {image}: {}", e.message)).await?;
-            return wait(format!("node {} cannot be deployed: {}", n.name, e.message));
+        Err(InventoryError::NotFound(m)) => {
+            inv.record_event(Some(&n.name), EventKind::BootMissing, &format!("cannot deploy {image}: {m}")).await?;
+            return wait(format!("node {} cannot be deployed: {m}", n.name));
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
-    let cmdline = boot::kernel_cmdline(&st.boot.cmdline, &server, d.id, &n.name, &token);
+    let (d, token) = (t.deployment, t.token);
+    let cmdline = cmdline::render(&st.boot.cmdline, &server, d.id, &n.name, &token).map_err(ApiError::internal)?;
     let (kernel_url, initrd_url) = (format!("{KERNEL}?token={token}"), format!("{INITRAMFS}?token={token}"));
     let (id, secs) = (d.id.to_string(), st.boot.retry_interval.as_secs().to_string());
     let script_url = format!("{}.ipxe", mac.replace(':', "-"));

@@ -105,29 +105,15 @@ impl From<axum::extract::rejection::PathRejection> for ApiError {
     }
 }
 
-impl From<crate::images::ImageError> for ApiError {
-    fn from(e: crate::images::ImageError) -> Self {
-        use crate::images::ImageError as E;
-        match e {
-            E::NotFound(_) => ApiError::not_found(e.to_string()),
-            E::BadName(_) | E::Ambiguous(_) => ApiError::bad_request(e.to_string()),
-            other => ApiError::internal(other),
-        }
-    }
-}
-
-impl From<crate::db::DbError> for ApiError {
-    fn from(e: crate::db::DbError) -> Self {
-        ApiError::internal(e)
-    }
-}
-
-impl From<crate::db::Refused> for ApiError {
-    fn from(e: crate::db::Refused) -> Self {
-        match e {
-            crate::db::Refused::Conflict(m) => ApiError::conflict(m),
-            crate::db::Refused::NotFound(m) => ApiError::not_found(m),
-            crate::db::Refused::Db(d) => ApiError::internal(d),
+impl From<crate::inventory::InventoryError> for ApiError {
+    fn from(e: crate::inventory::InventoryError) -> Self {
+        use crate::error::ErrorKind as K;
+        match e.kind() {
+            K::Usage | K::Invalid => ApiError::bad_request(e.to_string()),
+            K::NotFound => ApiError::not_found(e.to_string()),
+            K::Conflict => ApiError::conflict(e.to_string()),
+            K::Refused => ApiError::unauthorized(e.to_string()),
+            K::Unreachable | K::Io | K::Internal => ApiError::internal(e),
         }
     }
 }

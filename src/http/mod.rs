@@ -9,7 +9,7 @@ pub mod metrics;
 pub mod stream;
 
 use crate::config::{BootConfig, HttpConfig};
-use crate::images::Inventory;
+use crate::inventory::Inventory;
 use crate::store::IndexCache;
 use crate::store::manifest::Manifest;
 use axum::Router;
@@ -17,9 +17,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use error::ApiError;
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
@@ -39,8 +38,6 @@ pub struct AppState {
     pub jobs: api::Jobs,
     /// Store indexes shared by requests.
     pub index_cache: IndexCache,
-    /// Recently used manifests.
-    manifests: Mutex<HashMap<String, Arc<Manifest>>>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// `[boot]` settings.
@@ -48,8 +45,6 @@ pub struct AppState {
     /// Where the iPXE binaries are (the TFTP root unless `boot.pxe_dir` says otherwise).
     pub pxe_dir: PathBuf,
 }
-
-const MANIFEST_CACHE: usize = 16;
 
 impl AppState {
     /// New state.
@@ -61,7 +56,6 @@ impl AppState {
             metrics: metrics::Metrics::default(),
             jobs: api::Jobs::default(),
             index_cache: IndexCache::default(),
-            manifests: Mutex::new(HashMap::new()),
             shutdown,
             boot: BootConfig::default(),
             pxe_dir: PathBuf::from("pxe"),
@@ -90,18 +84,9 @@ impl AppState {
         self.inv.data_dir.clone()
     }
 
-    /// A manifest by image row, cached.
-    pub async fn manifest(&self, row: &crate::db::ImageRow) -> Result<Arc<Manifest>, ApiError> {
-        if let Some(m) = self.manifests.lock().unwrap_or_else(|e| e.into_inner()).get(&row.id) {
-            return Ok(m.clone());
-        }
-        let m = Arc::new(self.inv.manifest(row).await?);
-        let mut c = self.manifests.lock().unwrap_or_else(|e| e.into_inner());
-        if c.len() >= MANIFEST_CACHE {
-            c.clear();
-        }
-        c.insert(row.id.clone(), m.clone());
-        Ok(m)
+    /// A manifest by image, cached by the inventory.
+    pub async fn manifest(&self, row: &crate::wire::Image) -> Result<Arc<Manifest>, ApiError> {
+        Ok(self.inv.manifest(row).await?)
     }
 }
 
@@ -182,11 +167,8 @@ async fn not_found() -> ApiError {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let running = match sqlx::query_as::<_, (i64,)>("SELECT count(*) FROM deployments WHERE status = 'running'")
-        .fetch_one(st.inv.db.pool())
-        .await
-    {
-        Ok((n,)) => n,
+    let running = match st.inv.running_deployments().await {
+        Ok(n) => n,
         Err(e) => return ApiError::internal(e).into_response(),
     };
     let mut body = st.metrics.render(running);

@@ -21,17 +21,16 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody};
 use crate::config::HttpConfig;
 use crate::store::{self, ChunkId, Record, Store, hex_id, pack, parse_id};
+use crate::wire::StreamRequest;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-use utoipa::ToSchema;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
@@ -46,24 +45,6 @@ pub fn routes(cfg: &HttpConfig) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(get_manifest))
         .routes(routes!(get_chunk))
         .routes(routes!(stream_chunks).layer(axum::extract::DefaultBodyLimit::max(cfg.stream_body_limit as usize)))
-}
-
-/// A chunk id: 64 hex digits.
-#[derive(ToSchema)]
-#[schema(pattern = "^[0-9a-fA-F]{64}$")]
-pub struct ChunkIdHex(#[allow(dead_code)] String);
-
-/// What a stream client has and wants.
-#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StreamRequest {
-    /// Chunk ids (hex) the client already has; they are not sent.
-    #[serde(default)]
-    #[schema(value_type = Vec<ChunkIdHex>)]
-    pub have: Vec<String>,
-    /// Only these chunk ids (hex), in this order; all of the image when absent.
-    #[schema(value_type = Option<Vec<ChunkIdHex>>)]
-    pub want: Option<Vec<String>>,
 }
 
 fn parse_ids(v: &[String], what: &str) -> ApiResult<Vec<ChunkId>> {

@@ -1,0 +1,751 @@
+//! The wire contract between the server and its clients (the CLI, `deploy --server`, the
+//! boot agent, the web console): API request and response bodies, the closed sets of
+//! values they carry (node states, deployment statuses, roles, event kinds), and the
+//! kernel command line the boot script writes for the agent ([`cmdline`]).
+//!
+//! Nothing here does I/O or knows about the database: the server builds these from its
+//! inventory, clients decode them, and both sides name every value through one enum with
+//! one `as_str`/`FromStr`, stored as the same strings in the database.
+
+pub mod cmdline;
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use utoipa::ToSchema;
+
+/// A string that names none of a closed set's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {value:?}: use {allowed}")]
+pub struct UnknownValue {
+    /// What kind of value (state, role, ...).
+    pub what: &'static str,
+    /// The string given.
+    pub value: String,
+    /// The values allowed, for the message.
+    pub allowed: String,
+}
+
+/// A closed set of values with one spelling each (`as_str` / `FromStr` / serde).
+macro_rules! closed_set {
+    ($(#[$m:meta])* $name:ident, $what:literal, { $($(#[$vm:meta])* $var:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $var),+
+        }
+
+        impl $name {
+            /// Every value, in their usual order.
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+
+            /// The value's one spelling (API, CLI and database alike).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$var => $s),+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                match s {
+                    $($s => Ok($name::$var),)+
+                    _ => Err(UnknownValue {
+                        what: $what,
+                        value: s.to_string(),
+                        allowed: one_of(&[$($s),+]),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// `a, b or c`.
+fn one_of(v: &[&str]) -> String {
+    match v {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+closed_set!(
+    /// What a node is for.
+    Role, "role", {
+        /// The head node's standby: takes over when the primary dies.
+        Standby = "standby",
+        /// A compute node.
+        Compute = "compute",
+    }
+);
+
+closed_set!(
+    /// Where a node is in its life: discovered → assigned → deploying → deployed, or failed.
+    NodeState, "state", {
+        /// Known (its MAC), nothing to deploy yet.
+        Discovered = "discovered",
+        /// Has an image; its next network boot installs it.
+        Assigned = "assigned",
+        /// Network-booted into the installer.
+        Deploying = "deploying",
+        /// Installed; boots from its own disk.
+        Deployed = "deployed",
+        /// The last deployment failed.
+        Failed = "failed",
+    }
+);
+
+impl NodeState {
+    /// Does firmware PXE of a node in this state get an iPXE binary? Nodes with work to do
+    /// (or a failure to show) do; a deployed node falls through to its disk and a
+    /// discovered one waits for an image. The DHCP server and the boot script both ask here.
+    pub fn netboots(self) -> bool {
+        matches!(self, NodeState::Assigned | NodeState::Deploying | NodeState::Failed)
+    }
+}
+
+closed_set!(
+    /// Where a deployment is.
+    DeploymentStatus, "status", {
+        /// Created; the client has not reported yet.
+        Pending = "pending",
+        /// The client is writing.
+        Running = "running",
+        /// Finished (terminal).
+        Done = "done",
+        /// Failed or superseded (terminal).
+        Failed = "failed",
+    }
+);
+
+impl DeploymentStatus {
+    /// Terminal: no more progress, and the token is spent.
+    pub fn is_final(self) -> bool {
+        matches!(self, DeploymentStatus::Done | DeploymentStatus::Failed)
+    }
+}
+
+closed_set!(
+    /// What a deploy client may report.
+    ProgressStatus, "status", {
+        /// Still writing.
+        Running = "running",
+        /// Finished.
+        Done = "done",
+        /// Gave up.
+        Failed = "failed",
+    }
+);
+
+impl From<ProgressStatus> for DeploymentStatus {
+    fn from(p: ProgressStatus) -> Self {
+        match p {
+            ProgressStatus::Running => DeploymentStatus::Running,
+            ProgressStatus::Done => DeploymentStatus::Done,
+            ProgressStatus::Failed => DeploymentStatus::Failed,
+        }
+    }
+}
+
+closed_set!(
+    /// DHCP lease states.
+    LeaseState, "lease state", {
+        /// Offered, not yet requested.
+        Offered = "offered",
+        /// ACKed.
+        Bound = "bound",
+    }
+);
+
+closed_set!(
+    /// Background job kinds.
+    JobKind, "job kind", {
+        /// Re-hash every chunk an image reaches.
+        Verify = "verify",
+        /// Garbage collection.
+        Gc = "gc",
+    }
+);
+
+closed_set!(
+    /// Background job states.
+    JobState, "job state", {
+        /// Still working.
+        Running = "running",
+        /// Finished; `result` holds the report.
+        Done = "done",
+        /// Failed; `error` says why.
+        Failed = "failed",
+    }
+);
+
+closed_set!(
+    /// Who a token belongs to.
+    CallerRole, "caller role", {
+        /// The admin token.
+        Admin = "admin",
+        /// A deployment token.
+        Deploy = "deploy",
+        /// No token.
+        Anonymous = "anonymous",
+    }
+);
+
+/// Event kinds, dotted: the inventory's own closed set, and failover's (`failover.*`,
+/// named by the failover service from its machine's events and alarms).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// An image version was captured.
+    ImageCapture,
+    /// An image version was imported from a tar archive.
+    ImageImport,
+    /// Image versions were deleted.
+    ImageDelete,
+    /// Garbage collection ran.
+    ImageGc,
+    /// A node was created.
+    NodeCreate,
+    /// A node was changed.
+    NodeUpdate,
+    /// A node was deleted.
+    NodeDelete,
+    /// A deployment was created.
+    DeployCreate,
+    /// A deployment moved to a status (`deploy.running`, `deploy.done`, `deploy.failed`).
+    Deploy(DeploymentStatus),
+    /// A node network-booted into a deployment.
+    BootDeploy,
+    /// A deployed node network-booted and was told to boot from its disk.
+    BootLocal,
+    /// A deploy script was refused (request from the wrong address).
+    BootRefused,
+    /// A node could not be deployed: no boot environment, or its image is gone.
+    BootMissing,
+    /// A machine was seen for the first time while MAC collection was on.
+    DhcpDiscovered,
+    /// MAC collection was opened or closed.
+    DhcpCollect,
+    /// The server started.
+    ServerStart,
+    /// The server stopped.
+    ServerStop,
+    /// A failover event: the part after `failover.` (lower case, digits and `_`).
+    Failover(String),
+}
+
+impl EventKind {
+    /// The dotted name.
+    pub fn as_str(&self) -> std::borrow::Cow<'static, str> {
+        use EventKind::*;
+        std::borrow::Cow::Borrowed(match self {
+            ImageCapture => "image.capture",
+            ImageImport => "image.import",
+            ImageDelete => "image.delete",
+            ImageGc => "image.gc",
+            NodeCreate => "node.create",
+            NodeUpdate => "node.update",
+            NodeDelete => "node.delete",
+            DeployCreate => "deploy.create",
+            Deploy(s) => match s {
+                DeploymentStatus::Pending => "deploy.pending",
+                DeploymentStatus::Running => "deploy.running",
+                DeploymentStatus::Done => "deploy.done",
+                DeploymentStatus::Failed => "deploy.failed",
+            },
+            BootDeploy => "boot.deploy",
+            BootLocal => "boot.local",
+            BootRefused => "boot.refused",
+            BootMissing => "boot.missing",
+            DhcpDiscovered => "dhcp.discovered",
+            DhcpCollect => "dhcp.collect",
+            ServerStart => "server.start",
+            ServerStop => "server.stop",
+            Failover(s) => return std::borrow::Cow::Owned(format!("failover.{s}")),
+        })
+    }
+
+    /// A failover event kind; `None` unless `suffix` is lower-case letters, digits and `_`.
+    pub fn failover(suffix: &str) -> Option<EventKind> {
+        let ok = !suffix.is_empty()
+            && suffix.len() <= 64
+            && suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        ok.then(|| EventKind::Failover(suffix.to_string()))
+    }
+
+    /// Every kind but the failover ones, for parsing and documentation.
+    pub const FIXED: &'static [EventKind] = &[
+        EventKind::ImageCapture,
+        EventKind::ImageImport,
+        EventKind::ImageDelete,
+        EventKind::ImageGc,
+        EventKind::NodeCreate,
+        EventKind::NodeUpdate,
+        EventKind::NodeDelete,
+        EventKind::DeployCreate,
+        EventKind::Deploy(DeploymentStatus::Pending),
+        EventKind::Deploy(DeploymentStatus::Running),
+        EventKind::Deploy(DeploymentStatus::Done),
+        EventKind::Deploy(DeploymentStatus::Failed),
+        EventKind::BootDeploy,
+        EventKind::BootLocal,
+        EventKind::BootRefused,
+        EventKind::BootMissing,
+        EventKind::DhcpDiscovered,
+        EventKind::DhcpCollect,
+        EventKind::ServerStart,
+        EventKind::ServerStop,
+    ];
+}
+
+impl FromStr for EventKind {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, UnknownValue> {
+        if let Some(k) = EventKind::FIXED.iter().find(|k| k.as_str() == s) {
+            return Ok(k.clone());
+        }
+        if let Some(k) = s.strip_prefix("failover.").and_then(EventKind::failover) {
+            return Ok(k);
+        }
+        Err(UnknownValue {
+            what: "event kind",
+            value: s.to_string(),
+            allowed: "a kind such as image.capture, node.create, deploy.done, boot.local or failover.takeover".into(),
+        })
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+// ---------------------------------------------------------------- paging
+
+/// One page of a list.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Items in the whole list.
+    pub total: i64,
+    /// Page size used.
+    pub limit: i64,
+    /// Offset used.
+    pub offset: i64,
+}
+
+// ---------------------------------------------------------------- images
+
+/// One image version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct Image {
+    /// Image name.
+    pub name: String,
+    /// Version, counting from 1 per name.
+    pub version: i64,
+    /// Manifest id (hex).
+    pub id: String,
+    /// Creation time, RFC 3339 UTC.
+    pub created: String,
+    /// What was captured or imported.
+    pub source: String,
+    /// Entries of all types.
+    pub entries: i64,
+    /// Regular files.
+    pub files: i64,
+    /// Logical bytes of regular files.
+    pub bytes: i64,
+    /// Compressed bytes of the distinct chunks the image references.
+    pub stored_bytes: i64,
+    /// Bytes this version added to the store when it was made.
+    pub added_bytes: i64,
+}
+
+impl Image {
+    /// `NAME@N`.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// An image with what it holds.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImageDetail {
+    /// The version row.
+    pub image: Image,
+    /// Entry counts by type.
+    pub kinds: std::collections::BTreeMap<String, u64>,
+    /// Distinct chunks.
+    pub chunks: u64,
+}
+
+/// Result of a delete.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Deleted {
+    /// Versions deleted.
+    pub deleted: u64,
+}
+
+/// A background job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    /// Job id.
+    pub id: u64,
+    /// verify or gc.
+    pub kind: JobKind,
+    /// running, done or failed.
+    pub state: JobState,
+    /// Start time.
+    pub started: String,
+    /// End time.
+    pub finished: Option<String>,
+    /// The report when done.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// The error when failed.
+    pub error: Option<String>,
+}
+
+/// A chunk id: 64 hex digits.
+#[derive(ToSchema)]
+#[schema(pattern = "^[0-9a-fA-F]{64}$")]
+pub struct ChunkIdHex(#[allow(dead_code)] String);
+
+/// What a stream client has and wants.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRequest {
+    /// Chunk ids (hex) the client already has; they are not sent.
+    #[serde(default)]
+    #[schema(value_type = Vec<ChunkIdHex>)]
+    pub have: Vec<String>,
+    /// Only these chunk ids (hex), in this order; all of the image when absent.
+    #[schema(value_type = Option<Vec<ChunkIdHex>>)]
+    pub want: Option<Vec<String>>,
+}
+
+// ---------------------------------------------------------------- nodes
+
+/// A node with its addresses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct Node {
+    /// Node name.
+    pub name: String,
+    /// `standby` or `compute`.
+    pub role: Role,
+    /// Image to deploy (a reference: NAME, NAME@N or id), if any.
+    pub image: Option<String>,
+    /// discovered, assigned, deploying, deployed or failed.
+    pub state: NodeState,
+    /// MAC addresses, lowercase colon form.
+    pub macs: Vec<String>,
+    /// IP addresses.
+    pub ips: Vec<String>,
+    /// Creation time.
+    pub created: String,
+    /// Last change.
+    pub updated: String,
+}
+
+/// A node to create.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCreate {
+    /// Node name (letters, digits, `.`, `_`, `-`).
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    pub name: String,
+    /// standby (default) or compute.
+    #[schema(pattern = "^(standby|compute)$")]
+    pub role: Option<String>,
+    /// Image reference to deploy.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?$")]
+    pub image: Option<String>,
+    /// MAC addresses (unicast; `:`, `-` or no separators).
+    #[serde(default)]
+    #[schema(value_type = Vec<MacAddr>)]
+    pub macs: Vec<String>,
+    /// IP addresses (static reservations).
+    #[serde(default)]
+    #[schema(value_type = Vec<IpAddress>)]
+    pub ips: Vec<String>,
+}
+
+/// A unicast MAC address.
+#[derive(ToSchema)]
+#[schema(pattern = "^[0-9A-Fa-f][02468aceACE]([:-]?[0-9A-Fa-f]{2}){5}$")]
+pub struct MacAddr(#[allow(dead_code)] String);
+
+/// An IP address a node can hold (IPv4 or IPv6; not unspecified, not multicast).
+#[derive(ToSchema)]
+#[schema(format = Ipv4, pattern = r"^(?!0\.0\.0\.0$)(?!2(2[4-9]|3[0-9])\.)[0-9a-fA-F.:]+$")]
+pub struct IpAddress(#[allow(dead_code)] String);
+
+/// Fields to change on a node; absent fields stay.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodePatch {
+    /// standby or compute.
+    #[schema(pattern = "^(standby|compute)$")]
+    pub role: Option<String>,
+    /// Image reference; an empty string clears it.
+    #[schema(pattern = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?)?$")]
+    pub image: Option<String>,
+    /// New state.
+    #[schema(pattern = "^(discovered|assigned|deploying|deployed|failed)$")]
+    pub state: Option<String>,
+    /// Replace the MACs.
+    #[schema(value_type = Option<Vec<MacAddr>>)]
+    pub macs: Option<Vec<String>>,
+    /// Replace the IPs.
+    #[schema(value_type = Option<Vec<IpAddress>>)]
+    pub ips: Option<Vec<String>>,
+}
+
+// ---------------------------------------------------------------- deployments
+
+/// A deployment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Deployment {
+    /// Deployment id.
+    pub id: i64,
+    /// Target node.
+    pub node: String,
+    /// Image reference as resolved (NAME@N).
+    pub image: String,
+    /// Manifest id the token is scoped to.
+    pub manifest_id: String,
+    /// Token expiry.
+    pub expires: String,
+    /// pending, running, done or failed.
+    pub status: DeploymentStatus,
+    /// Current phase (free text from the deploy client: fetching, writing, ...).
+    pub phase: String,
+    /// Bytes written so far.
+    pub bytes_done: i64,
+    /// Bytes to write.
+    pub bytes_total: i64,
+    /// Files written so far.
+    pub files_done: i64,
+    /// Files to write.
+    pub files_total: i64,
+    /// Creation time.
+    pub created: String,
+    /// When the client started.
+    pub started: Option<String>,
+    /// When it finished or failed.
+    pub finished: Option<String>,
+    /// Failure message.
+    pub error: Option<String>,
+}
+
+/// A deployment to create.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentCreate {
+    /// Target node.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    pub node: String,
+    /// Image reference; defaults to the node's image.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[1-9][0-9]{0,8})?$")]
+    pub image: Option<String>,
+}
+
+/// A created deployment and its token (shown only here).
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct DeploymentCreated {
+    /// The deployment.
+    pub deployment: Deployment,
+    /// Bearer token for the deploy client, scoped to this node and image.
+    pub token: String,
+}
+
+/// Longest phase text a client may report.
+pub const PHASE_MAX: usize = 200;
+/// Longest error text a client may report.
+pub const ERROR_MAX: usize = 4000;
+
+/// Progress reported by a deploy client.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    /// running, done or failed.
+    #[schema(pattern = "^(running|done|failed)$")]
+    pub status: String,
+    /// Free-text phase.
+    #[serde(default)]
+    #[schema(max_length = 200)]
+    pub phase: String,
+    /// Bytes written so far.
+    #[serde(default, deserialize_with = "de_count")]
+    #[schema(minimum = 0)]
+    pub bytes_done: i64,
+    /// Files written so far.
+    #[serde(default, deserialize_with = "de_count")]
+    #[schema(minimum = 0)]
+    pub files_done: i64,
+    /// Failure message.
+    #[schema(max_length = 4000)]
+    pub error: Option<String>,
+}
+
+impl Progress {
+    /// A report of `status` in `phase` with the counters so far.
+    pub fn new(status: ProgressStatus, phase: &str, bytes_done: u64, files_done: u64, error: Option<String>) -> Self {
+        Progress {
+            status: status.as_str().into(),
+            phase: phase.into(),
+            bytes_done: i64::try_from(bytes_done).unwrap_or(i64::MAX),
+            files_done: i64::try_from(files_done).unwrap_or(i64::MAX),
+            error,
+        }
+    }
+}
+
+/// A count that JSON may spell as an integral float (`123.0`).
+fn de_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let v = serde_json::Number::deserialize(d)?;
+    if let Some(i) = v.as_i64() {
+        return Ok(i);
+    }
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+        _ => Err(serde::de::Error::custom(format!("{v} is not a whole number"))),
+    }
+}
+
+// ---------------------------------------------------------------- events, whoami
+
+/// An event.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Event id (increasing).
+    pub id: i64,
+    /// Time, RFC 3339 UTC.
+    pub ts: String,
+    /// Node concerned, if any.
+    pub node: Option<String>,
+    /// Kind, dotted (image.capture, node.create, deploy.done, ...).
+    pub kind: String,
+    /// Human-readable text.
+    pub message: String,
+}
+
+/// Who the caller is.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// admin, deploy or anonymous.
+    pub role: CallerRole,
+    /// The deployment, for a deployment token.
+    pub deployment: Option<Deployment>,
+}
+
+// ---------------------------------------------------------------- DHCP: collection, leases
+
+/// Longest MAC collection window, in minutes (a week).
+pub const COLLECT_MAX_MINUTES: i64 = 10080;
+
+/// Open or close the MAC collection window.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Collect {
+    /// Minutes to collect from now; 0 closes the window.
+    #[schema(minimum = 0, maximum = 10080)]
+    pub minutes: i64,
+}
+
+/// The collection window.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct CollectState {
+    /// Whether collection is on.
+    pub collecting: bool,
+    /// Until when (RFC 3339), when on.
+    pub until: String,
+}
+
+/// A DHCP lease.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct Lease {
+    /// Leased address.
+    pub ip: String,
+    /// Client MAC.
+    pub mac: String,
+    /// Expiry, seconds since the epoch.
+    pub expires: i64,
+    /// offered or bound.
+    pub state: LeaseState,
+}
+
+/// A machine seen during MAC collection.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Discovered {
+    /// MAC address.
+    pub mac: String,
+    /// PXE client architecture (DHCP option 93), when sent.
+    pub arch: Option<i64>,
+    /// Vendor class (option 60).
+    pub vendor_class: String,
+    /// Interface it was seen on.
+    pub interface: String,
+    /// First seen.
+    pub first_seen: String,
+    /// Last seen.
+    pub last_seen: String,
+    /// DHCP packets seen.
+    pub count: i64,
+    /// The node that already owns this MAC, if any (then it is flagged, not collected).
+    pub assigned_to: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_sets_round_trip_and_explain() {
+        for s in NodeState::ALL {
+            assert_eq!(s.as_str().parse::<NodeState>(), Ok(*s));
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+        }
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>(), Ok(*r));
+        }
+        let e = "primary".parse::<Role>().unwrap_err();
+        assert_eq!(e.to_string(), "invalid role \"primary\": use standby or compute");
+        let e = "gone".parse::<NodeState>().unwrap_err();
+        assert_eq!(e.to_string(), "invalid state \"gone\": use discovered, assigned, deploying, deployed or failed");
+        assert!(NodeState::Assigned.netboots() && NodeState::Failed.netboots());
+        assert!(!NodeState::Deployed.netboots() && !NodeState::Discovered.netboots());
+        assert!(DeploymentStatus::Done.is_final() && !DeploymentStatus::Running.is_final());
+    }
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for k in EventKind::FIXED {
+            assert_eq!(k.as_str().parse::<EventKind>().as_ref(), Ok(k));
+        }
+        assert_eq!("failover.takeover".parse::<EventKind>(), Ok(EventKind::Failover("takeover".into())));
+        assert_eq!(EventKind::Deploy(DeploymentStatus::Done).as_str(), "deploy.done");
+        assert!("failover.Bad-Kind".parse::<EventKind>().is_err());
+        assert!("image.".parse::<EventKind>().is_err());
+        assert!(EventKind::failover("").is_none());
+    }
+
+    #[test]
+    fn progress_counts_accept_integral_floats_only() {
+        let p: Progress = serde_json::from_str(r#"{"status":"running","bytes_done":12.0,"files_done":3}"#).unwrap();
+        assert_eq!((p.bytes_done, p.files_done), (12, 3));
+        assert!(serde_json::from_str::<Progress>(r#"{"status":"running","bytes_done":1.5}"#).is_err());
+        let q = Progress::new(ProgressStatus::Done, "done", u64::MAX, 2, None);
+        assert_eq!((q.status.as_str(), q.bytes_done), ("done", i64::MAX));
+    }
+}
