@@ -53,20 +53,31 @@ impl ConfigError {
     }
 }
 
+/// A setting's value that does not parse; the message says what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValueError(pub String);
+
+impl From<ValueError> for String {
+    fn from(e: ValueError) -> String {
+        e.0
+    }
+}
+
 /// Parse a duration such as `500ms`, `30s`, `5m`, `12h`, `7d` or `1h30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err("empty duration".into());
+        return Err(ValueError("empty duration".into()));
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("invalid duration {s:?}: expected a number"));
+            return Err(ValueError(format!("invalid duration {s:?}: expected a number")));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let n: u64 = rest[..digits].parse().map_err(|_| ValueError(format!("invalid duration {s:?}")))?;
         rest = &rest[digits..];
         let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit = &rest[..unit_len];
@@ -77,8 +88,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86400)),
-            "" => return Err(format!("invalid duration {s:?}: missing unit (ms, s, m, h, d)")),
-            u => return Err(format!("invalid duration {s:?}: unknown unit {u:?}")),
+            "" => return Err(ValueError(format!("invalid duration {s:?}: missing unit (ms, s, m, h, d)"))),
+            u => return Err(ValueError(format!("invalid duration {s:?}: unknown unit {u:?} (use ms, s, m, h, d)"))),
         };
         total = total.saturating_add(d);
     }
@@ -86,18 +97,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Parse a size such as `1048576`, `512KiB`, `64MiB` or `1GiB`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, ValueError> {
     let s = s.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let n: u64 = s[..digits].parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let n: u64 = s[..digits].parse().map_err(|_| ValueError(format!("invalid size {s:?}")))?;
     let mult = match s[digits..].trim() {
         "" | "B" => 1,
         "KiB" | "K" | "k" => 1 << 10,
         "MiB" | "M" => 1 << 20,
         "GiB" | "G" => 1 << 30,
-        u => return Err(format!("invalid size {s:?}: unknown unit {u:?}")),
+        u => return Err(ValueError(format!("invalid size {s:?}: unknown unit {u:?} (use B, KiB, MiB, GiB)"))),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult).ok_or_else(|| ValueError(format!("size {s:?} is too large")))
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -244,26 +255,27 @@ fn default_rate() -> u32 {
 }
 
 /// Parse `a.b.c.d/len` into (network, prefix length).
-pub fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
-    let (a, l) = s.split_once('/').ok_or_else(|| format!("subnet {s:?} must look like 10.0.0.0/24"))?;
-    let ip: std::net::Ipv4Addr = a.trim().parse().map_err(|_| format!("subnet {s:?}: bad address"))?;
+pub fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), ValueError> {
+    let (a, l) = s.split_once('/').ok_or_else(|| ValueError(format!("subnet {s:?} must look like 10.0.0.0/24")))?;
+    let ip: std::net::Ipv4Addr = a.trim().parse().map_err(|_| ValueError(format!("subnet {s:?}: bad address")))?;
     let len: u8 = l
         .trim()
         .parse()
         .ok()
         .filter(|l| (8..=30).contains(l))
-        .ok_or_else(|| format!("subnet {s:?}: prefix must be 8..=30"))?;
+        .ok_or_else(|| ValueError(format!("subnet {s:?}: prefix must be 8..=30")))?;
     let mask = u32::MAX << (32 - len);
     Ok((std::net::Ipv4Addr::from(u32::from(ip) & mask), len))
 }
 
 /// Parse `first-last`.
-pub fn parse_range(s: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
-    let (a, b) = s.split_once('-').ok_or_else(|| format!("range {s:?} must look like 10.0.0.100-10.0.0.200"))?;
-    let a: std::net::Ipv4Addr = a.trim().parse().map_err(|_| format!("range {s:?}: bad first address"))?;
-    let b: std::net::Ipv4Addr = b.trim().parse().map_err(|_| format!("range {s:?}: bad last address"))?;
+pub fn parse_range(s: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), ValueError> {
+    let (a, b) =
+        s.split_once('-').ok_or_else(|| ValueError(format!("range {s:?} must look like 10.0.0.100-10.0.0.200")))?;
+    let a: std::net::Ipv4Addr = a.trim().parse().map_err(|_| ValueError(format!("range {s:?}: bad first address")))?;
+    let b: std::net::Ipv4Addr = b.trim().parse().map_err(|_| ValueError(format!("range {s:?}: bad last address")))?;
     if u32::from(a) > u32::from(b) {
-        return Err(format!("range {s:?}: first address is after the last"));
+        return Err(ValueError(format!("range {s:?}: first address is after the last")));
     }
     Ok((a, b))
 }

@@ -13,6 +13,7 @@ pub mod db;
 pub mod deploy;
 pub mod dhcp;
 pub mod error;
+#[allow(unsafe_code)] // TEMP
 pub mod failover;
 pub mod fsx;
 pub mod http;
@@ -23,5 +24,6 @@ pub mod pxe;
 pub mod ratelog;
 pub mod remote;
 pub mod store;
+#[allow(unsafe_code)] // TEMP
 pub mod tftp;
 pub mod wire;

@@ -233,7 +233,7 @@ impl RemoteSource {
             let mut w = sh.w.lock().unwrap_or_else(|e| e.into_inner());
             match res {
                 Ok(()) => w.done = true,
-                Err(e) => w.failed = Some(e),
+                Err(e) => w.failed = Some(e.to_string()),
             }
             sh.cv.notify_all();
         });
@@ -259,6 +259,27 @@ fn batches(order: Vec<(ChunkId, u32)>, max: u64) -> Vec<(Vec<ChunkId>, u64)> {
     out
 }
 
+/// Why a pull stopped for good.
+#[derive(Debug, thiserror::Error)]
+enum PullFault {
+    /// The server refused the stream (not a passing condition).
+    #[error("server refused the chunk stream: {message} ({status})")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// Every retry failed.
+    #[error("gave up after {retries} retries; {missing} chunk(s) missing")]
+    GaveUp {
+        /// Retries made.
+        retries: u32,
+        /// Chunks never received.
+        missing: usize,
+    },
+}
+
 async fn pull(
     client: &Client,
     image: &str,
@@ -266,7 +287,7 @@ async fn pull(
     refs: HashMap<ChunkId, u32>,
     sh: &Arc<Shared>,
     opts: PullOptions,
-) -> Result<(), String> {
+) -> Result<(), PullFault> {
     let refs = Arc::new(refs);
     let jobs = batches(order, opts.batch_bytes);
     let mut stream = futures_util::stream::iter(jobs.into_iter().map(|(ids, raw)| {
@@ -301,7 +322,7 @@ async fn fetch_batch(
     sh: &Shared,
     refs: &HashMap<ChunkId, u32>,
     retries: u32,
-) -> Result<(), String> {
+) -> Result<(), PullFault> {
     let mut remaining: HashSet<ChunkId> = ids.iter().copied().collect();
     let mut attempt = 0u32;
     loop {
@@ -317,13 +338,13 @@ async fn fetch_batch(
             Ok(()) if remaining.is_empty() => return Ok(()),
             Ok(()) => tracing::warn!("stream ended early; {} chunk(s) still missing", remaining.len()),
             Err(RemoteError::Api { status, message, .. }) if status != 503 && status != 408 => {
-                return Err(format!("server refused the chunk stream: {message} ({status})"));
+                return Err(PullFault::Refused { status, message });
             }
             Err(e) => tracing::warn!("chunk stream interrupted: {e}"),
         }
         attempt += 1;
         if attempt > retries {
-            return Err(format!("gave up after {retries} retries; {} chunk(s) missing", remaining.len()));
+            return Err(PullFault::GaveUp { retries, missing: remaining.len() });
         }
         tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(6))).await;
         tracing::info!("resuming chunk stream ({} chunk(s) left, attempt {attempt})", remaining.len());
@@ -338,13 +359,9 @@ async fn fetch_once(
     sh: &Shared,
     refs: &HashMap<ChunkId, u32>,
 ) -> Result<(), RemoteError> {
-    #[derive(Serialize)]
-    struct Req {
-        want: Vec<String>,
-    }
     let resp = client
         .req(reqwest::Method::POST, &format!("/api/v1/images/{}/stream", encode(image)))
-        .json(&Req { want })
+        .json(&crate::wire::StreamRequest { have: vec![], want: Some(want) })
         .send()
         .await?;
     let resp = Client::check(resp).await?;

@@ -1,5 +1,6 @@
 //! The REST API against the real server on an ephemeral port, with real clients (curl,
 //! reqwest, the CLI): auth, the error shape, bad input, concurrency, streaming.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
 use common::*;

@@ -1,5 +1,6 @@
 //! Hostile archives, unreadable sources, a full disk and bad names: clear errors, nothing
 //! written outside the target, and a consistent store afterwards.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
 use common::*;

@@ -1,5 +1,6 @@
 //! A capture killed with SIGKILL at any moment leaves a store that verifies, lists no
 //! partial image, and is reused by the next capture.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
 use common::*;

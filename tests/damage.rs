@@ -1,5 +1,6 @@
 //! Damaged packs, indexes and manifests are found by verify, named by image and path, and
 //! never produce a silently corrupt deploy.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
 use common::*;

@@ -1,5 +1,6 @@
 //! DHCP in network namespaces joined by a veth pair, with real clients: busybox udhcpc
 //! and ISC dhclient.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
 use common::*;

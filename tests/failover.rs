@@ -6,6 +6,7 @@
 //! - a direct veth pair `priv` between primary (10.N.2.1) and standby (10.N.2.2).
 //!
 //! Both heartbeat channels are used (private and public), the client is the tie-breaker.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
 use common::*;

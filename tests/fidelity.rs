@@ -1,5 +1,6 @@
 //! Capture then deploy reproduces a tree exactly, as rsync (a tool we did not write)
 //! sees it, and as a second capture of the deployed tree sees it.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
 use common::*;

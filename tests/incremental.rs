@@ -1,4 +1,5 @@
 //! Re-captures read only what changed and store only new chunks.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
 use common::*;

@@ -10,6 +10,7 @@
 //! kernel; its agent partitions the VM's disk, deploys the image and reports. The test
 //! then reads the VM's disk from the host, and boots the VM again to see it sent to its
 //! local disk.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
 

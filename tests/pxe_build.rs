@@ -1,6 +1,7 @@
 //! `understudy pxe build` against Debian's real kernel package (fetched by
 //! `make pxe-kernel`): the initramfs holds what it must, builds are reproducible and
 //! cached, and the result boots in QEMU to the point where init runs understudy.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! TFTP in network namespaces joined by a veth pair, with real clients from Debian:
 //! tftp-hpa's `tftp`, `atftp` (blksize, windowsize) and `curl tftp://`, plus a raw client
 //! in python3 for what no client does on purpose (an ERROR right after the OACK).
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
 use common::*;

@@ -22,9 +22,25 @@ pub const MIN_DISK: u64 = 2 << 30;
 /// EFI system partition size.
 pub const ESP_MIB: u64 = 256;
 
+/// Why no disk can be installed on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoDisk {
+    /// No fixed, writable disk at all.
+    #[error("no fixed, writable disk found (pass understudy.disk=/dev/...)")]
+    None,
+    /// Disks, but all too small.
+    #[error("no disk is large enough: need {need_mib} MiB, have {have}")]
+    TooSmall {
+        /// MiB needed.
+        need_mib: u64,
+        /// The disks seen, with sizes.
+        have: String,
+    },
+}
+
 /// The disk to install on: the first fixed, writable disk of a usable size, in name order
 /// (so `sda` before `sdb`, as admins expect). Virtual devices are never chosen.
-pub fn choose_disk(devs: &[BlockDev], need: u64) -> Result<String, String> {
+pub fn choose_disk(devs: &[BlockDev], need: u64) -> Result<String, NoDisk> {
     let skip = ["loop", "ram", "zram", "sr", "dm-", "md", "fd", "nbd"];
     let mut ok: Vec<&BlockDev> = devs
         .iter()
@@ -35,12 +51,11 @@ pub fn choose_disk(devs: &[BlockDev], need: u64) -> Result<String, String> {
     let min = need.max(MIN_DISK);
     match ok.iter().find(|d| d.size >= min) {
         Some(d) => Ok(format!("/dev/{}", d.name)),
-        None if ok.is_empty() => Err("no fixed, writable disk found (pass understudy.disk=/dev/...)".into()),
-        None => Err(format!(
-            "no disk is large enough: need {} MiB, have {}",
-            min >> 20,
-            ok.iter().map(|d| format!("{} ({} MiB)", d.name, d.size >> 20)).collect::<Vec<_>>().join(", ")
-        )),
+        None if ok.is_empty() => Err(NoDisk::None),
+        None => Err(NoDisk::TooSmall {
+            need_mib: min >> 20,
+            have: ok.iter().map(|d| format!("{} ({} MiB)", d.name, d.size >> 20)).collect::<Vec<_>>().join(", "),
+        }),
     }
 }
 
@@ -243,8 +258,8 @@ mod tests {
         usb.removable = true;
         assert_eq!(choose_disk(&[usb, dev("sdb", 100)], 0).unwrap(), "/dev/sdb");
         assert_eq!(choose_disk(&[dev("vda", 1), dev("vdb", 20)], 0).unwrap(), "/dev/vdb");
-        assert!(choose_disk(&[dev("vda", 10)], 30 << 30).unwrap_err().contains("large enough"));
-        assert!(choose_disk(&[dev("loop0", 10)], 0).unwrap_err().contains("no fixed"));
+        assert!(choose_disk(&[dev("vda", 10)], 30 << 30).unwrap_err().to_string().contains("large enough"));
+        assert!(choose_disk(&[dev("loop0", 10)], 0).unwrap_err().to_string().contains("no fixed"));
         assert!(choose_disk(&[dev("mmcblk0boot0", 10)], 0).is_err());
     }
 

@@ -72,10 +72,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     res?;
     if a.reboot {
         println!("understudy-agent: rebooting into the deployed system");
-        // SAFETY: plain syscalls without pointers; sync first so nothing written is lost.
-        unsafe {
-            libc::sync();
-            libc::reboot(libc::RB_AUTOBOOT);
+        // Sync first so nothing written is lost.
+        rustix::fs::sync();
+        if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::Restart) {
+            anyhow::bail!("reboot failed: {e}");
         }
     }
     Ok(())
@@ -114,7 +114,7 @@ async fn install(
     let need = (d.bytes_total.max(0) as u64).saturating_mul(5) / 4 + (1 << 30);
     let disk = match &a.disk {
         Some(d) => d.clone(),
-        None => disk::choose_disk(&disk::list_disks(&opts.sys_block)?, need).map_err(anyhow::Error::msg)?,
+        None => disk::choose_disk(&disk::list_disks(&opts.sys_block)?, need)?,
     };
     println!("understudy-agent: installing {} on {disk}", d.image);
     report(client, a.deployment, Running, &format!("partitioning {disk}"), counters, None).await;

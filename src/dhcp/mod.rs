@@ -43,8 +43,8 @@ fn now_secs() -> u64 {
 
 /// Build the settings the policy uses from the config.
 pub fn settings(cfg: &DhcpConfig, http_port: Option<u16>) -> Result<Settings, DhcpError> {
-    let (net, prefix) = parse_subnet(&cfg.subnet).map_err(DhcpError::Config)?;
-    let range = parse_range(&cfg.range).map_err(DhcpError::Config)?;
+    let (net, prefix) = parse_subnet(&cfg.subnet).map_err(|e| DhcpError::Config(e.to_string()))?;
+    let range = parse_range(&cfg.range).map_err(|e| DhcpError::Config(e.to_string()))?;
     let http_base = cfg
         .http_boot_url
         .clone()

@@ -438,17 +438,31 @@ pub fn encode(r: &Message) -> Result<Vec<u8>, String> {
     Ok(v)
 }
 
+/// A packet that is no DHCP request we can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Shorter than a BOOTP header with the magic cookie.
+    #[error("packet of {0} bytes is shorter than a BOOTP header with cookie")]
+    Short(usize),
+    /// The decoder refused it.
+    #[error("{0}")]
+    Malformed(String),
+    /// An option encoding the decoder would have panicked on.
+    #[error("option encoding the decoder rejects")]
+    Rejected,
+}
+
 /// Decode a request, bounding what we accept.
-pub fn decode(buf: &[u8]) -> Result<Message, String> {
+pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
     use dhcproto::Decodable;
     if buf.len() < 240 {
-        return Err(format!("packet of {} bytes is shorter than a BOOTP header with cookie", buf.len()));
+        return Err(DecodeError::Short(buf.len()));
     }
     // dhcproto asserts on some malformed options (found by the garbage test below); a
     // hostile packet must cost one log line, never the server.
     match std::panic::catch_unwind(|| Message::from_bytes(buf)) {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err("option encoding the decoder rejects".into()),
+        Ok(r) => r.map_err(|e| DecodeError::Malformed(e.to_string())),
+        Err(_) => Err(DecodeError::Rejected),
     }
 }
 

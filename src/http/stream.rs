@@ -161,12 +161,12 @@ async fn stream_chunks(
                 }
             }
         };
-        let res = (|| -> Result<(), String> {
-            let store = Store::open_cached(&st2.data_dir(), &st2.index_cache).map_err(|e| e.to_string())?;
+        let res = (|| -> Result<(), StreamFault> {
+            let store = Store::open_cached(&st2.data_dir(), &st2.index_cache)?;
             let mut locs = Vec::with_capacity(list.len());
             let mut wanted_in: HashMap<(u32, u32), HashSet<ChunkId>> = HashMap::new();
             for id in &list {
-                let loc = store.locate(id).ok_or_else(|| format!("chunk {} missing from the store", hex_id(id)))?;
+                let loc = store.locate(id).ok_or(StreamFault::Missing(*id))?;
                 if loc.flags == pack::FLAG_BLOCK {
                     wanted_in.entry((loc.pack, loc.offset)).or_default().insert(*id);
                 }
@@ -176,18 +176,18 @@ async fn stream_chunks(
             let mut batch = Vec::with_capacity(BATCH + (1 << 18));
             for (id, loc) in list.iter().zip(locs) {
                 if st2.shutdown.is_cancelled() {
-                    return Err("server shutting down".into());
+                    return Err(StreamFault::ShuttingDown);
                 }
                 let key = (loc.pack, loc.offset);
                 if loc.flags == pack::FLAG_BLOCK && !sent_blocks.insert(key) {
                     continue; // went out with an earlier chunk of the same block
                 }
-                let rec = store.read_record(id, loc).map_err(|e| e.to_string())?;
+                let rec = store.read_record(id, loc)?;
                 let (hdr, payload) = match wanted_in.get(&key) {
                     Some(wanted) if loc.flags == pack::FLAG_BLOCK => block_record(rec, wanted)?,
                     // A delta needs its base, which the client may not have: send it whole.
                     _ if rec.flags == pack::FLAG_DELTA => {
-                        let data = store.read(id).map_err(|e| e.to_string())?;
+                        let data = store.read(id)?;
                         (pack::record_header(id, pack::FLAG_RAW, rec.raw_len, data.len() as u32), data)
                     }
                     _ => (pack::record_header(id, rec.flags, rec.raw_len, rec.payload.len() as u32), rec.payload),
@@ -226,14 +226,34 @@ async fn stream_chunks(
         .into_response())
 }
 
+/// Why a chunk stream stopped early.
+#[derive(Debug, thiserror::Error)]
+enum StreamFault {
+    /// Reading the store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A chunk the manifest names is not in the store.
+    #[error("chunk {} missing from the store", hex_id(.0))]
+    Missing(ChunkId),
+    /// A stored block does not decode.
+    #[error("{0}")]
+    Block(String),
+    /// The server is stopping.
+    #[error("server shutting down")]
+    ShuttingDown,
+}
+
 /// The record to send for a stored block of which the client wants `wanted`: the block
 /// as stored if that is all of it, else a new block of just the wanted chunks.
-fn block_record(rec: Record, wanted: &HashSet<ChunkId>) -> Result<([u8; pack::RECORD_HEADER_LEN], Vec<u8>), String> {
-    let bad = |e: pack::FormatError| format!("stored block {}: {e}", hex_id(&rec.id));
+fn block_record(
+    rec: Record,
+    wanted: &HashSet<ChunkId>,
+) -> Result<([u8; pack::RECORD_HEADER_LEN], Vec<u8>), StreamFault> {
+    let bad = |e: pack::FormatError| StreamFault::Block(format!("stored block {}: {e}", hex_id(&rec.id)));
     let (table, _) = pack::parse_block_table(&rec.payload, &rec.id, rec.raw_len).map_err(bad)?;
     let held: HashSet<ChunkId> = table.iter().map(|c| c.id).collect();
     if let Some(lost) = wanted.iter().find(|id| !held.contains(*id)) {
-        return Err(format!("chunk {} is not in the block its index entry names", hex_id(lost)));
+        return Err(StreamFault::Block(format!("chunk {} is not in the block its index entry names", hex_id(lost))));
     }
     if held.len() == wanted.len() {
         let hdr = pack::record_header(&rec.id, rec.flags, rec.raw_len, rec.payload.len() as u32);
@@ -246,7 +266,7 @@ fn block_record(rec: Record, wanted: &HashSet<ChunkId>) -> Result<([u8; pack::RE
         list.push((c.id, c.len));
         bytes.extend_from_slice(&data[c.inner as usize..(c.inner + c.len) as usize]);
     }
-    store::encode_block(&list, &bytes).map_err(|e| format!("compressing block: {e}"))
+    store::encode_block(&list, &bytes).map_err(|e| StreamFault::Block(format!("compressing block: {e}")))
 }
 
 fn tokio_stream_wrapper(

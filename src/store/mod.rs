@@ -323,7 +323,11 @@ struct DecodedBlock {
     data: Vec<u8>,
 }
 
-type BlockSlot = Arc<OnceLock<std::result::Result<Arc<DecodedBlock>, String>>>;
+/// Why a stored block could not be decoded (kept in the cache slot, so it is `Clone`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BlockFault(String);
+
+type BlockSlot = Arc<OnceLock<std::result::Result<Arc<DecodedBlock>, BlockFault>>>;
 
 /// The last few decompressed blocks, shared by all reading threads: deploy hands
 /// neighbouring files to different threads, and they should not each decompress the same
@@ -338,8 +342,8 @@ impl BlockCache {
     fn get(
         &self,
         key: (u32, u32),
-        load: impl FnOnce() -> std::result::Result<DecodedBlock, String>,
-    ) -> std::result::Result<Arc<DecodedBlock>, String> {
+        load: impl FnOnce() -> std::result::Result<DecodedBlock, BlockFault>,
+    ) -> std::result::Result<Arc<DecodedBlock>, BlockFault> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             let hit = slots.iter().position(|(k, _)| *k == key).and_then(|i| slots.remove(i));
@@ -1066,7 +1070,7 @@ impl Store {
                 let block = self
                     .cache
                     .get((loc.pack, loc.offset), || self.decode_block(id, loc))
-                    .map_err(|why| corrupt(&why))?;
+                    .map_err(|why| corrupt(&why.0))?;
                 let first = block.chunks.partition_point(|c| c.inner < loc.inner);
                 let c = block.chunks[first..]
                     .iter()
@@ -1090,13 +1094,13 @@ impl Store {
         Ok(data)
     }
 
-    fn decode_block(&self, id: &ChunkId, loc: Loc) -> std::result::Result<DecodedBlock, String> {
+    fn decode_block(&self, id: &ChunkId, loc: Loc) -> std::result::Result<DecodedBlock, BlockFault> {
         let rec = self.read_record(id, loc).map_err(|e| match e {
-            StoreError::ChunkCorrupt { why, .. } => why,
-            other => other.to_string(),
+            StoreError::ChunkCorrupt { why, .. } => BlockFault(why),
+            other => BlockFault(other.to_string()),
         })?;
         let (chunks, data) =
-            pack::decode_block(&rec.payload, &rec.id, rec.raw_len).map_err(|e| format!("block: {e}"))?;
+            pack::decode_block(&rec.payload, &rec.id, rec.raw_len).map_err(|e| BlockFault(format!("block: {e}")))?;
         Ok(DecodedBlock { chunks, data })
     }
 
@@ -1498,7 +1502,7 @@ mod tests {
         }
         let _ = s.cache.get((loc.pack, loc.offset), || {
             loads += 1;
-            Err("not expected".into())
+            Err(BlockFault("not expected".into()))
         });
         assert_eq!(loads, 0, "the block was not cached");
     }

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: run the real binary against a private data
 //! dir, build a tree with every awkward thing a root filesystem can hold, and compare
 //! trees with rsync.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 #![allow(dead_code)]
 
 use rustix::fd::{AsFd, OwnedFd};
