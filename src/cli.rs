@@ -11,8 +11,8 @@ use crate::pull::report;
 use crate::remote::{Client, encode};
 use crate::store::{LockMode, Store};
 use crate::wire::{
-    Collect, CollectState, Deployment, DeploymentCreate, DeploymentCreated, Discovered, Event, EventKind, Image,
-    ImageDetail, Job, JobState, Node, NodeCreate, NodePatch, Page, ProgressStatus, WhoAmI,
+    Collect, CollectState, Deployment, DeploymentCreate, DeploymentCreated, Discovered, Event, EventKind,
+    HardwareReport, Image, ImageDetail, Job, JobState, Node, NodeCreate, NodePatch, Page, ProgressStatus, WhoAmI,
 };
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -232,6 +232,14 @@ pub enum NodesCmd {
         /// Close the window now instead.
         #[arg(long)]
         stop: bool,
+    },
+    /// What the node's boot environment found when it last booted: firmware and disks.
+    Hardware {
+        /// Node name.
+        name: String,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Machines seen while collecting (flagged when their MAC already belongs to a node).
     Discovered {
@@ -842,6 +850,38 @@ async fn nodes_cmd(api: &Api, cmd: NodesCmd) -> anyhow::Result<i32> {
                     println!(
                         "{:<18} {:>5} {:<24} {:<10} {:>6} {:<24} {note}",
                         x.mac, arch, x.vendor_class, x.interface, x.count, x.last_seen
+                    );
+                }
+            }
+        }
+        NodesCmd::Hardware { name, json } => {
+            let r: HardwareReport = api.get(&format!("/api/v1/nodes/{}/hardware", encode(&name))).await?;
+            if json {
+                print_json(&r)?;
+            } else {
+                let h = &r.hardware;
+                let sb = if h.secure_boot { ", Secure Boot on" } else { "" };
+                println!(
+                    "{name}: {}{sb}; reported {} (deployment {})",
+                    h.firmware,
+                    r.reported,
+                    r.deployment.map(|d| d.to_string()).unwrap_or_else(|| "-".into())
+                );
+                println!("{:<12} {:>10} {:>6} {:<24} {:<20} NOTE", "DISK", "SIZE", "SECTOR", "MODEL", "SERIAL");
+                for d in &h.disks {
+                    let note = [(d.removable, "removable"), (d.read_only, "read-only")]
+                        .iter()
+                        .filter(|(on, _)| *on)
+                        .map(|(_, w)| *w)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    println!(
+                        "{:<12} {:>10} {:>6} {:<24} {:<20} {note}",
+                        d.name,
+                        human(d.size),
+                        d.logical_sector_size,
+                        d.model,
+                        d.serial
                     );
                 }
             }

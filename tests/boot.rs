@@ -242,6 +242,15 @@ fn agent_installs_on_a_loop_disk_with_the_nodes_own_identity() {
     assert!(o.status.success(), "agent failed: {out}");
     assert!(out.contains("node standby deployed"), "{out}");
     assert_eq!(node_state(&srv, "standby"), "deployed");
+    // The boot environment reported what it found, the disk it installed on among them.
+    let (code, hw) = srv.curl("GET", "/api/v1/nodes/standby/hardware", Some(&srv.token), None);
+    assert_eq!(code, 200, "{hw}");
+    let hw: serde_json::Value = serde_json::from_str(&hw).unwrap();
+    let name = disk.0.trim_start_matches("/dev/");
+    let mine = hw["hardware"]["disks"].as_array().unwrap().iter().find(|d| d["name"] == name);
+    assert_eq!(mine.map(|d| d["size"].as_u64()), Some(Some(3 << 30)), "{hw}");
+    let fw = if std::path::Path::new("/sys/firmware/efi").is_dir() { "uefi" } else { "bios" };
+    assert_eq!(hw["hardware"]["firmware"], fw);
     let dep = arg(&s, "understudy.deployment");
     let (_, d) = srv.curl("GET", &format!("/api/v1/deployments/{dep}"), Some(&srv.token), None);
     let d: serde_json::Value = serde_json::from_str(&d).unwrap();

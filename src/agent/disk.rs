@@ -4,18 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-/// A block device as `/sys/block` describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockDev {
-    /// Kernel name (`vda`, `sda`, `nvme0n1`).
-    pub name: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Removable media (USB sticks, card readers).
-    pub removable: bool,
-    /// Read-only.
-    pub read_only: bool,
-}
+/// A block device as `/sys/block` describes it (the form the agent reports).
+pub use crate::wire::Disk as BlockDev;
 
 /// Smallest disk the agent will install on.
 pub const MIN_DISK: u64 = 2 << 30;
@@ -68,8 +58,20 @@ pub fn list_disks(sys_block: &Path) -> std::io::Result<Vec<BlockDev>> {
         let read =
             |f: &str| std::fs::read_to_string(e.path().join(f)).map(|s| s.trim().to_string()).unwrap_or_default();
         let sectors: u64 = read("size").parse().unwrap_or(0);
+        // Where each fact lives differs by driver (SCSI/SATA under device/, virtio and
+        // NVMe at the top or under device/); the first non-empty one wins.
+        let first = |fs: &[&str]| fs.iter().map(|f| read(f)).find(|v| !v.is_empty()).unwrap_or_default();
+        let sector = read("queue/logical_block_size").parse().ok().filter(|s| matches!(s, 512 | 1024 | 2048 | 4096));
+        let clip = |mut v: String, n: usize| {
+            v.retain(|c| !c.is_control());
+            v.chars().take(n).collect::<String>()
+        };
         out.push(BlockDev {
             size: sectors * 512,
+            logical_sector_size: sector.unwrap_or(512),
+            model: clip(first(&["device/model"]), 128),
+            serial: clip(first(&["serial", "device/serial"]), 128),
+            wwid: clip(first(&["wwid", "device/wwid"]), 256),
             removable: read("removable") == "1",
             read_only: read("ro") == "1",
             name,
@@ -247,7 +249,16 @@ mod tests {
     use super::*;
 
     fn dev(name: &str, gib: u64) -> BlockDev {
-        BlockDev { name: name.into(), size: gib << 30, removable: false, read_only: false }
+        BlockDev {
+            name: name.into(),
+            size: gib << 30,
+            logical_sector_size: 512,
+            model: String::new(),
+            serial: String::new(),
+            wwid: String::new(),
+            removable: false,
+            read_only: false,
+        }
     }
 
     #[test]

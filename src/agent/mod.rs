@@ -30,6 +30,8 @@ pub struct AgentOptions {
     pub no_reboot: bool,
     /// Where block devices are listed.
     pub sys_block: PathBuf,
+    /// Where UEFI firmware shows itself (absent under BIOS).
+    pub efi_dir: PathBuf,
 }
 
 impl Default for AgentOptions {
@@ -40,6 +42,7 @@ impl Default for AgentOptions {
             mount_dir: PathBuf::from("/mnt/target"),
             no_reboot: false,
             sys_block: PathBuf::from("/sys/block"),
+            efi_dir: PathBuf::from("/sys/firmware/efi"),
         }
     }
 }
@@ -58,6 +61,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let client = Client::new(&a.server, Some(a.token.clone()))?;
     let counters = Arc::new(DeployCounters::default());
     booted(&client, &a).await?;
+    report_hardware(&client, &a, &opts).await;
     let res = install(&client, &a, &counters, &opts).await;
     match &res {
         Ok(()) => {
@@ -102,6 +106,36 @@ async fn booted(client: &Client, a: &AgentArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     Err(anyhow::anyhow!("cannot reach the server at {}: {}", a.server, last.map(|e| e.to_string()).unwrap_or_default()))
+}
+
+/// What this machine has, for the server to plan the image's layout on; a failed report
+/// is logged, not fatal (the install does not depend on it).
+async fn report_hardware(client: &Client, a: &AgentArgs, opts: &AgentOptions) {
+    let disks = match disk::list_disks(&opts.sys_block) {
+        // Unused loop and ram devices are empty: nothing to plan on.
+        Ok(d) => d.into_iter().filter(|d| d.size > 0).take(crate::wire::DISKS_MAX).collect(),
+        Err(e) => {
+            tracing::warn!("cannot list disks in {}: {e}", opts.sys_block.display());
+            return;
+        }
+    };
+    let (firmware, secure_boot) = firmware(&opts.efi_dir);
+    let hw = crate::wire::Hardware { firmware, secure_boot, disks };
+    let path = format!("/api/v1/deployments/{}/hardware", a.deployment);
+    if let Err(e) = client.call::<_, serde_json::Value>(reqwest::Method::POST, &path, Some(&hw)).await {
+        tracing::warn!("could not report the hardware: {e}");
+    }
+}
+
+/// How this machine booted, from `/sys/firmware/efi` (present only under UEFI) and the
+/// SecureBoot variable (its last byte is 1 when Secure Boot is on).
+pub fn firmware(efi_dir: &Path) -> (crate::wire::Firmware, bool) {
+    if !efi_dir.is_dir() {
+        return (crate::wire::Firmware::Bios, false);
+    }
+    let var = efi_dir.join("efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c");
+    let on = std::fs::read(var).ok().and_then(|b| b.last().copied()) == Some(1);
+    (crate::wire::Firmware::Uefi, on)
 }
 
 async fn install(

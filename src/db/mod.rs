@@ -13,12 +13,14 @@
 mod deployments;
 mod dhcp;
 mod events;
+mod hardware;
 mod images;
 mod nodes;
 
 pub use deployments::{DeploymentRecord, NewDeployment, ProgressUpdate, Supersede};
 pub use dhcp::{DiscoveredRecord, LeaseRecord, Reservation};
 pub use events::{EventFilter, EventRecord};
+pub use hardware::HardwareRecord;
 pub use images::{ImageRecord, NewImage};
 pub use nodes::NodeRecord;
 

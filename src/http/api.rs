@@ -7,7 +7,8 @@ use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::inventory::EventQuery as Filter;
 use crate::wire::{
     CallerRole, Collect, CollectState, Deleted, Deployment, DeploymentCreate, DeploymentCreated, Discovered, Event,
-    Image, ImageDetail, Job, JobKind, JobState, Lease, Node, NodeCreate, NodePatch, Page, Progress, WhoAmI,
+    Hardware, HardwareReport, Image, ImageDetail, Job, JobKind, JobState, Lease, Node, NodeCreate, NodePatch, Page,
+    Progress, WhoAmI,
 };
 use axum::Json;
 use axum::extract::State;
@@ -36,6 +37,8 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_deployments, create_deployment))
         .routes(routes!(get_deployment))
         .routes(routes!(report_progress))
+        .routes(routes!(report_hardware))
+        .routes(routes!(node_hardware))
         .routes(routes!(list_events))
         .routes(routes!(whoami))
         .routes(routes!(list_discovered))
@@ -314,6 +317,37 @@ async fn report_progress(
         _ => caller.admin()?,
     }
     Ok(Json(st.inv.report_progress(id, &p).await?))
+}
+
+/// The boot environment reports what it found (that deployment's token, or the admin):
+/// kept with the node, for planning its disk layout.
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/hardware", tag = "deployments", params(("id" = i64, Path)), request_body = Hardware,
+    responses((status = 200, body = HardwareReport), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn report_hardware(
+    State(st): St,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(h): ApiJson<Hardware>,
+) -> ApiResult<Json<HardwareReport>> {
+    match &caller {
+        Caller::Deploy(d) if d.id == id => {}
+        Caller::Deploy(_) => return Err(ApiError::forbidden("this token belongs to another deployment")),
+        _ => caller.admin()?,
+    }
+    let d = st.inv.deployment(id).await?;
+    Ok(Json(st.inv.report_hardware(&d.node, Some(id), &h).await?))
+}
+
+/// A node's hardware as its boot environment last reported it.
+#[utoipa::path(get, path = "/api/v1/nodes/{name}/hardware", tag = "nodes", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+    responses((status = 200, body = HardwareReport), (status = 404, body = ErrorBody)))]
+async fn node_hardware(
+    State(st): St,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<HardwareReport>> {
+    caller.read(st.cfg.public_reads)?;
+    Ok(Json(st.inv.hardware(&name).await?))
 }
 
 // ---------------------------------------------------------------- events, whoami

@@ -14,6 +14,7 @@
 //! - what the inventory hands out is the [`crate::wire`] form; database rows stay inside.
 
 pub mod dhcp;
+pub mod hardware;
 pub mod images;
 pub mod names;
 pub mod nodes;

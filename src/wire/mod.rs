@@ -157,6 +157,16 @@ impl From<ProgressStatus> for DeploymentStatus {
 }
 
 closed_set!(
+    /// How a machine boots.
+    Firmware, "firmware", {
+        /// Legacy BIOS (or UEFI's CSM).
+        Bios = "bios",
+        /// UEFI.
+        Uefi = "uefi",
+    }
+);
+
+closed_set!(
     /// DHCP lease states.
     LeaseState, "lease state", {
         /// Offered, not yet requested.
@@ -621,6 +631,102 @@ fn de_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
         _ => Err(serde::de::Error::custom(format!("{v} is not a whole number"))),
     }
+}
+
+/// A disk the boot environment found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    /// Kernel name (`vda`, `sda`, `nvme0n1`).
+    #[schema(pattern = "^[a-z][a-z0-9_.!-]{0,31}$")]
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical sector size in bytes.
+    #[serde(default = "default_sector")]
+    pub logical_sector_size: u32,
+    /// Model, when the device says.
+    #[serde(default)]
+    pub model: String,
+    /// Serial number, when the device says.
+    #[serde(default)]
+    pub serial: String,
+    /// World-wide id, when the device has one.
+    #[serde(default)]
+    pub wwid: String,
+    /// Removable media.
+    #[serde(default)]
+    pub removable: bool,
+    /// Read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn default_sector() -> u32 {
+    512
+}
+
+/// What a node's boot environment found: its firmware and disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Hardware {
+    /// How it booted.
+    pub firmware: Firmware,
+    /// Whether UEFI Secure Boot is on.
+    #[serde(default)]
+    pub secure_boot: bool,
+    /// Its disks.
+    #[schema(max_items = 256)]
+    pub disks: Vec<Disk>,
+}
+
+/// A hardware report the server will not keep.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadReport(pub String);
+
+/// Most disks a report may list.
+pub const DISKS_MAX: usize = 256;
+
+impl Hardware {
+    /// Check a report from a node: names that are kernel names, sane sizes, few enough.
+    pub fn check(&self) -> Result<(), BadReport> {
+        let bad = |m: String| Err(BadReport(m));
+        if self.disks.len() > DISKS_MAX {
+            return bad(format!("at most {DISKS_MAX} disks"));
+        }
+        for d in &self.disks {
+            let ok = !d.name.is_empty()
+                && d.name.len() <= 32
+                && d.name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+                && d.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!".contains(&b))
+                && !d.name.contains("..");
+            if !ok {
+                return bad(format!("disk name {:?} is not a kernel disk name (such as vda, sda, nvme0n1)", d.name));
+            }
+            if !matches!(d.logical_sector_size, 512 | 1024 | 2048 | 4096) {
+                return bad(format!(
+                    "disk {}: logical sector size {} is not 512, 1024, 2048 or 4096",
+                    d.name, d.logical_sector_size
+                ));
+            }
+            if d.model.len() > 128 || d.serial.len() > 128 || d.wwid.len() > 256 {
+                return bad(format!("disk {}: model, serial or wwid too long", d.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A node's last hardware report.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HardwareReport {
+    /// When it was reported.
+    pub reported: String,
+    /// The deployment whose boot environment reported it.
+    pub deployment: Option<i64>,
+    /// What was found.
+    pub hardware: Hardware,
 }
 
 // ---------------------------------------------------------------- events, whoami
