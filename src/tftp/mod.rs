@@ -308,14 +308,7 @@ async fn send_file(
         }
     };
     let neg = packet::negotiate(&req.options, size, sh.limits);
-    let (mut transfer, mut step) = Transfer::new(TransferConfig {
-        blksize: neg.blksize,
-        windowsize: neg.windowsize,
-        size,
-        timeout: neg.timeout_secs.map(|s| Duration::from_secs(s.into())).unwrap_or(sh.timeout),
-        retries: sh.retries,
-        oack: !neg.oack.is_empty(),
-    });
+    let (mut transfer, mut step) = Transfer::new(TransferConfig::negotiated(&neg, size, sh.timeout, sh.retries));
     let oack = packet::oack(&neg.oack);
     let blk = usize::from(neg.blksize.max(1));
     let window = usize::from(neg.windowsize.max(1));

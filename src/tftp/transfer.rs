@@ -26,6 +26,7 @@
 //!   without progress the transfer gives up. Progress resets the count.
 //! - A client ERROR ends the transfer at once, in any phase.
 
+use super::packet::Negotiated;
 use std::time::Duration;
 
 /// Longest wait for an answer, however often the timeout has doubled.
@@ -52,6 +53,22 @@ pub struct TransferConfig {
     pub retries: u32,
     /// Whether an OACK must be sent and acknowledged before DATA.
     pub oack: bool,
+}
+
+impl TransferConfig {
+    /// The configuration for a file of `size` bytes after negotiation `neg`: the client's
+    /// timeout if it asked for one, else the server's `default_timeout`; an OACK if any
+    /// option was accepted.
+    pub fn negotiated(neg: &Negotiated, size: u64, default_timeout: Duration, retries: u32) -> TransferConfig {
+        TransferConfig {
+            blksize: neg.blksize,
+            windowsize: neg.windowsize,
+            size,
+            timeout: neg.timeout_secs.map(|s| Duration::from_secs(s.into())).unwrap_or(default_timeout),
+            retries,
+            oack: !neg.oack.is_empty(),
+        }
+    }
 }
 
 /// One DATA block of a [`Blocks`] range.
@@ -134,6 +151,7 @@ pub enum Step {
     Fail(Failure),
 }
 
+/// Where a transfer stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     /// OACK sent, waiting for ACK 0.
@@ -293,6 +311,34 @@ mod tests {
             Step::Data { timeout, .. } | Step::Oack { timeout } => *timeout,
             other => panic!("no timeout in {other:?}"),
         }
+    }
+
+    #[test]
+    fn configuration_follows_the_negotiation() {
+        use crate::tftp::packet::{Limits, negotiate};
+        let lim = Limits { max_blksize: 1468, max_windowsize: 64 };
+        let opts = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let neg = negotiate(&opts(&[("blksize", "9000"), ("windowsize", "16"), ("timeout", "3")]), 77, lim);
+        let c = TransferConfig::negotiated(&neg, 77, T, 5);
+        assert_eq!(
+            c,
+            TransferConfig {
+                blksize: 1468,
+                windowsize: 16,
+                size: 77,
+                timeout: Duration::from_secs(3),
+                retries: 5,
+                oack: true
+            }
+        );
+        // No options: lock-step 512-byte blocks, the server's timeout, no OACK.
+        let neg = negotiate(&[], 77, lim);
+        let c = TransferConfig::negotiated(&neg, 77, T, 5);
+        assert_eq!((c.blksize, c.windowsize, c.timeout, c.oack), (512, 1, T, false));
+        let (_, first) = Transfer::new(c);
+        assert_eq!(data(&first), [(1, 0, 77)]);
     }
 
     #[test]
