@@ -24,6 +24,5 @@ pub mod pxe;
 pub mod ratelog;
 pub mod remote;
 pub mod store;
-#[allow(unsafe_code)] // TEMP
 pub mod tftp;
 pub mod wire;

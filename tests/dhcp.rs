@@ -3,15 +3,14 @@
 #![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
+use common::netns::*;
 use common::*;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// Two namespaces (server, client) and a veth pair, removed on drop.
+/// Two namespaces (server 10.N.0.1, client without an address) joined by a veth pair.
 struct Net {
+    _netns: Netns,
     srv: String,
     cli: String,
     sif: String,
@@ -21,26 +20,14 @@ struct Net {
 
 impl Net {
     fn new() -> Net {
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{:x}{n}", std::process::id() & 0xfff);
-        let net = Net {
-            srv: format!("usd-{id}-s"),
-            cli: format!("usd-{id}-c"),
-            sif: format!("ud{id}s"),
-            cif: format!("ud{id}c"),
-            subnet: 60 + (n as u8 % 30),
-        };
-        for ns in [&net.srv, &net.cli] {
-            sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
-        }
-        sh(&format!("ip link add {} type veth peer name {}", net.sif, net.cif));
-        sh(&format!("ip link set {} netns {} && ip link set {} netns {}", net.sif, net.srv, net.cif, net.cli));
-        sh(&format!(
-            "ip -n {} addr add 10.{}.0.1/24 dev {} && ip -n {} link set {} up",
-            net.srv, net.subnet, net.sif, net.srv, net.sif
-        ));
-        sh(&format!("ip -n {} link set {} up", net.cli, net.cif));
-        net
+        let mut netns = Netns::new("d");
+        let (srv, cli) = (netns.add("s"), netns.add("c"));
+        let (sif, cif) = ("d0s".to_string(), "d0c".to_string());
+        let subnet = netns.subnet;
+        netns.veth(&srv, &sif, &cli, &cif);
+        netns.addr(&srv, &sif, &format!("10.{subnet}.0.1/24"));
+        netns.up(&cli, &cif);
+        Net { _netns: netns, srv, cli, sif, cif, subnet }
     }
 
     fn client_mac(&self) -> String {
@@ -60,12 +47,8 @@ impl Net {
             .unwrap();
         sh(&format!("chmod +x {}", script.display()));
         let _ = std::fs::remove_file(&out);
-        let mut c = Command::new("ip");
+        let mut c = ns_cmd(&self.cli, "busybox");
         c.args([
-            "netns",
-            "exec",
-            &self.cli,
-            "busybox",
             "udhcpc",
             "-i",
             &self.cif,
@@ -88,13 +71,6 @@ impl Net {
     }
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.srv]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.cli]).status();
-    }
-}
-
 fn start(sb: &Sandbox, net: &Net, mode: &str) -> Server {
     // The server runs inside the server namespace.
     let cfg = sb.path("dhcp.toml");
@@ -113,14 +89,7 @@ fn start(sb: &Sandbox, net: &Net, mode: &str) -> Server {
         ),
     )
     .unwrap();
-    Server::start_cmd(
-        sb,
-        Command::new("ip").args(["netns", "exec", &net.srv]).arg(bin()).args([
-            "serve",
-            "--config",
-            cfg.to_str().unwrap(),
-        ]),
-    )
+    Server::start_cmd(sb, ns_cmd(&net.srv, bin()).args(["serve", "--config", cfg.to_str().unwrap()]))
 }
 
 #[test]
@@ -170,12 +139,8 @@ fn dhclient_gets_renews_and_releases() {
     .unwrap();
     sh(&format!("chmod +x {}", script.display()));
     let run = |args: &[&str]| {
-        let o = Command::new("ip")
+        let o = ns_cmd(&net.cli, "dhclient")
             .args([
-                "netns",
-                "exec",
-                &net.cli,
-                "dhclient",
                 "-v",
                 "-1",
                 "-sf",
@@ -292,10 +257,7 @@ fn proxy_dhcp_answers_pxe_clients_only_with_boot_info() {
     sb.ok(&["nodes", "set", "standby", "--state", "assigned"]);
     let _srv = start(&sb, &net, "proxy");
     let probe = |kind: &str| {
-        let o = Command::new("ip")
-            .args(["netns", "exec", &net.cli, "python3", "-c", PROBE, &net.cif, kind, &mac])
-            .output()
-            .unwrap();
+        let o = ns_cmd(&net.cli, "python3").args(["-c", PROBE, &net.cif, kind, &mac]).output().unwrap();
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
     assert_eq!(probe("plain"), "none", "proxyDHCP must ignore non-PXE clients");

@@ -9,60 +9,39 @@
 #![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
+use common::netns::*;
 use common::*;
 use serde_json::Value;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// The namespaces and links, removed on drop.
+/// The namespaces and links (removed on drop, with every process inside).
 struct Net {
+    _netns: Netns,
     p: String,
     s: String,
     c: String,
-    b: String,
     n: u8,
-}
-
-fn ns_sh(ns: &str, cmd: &str) {
-    sh(&format!("ip netns exec {ns} sh -c '{cmd}'"));
-}
-
-fn ns_out(ns: &str, args: &[&str]) -> String {
-    let o = Command::new("ip").args(["netns", "exec", ns]).args(args).output().expect("ip netns exec");
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 impl Net {
     fn new() -> Net {
-        let k = SEQ.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{:x}{k}", std::process::id() & 0xfff);
-        let net = Net {
-            p: format!("usf-{id}-p"),
-            s: format!("usf-{id}-s"),
-            c: format!("usf-{id}-c"),
-            b: format!("usf-{id}-b"),
-            n: 100 + (k as u8 % 50),
-        };
-        for ns in [&net.p, &net.s, &net.c, &net.b] {
-            sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
+        let mut netns = Netns::new("f");
+        let (p, s, c, b) = (netns.add("p"), netns.add("s"), netns.add("c"), netns.add("b"));
+        let n = netns.subnet;
+        netns.bridge(&b, "lan0");
+        for (ns, tag, host) in [(&p, "p", 1), (&s, "s", 2), (&c, "c", 100)] {
+            netns.veth(ns, "pub", &b, &format!("b{tag}"));
+            netns.attach(&b, &format!("b{tag}"), "lan0");
+            netns.addr(ns, "pub", &format!("10.{n}.1.{host}/24"));
         }
-        let b = &net.b;
-        sh(&format!("ip -n {b} link add name lan0 type bridge && ip -n {b} link set lan0 up"));
-        for (ns, tag, host) in [(&net.p, "p", 1), (&net.s, "s", 2), (&net.c, "c", 100)] {
-            sh(&format!("ip -n {ns} link add pub type veth peer name b{tag} netns {b}"));
-            sh(&format!("ip -n {b} link set b{tag} master lan0 && ip -n {b} link set b{tag} up"));
-            sh(&format!("ip -n {ns} addr add 10.{}.1.{host}/24 dev pub && ip -n {ns} link set pub up", net.n));
+        netns.veth(&p, "priv", &s, "priv");
+        for (ns, host) in [(&p, 1), (&s, 2)] {
+            netns.addr(ns, "priv", &format!("10.{n}.2.{host}/24"));
         }
-        sh(&format!("ip -n {} link add priv type veth peer name priv netns {}", net.p, net.s));
-        for (ns, host) in [(&net.p, 1), (&net.s, 2)] {
-            sh(&format!("ip -n {ns} addr add 10.{}.2.{host}/24 dev priv && ip -n {ns} link set priv up", net.n));
-        }
-        net
+        Net { _netns: netns, p, s, c, n }
     }
 
     fn vip(&self) -> String {
@@ -85,14 +64,6 @@ impl Net {
         let mut it = out.split_whitespace();
         it.position(|w| w == "lladdr")?;
         it.next().map(String::from)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in [&self.p, &self.s, &self.c, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 

@@ -14,17 +14,16 @@
 
 mod common;
 
+use common::netns::*;
 use common::*;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A namespace holding the server side of a tap device the VM plugs into.
 struct Net {
+    _netns: Netns,
     ns: String,
     tap: String,
     subnet: u8,
@@ -32,30 +31,17 @@ struct Net {
 
 impl Net {
     fn new() -> Net {
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{:x}{n}", std::process::id() & 0xfff);
-        let net = Net { ns: format!("usnb-{id}"), tap: format!("usnb{id}"), subnet: 160 + (n as u8 % 30) };
-        sh(&format!("ip netns add {} && ip -n {} link set lo up", net.ns, net.ns));
-        sh(&format!("ip -n {} tuntap add dev {} mode tap", net.ns, net.tap));
-        sh(&format!(
-            "ip -n {} addr add {}/24 dev {} && ip -n {} link set {} up",
-            net.ns,
-            net.ip(1),
-            net.tap,
-            net.ns,
-            net.tap
-        ));
-        net
+        let mut netns = Netns::new("nb");
+        let ns = netns.add("s");
+        let subnet = netns.subnet;
+        let tap = "tap0".to_string();
+        netns.tap(&ns, &tap);
+        netns.addr(&ns, &tap, &format!("10.{subnet}.0.1/24"));
+        Net { _netns: netns, ns, tap, subnet }
     }
 
     fn ip(&self, last: u8) -> String {
         format!("10.{}.0.{last}", self.subnet)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
 
@@ -93,10 +79,6 @@ const MAC: &str = "52:54:00:be:ef:01";
 fn start_vm(sb: &Sandbox, net: &Net, fw: Firmware, disk: &Path, run: u32) -> Vm {
     let console = sb.path(&format!("console-{run}.log"));
     let mut args: Vec<String> = vec![
-        "netns".into(),
-        "exec".into(),
-        net.ns.clone(),
-        "qemu-system-x86_64".into(),
         "-accel".into(),
         "tcg".into(),
         "-m".into(),
@@ -133,7 +115,7 @@ fn start_vm(sb: &Sandbox, net: &Net, fw: Firmware, disk: &Path, run: u32) -> Vm 
             args.extend(["-device".into(), format!("virtio-net-pci,netdev=n0,mac={MAC},romfile=,bootindex=1")]);
         }
     }
-    let child = Command::new("ip")
+    let child = ns_cmd(&net.ns, "qemu-system-x86_64")
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -199,14 +181,8 @@ fn netboot(fw: Firmware) {
         ),
     )
     .unwrap();
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &net.ns]).arg(bin()).args([
-        "--data-dir",
-        sb.data().to_str().unwrap(),
-        "serve",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
+    let mut cmd = ns_cmd(&net.ns, bin());
+    cmd.args(["--data-dir", sb.data().to_str().unwrap(), "serve", "--config", cfg.to_str().unwrap()]);
     let srv = Server::start_cmd(&sb, &mut cmd);
     // curl from inside the namespace (the server listens on the namespace's address).
     let srv = NsServer { srv, ns: net.ns.clone() };
@@ -312,8 +288,8 @@ impl NsServer {
     }
 
     fn ok(&self, sb: &Sandbox, args: &[&str]) {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns]).arg(bin()).arg("--data-dir").arg(sb.data()).args(args);
+        let mut c = ns_cmd(&self.ns, bin());
+        c.arg("--data-dir").arg(sb.data()).args(args);
         c.args(["--server", &self.srv.url, "--token", &self.srv.token]);
         let o = c.output().unwrap();
         assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));

@@ -4,16 +4,15 @@
 #![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
+use common::netns::*;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// Two namespaces (server 10.N.0.1, client 10.N.0.2) and a veth pair, removed on drop.
+/// Two namespaces (server 10.N.0.1, client 10.N.0.2) joined by a veth pair.
 struct Net {
+    _netns: Netns,
     srv: String,
     cli: String,
     subnet: u8,
@@ -21,19 +20,13 @@ struct Net {
 
 impl Net {
     fn new() -> Net {
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{:x}{n}", std::process::id() & 0xfff);
-        let net = Net { srv: format!("ust-{id}-s"), cli: format!("ust-{id}-c"), subnet: 120 + (n as u8 % 30) };
-        let (sif, cif) = (format!("ut{id}s"), format!("ut{id}c"));
-        for ns in [&net.srv, &net.cli] {
-            sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
-        }
-        sh(&format!("ip link add {sif} type veth peer name {cif}"));
-        sh(&format!("ip link set {sif} netns {} && ip link set {cif} netns {}", net.srv, net.cli));
-        for (ns, ifc, last) in [(&net.srv, &sif, 1), (&net.cli, &cif, 2)] {
-            sh(&format!("ip -n {ns} addr add 10.{}.0.{last}/24 dev {ifc} && ip -n {ns} link set {ifc} up", net.subnet));
-        }
-        net
+        let mut netns = Netns::new("t");
+        let (srv, cli) = (netns.add("s"), netns.add("c"));
+        let subnet = netns.subnet;
+        netns.veth(&srv, "s0", &cli, "c0");
+        netns.addr(&srv, "s0", &format!("10.{subnet}.0.1/24"));
+        netns.addr(&cli, "c0", &format!("10.{subnet}.0.2/24"));
+        Net { _netns: netns, srv, cli, subnet }
     }
 
     fn server_ip(&self) -> String {
@@ -42,9 +35,7 @@ impl Net {
 
     /// A command run inside the client namespace.
     fn client(&self, prog: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.cli, prog]);
-        c
+        ns_cmd(&self.cli, prog)
     }
 
     /// tftp-hpa: `get` (or `put`) in binary mode.
@@ -80,23 +71,6 @@ impl Net {
     }
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.srv]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.cli]).status();
-    }
-}
-
-/// A background client, killed (and reaped) on drop.
-struct Bg(std::process::Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
-}
-
 /// Sandbox, root dir `pxe/` and a server on the namespace address.
 fn start(sb: &Sandbox, net: &Net, extra: &str) -> Server {
     let root = sb.path("pxe");
@@ -112,14 +86,7 @@ fn start(sb: &Sandbox, net: &Net, extra: &str) -> Server {
         ),
     )
     .unwrap();
-    Server::start_cmd(
-        sb,
-        Command::new("ip").args(["netns", "exec", &net.srv]).arg(bin()).args([
-            "serve",
-            "--config",
-            cfg.to_str().unwrap(),
-        ]),
-    )
+    Server::start_cmd(sb, ns_cmd(&net.srv, bin()).args(["serve", "--config", cfg.to_str().unwrap()]))
 }
 
 fn out_text(o: &Output) -> String {

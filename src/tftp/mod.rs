@@ -1,8 +1,10 @@
 //! The read-only TFTP service of `understudy serve` (RRQ only; network boot needs no
 //! more). One socket on the listen address takes requests; every transfer gets its own
-//! ephemeral socket (its TID, RFC 1350) and tokio task, sends windows of blocks (RFC 7440),
-//! retransmits with exponential backoff and gives up after the retry budget. A semaphore
-//! caps concurrent transfers; a client ERROR at any point ends its transfer.
+//! ephemeral socket (its TID, RFC 1350) and tokio task. What to send when — the OACK,
+//! windows of blocks (RFC 7440), retransmission with exponential backoff, the retry budget,
+//! the end — is decided by the pure [`transfer::Transfer`]; the task only carries it out
+//! (reads, `sendmmsg` batches, timers). A semaphore caps concurrent transfers; a client
+//! ERROR at any point ends its transfer.
 //!
 //! This is our own small server rather than async-tftp 0.4.2: that crate ignores a client
 //! ERROR after OACK (UEFI firmware sends a tsize probe and then an ERROR, so each boot
@@ -12,6 +14,7 @@
 
 pub mod packet;
 pub mod path;
+pub mod transfer;
 
 use crate::config::TftpConfig;
 use crate::ratelog::LogLimit;
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use transfer::{Blocks, Failure, Step, Transfer, TransferConfig};
 
 /// TFTP service errors (start-up only; transfer failures are logged, not returned).
 #[derive(Debug, thiserror::Error)]
@@ -246,11 +250,12 @@ async fn transfer(slot: Slot, req: packet::Request, shutdown: CancellationToken)
 /// What the peer sent while we waited.
 enum Event {
     Ack(u16),
+    Error(u16, String),
     Other,
     Timeout,
 }
 
-/// Wait for one datagram until `deadline`; a client ERROR and shutdown end the transfer.
+/// Wait for one datagram until `deadline`; shutdown ends the transfer.
 async fn next_event(
     sock: &UdpSocket,
     buf: &mut [u8],
@@ -266,20 +271,23 @@ async fn next_event(
     };
     Ok(match packet::decode(&buf[..n]) {
         Ok(Packet::Ack(b)) => Event::Ack(b),
-        Ok(Packet::Error(code, msg)) => return Err(TransferError::ClientError(code, msg)),
-        Err(_) if packet::opcode(&buf[..n]) == Some(packet::ERROR) => {
-            return Err(TransferError::ClientError(0, String::new()));
-        }
+        Ok(Packet::Error(code, msg)) => Event::Error(code, msg),
+        Err(_) if packet::opcode(&buf[..n]) == Some(packet::ERROR) => Event::Error(0, String::new()),
         _ => Event::Other,
     })
 }
 
-/// The retransmission timeout after `tries` unanswered sends: doubling, at most 30 s.
-fn backoff(base: Duration, tries: u32) -> Duration {
-    base.saturating_mul(1u32 << tries.min(16)).min(Duration::from_secs(30)).max(base)
+impl From<Failure> for TransferError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::GaveUp(n) => TransferError::GaveUp(n),
+            Failure::ClientError(code, msg) => TransferError::ClientError(code, msg),
+        }
+    }
 }
 
-/// Send the requested file; returns its size.
+/// Send the requested file; returns its size. The decisions are [`Transfer`]'s; this
+/// loop sends what it says, waits for the client until its timeout and reports back.
 async fn send_file(
     sh: &Shared,
     peer: SocketAddr,
@@ -300,78 +308,34 @@ async fn send_file(
         }
     };
     let neg = packet::negotiate(&req.options, size, sh.limits);
-    let base = neg.timeout_secs.map(|s| Duration::from_secs(s.into())).unwrap_or(sh.timeout);
+    let (mut transfer, mut step) = Transfer::new(TransferConfig::negotiated(&neg, size, sh.timeout, sh.retries));
+    let oack = packet::oack(&neg.oack);
+    let blk = usize::from(neg.blksize.max(1));
+    let window = usize::from(neg.windowsize.max(1));
     let mut rx = [0u8; 1024];
-    if !neg.oack.is_empty() {
-        let oack = packet::oack(&neg.oack);
-        let mut tries = 0;
-        'resend: loop {
-            sock.send(&oack).await?;
-            let deadline = tokio::time::Instant::now() + backoff(base, tries);
-            loop {
-                match next_event(&sock, &mut rx, deadline, shutdown).await? {
-                    Event::Ack(0) => break 'resend,
-                    Event::Ack(_) | Event::Other => {}
-                    Event::Timeout => break,
-                }
-            }
-            tries += 1;
-            if tries > sh.retries {
-                return Err(TransferError::GaveUp(sh.retries));
-            }
-        }
-    }
-    let blk = u64::from(neg.blksize);
-    let window = u64::from(neg.windowsize);
-    // Blocks are numbered from 1; the last one is shorter than blksize (maybe empty).
-    let last = size / blk + 1;
-    let mut first = 1u64; // first block not yet acknowledged
-    let mut tries = 0u32;
-    let mut win = ReadAhead::new(blk * window, size);
-    let mut pkt = vec![0u8; (4 + blk as usize) * window as usize];
+    let mut ra = ReadAhead::new((blk * window) as u64, size);
+    let mut pkts = vec![0u8; (4 + blk) * window];
+    let mut deadline = tokio::time::Instant::now();
     loop {
-        let end = (first + window - 1).min(last);
-        send_window(&sock, &file, size, blk, first, end, &mut win, &mut pkt).await?;
-        let deadline = tokio::time::Instant::now() + backoff(base, tries);
-        let mut resent_on_dup = false;
-        loop {
-            match next_event(&sock, &mut rx, deadline, shutdown).await? {
-                Event::Timeout => {
-                    tries += 1;
-                    if tries > sh.retries {
-                        return Err(TransferError::GaveUp(sh.retries));
-                    }
-                    break;
-                }
-                Event::Other => {}
-                Event::Ack(a) => {
-                    // Block numbers wrap at 65536; the ACK names a block in [first-1, end].
-                    let prev = first - 1;
-                    let ahead = u64::from(a.wrapping_sub(prev as u16));
-                    if ahead == 0 {
-                        // A repeated ACK of the block before this window: with windows it
-                        // means the window's first block was lost, so resend once at once;
-                        // in lock-step it is a duplicate, and answering it would start the
-                        // Sorcerer's Apprentice bug (RFC 1350 errata, RFC 7440 section 4).
-                        if window > 1 && !resent_on_dup {
-                            resent_on_dup = true;
-                            send_window(&sock, &file, size, blk, first, end, &mut win, &mut pkt).await?;
-                        }
-                        continue;
-                    }
-                    if ahead > end - prev {
-                        continue; // stale
-                    }
-                    let acked = prev + ahead;
-                    if acked == last {
-                        return Ok(size);
-                    }
-                    first = acked + 1;
-                    tries = 0;
-                    break;
-                }
+        match step {
+            Step::Oack { timeout } => {
+                sock.send(&oack).await?;
+                deadline = tokio::time::Instant::now() + timeout;
             }
+            Step::Data { blocks, timeout } => {
+                send_window(&sock, &file, size, blk, &blocks, &mut ra, &mut pkts).await?;
+                deadline = tokio::time::Instant::now() + timeout;
+            }
+            Step::Wait => {}
+            Step::Done => return Ok(size),
+            Step::Fail(f) => return Err(f.into()),
         }
+        step = match next_event(&sock, &mut rx, deadline, shutdown).await? {
+            Event::Ack(b) => transfer.on_ack(b),
+            Event::Error(code, msg) => transfer.on_error(code, msg),
+            Event::Timeout => transfer.on_timeout(),
+            Event::Other => Step::Wait,
+        };
     }
 }
 
@@ -416,31 +380,27 @@ impl ReadAhead {
     }
 }
 
-/// Send blocks `first..=end`: the window's packets are laid out in `pkts` and handed to
-/// the kernel with one `sendmmsg` (a window of 16 costs one syscall instead of 16).
-#[allow(clippy::too_many_arguments)]
+/// Send `blocks`: their packets are laid out in `pkts` (one per `4 + blk` bytes) and
+/// handed to the kernel with one `sendmmsg` (a window of 16 costs one syscall, not 16).
 async fn send_window(
     sock: &UdpSocket,
     file: &std::fs::File,
     size: u64,
-    blk: u64,
-    first: u64,
-    end: u64,
+    blk: usize,
+    blocks: &Blocks,
     ra: &mut ReadAhead,
     pkts: &mut [u8],
 ) -> Result<(), TransferError> {
-    let off = (first - 1) * blk;
-    let want = (size.saturating_sub(off)).min((end - first + 1) * blk) as usize;
-    let win = ra.get(file, size, off, want)?;
-    let stride = 4 + blk as usize;
-    let mut lens = Vec::with_capacity((end - first + 1) as usize);
-    for b in first..=end {
-        let start = ((b - first) * blk) as usize;
-        let len = want.saturating_sub(start).min(blk as usize);
+    let off = blocks.offset();
+    let win = ra.get(file, size, off, blocks.bytes())?;
+    let stride = 4 + blk;
+    let mut lens = Vec::with_capacity(blocks.count());
+    for b in blocks.iter() {
+        let start = (b.offset - off) as usize;
         let p = &mut pkts[lens.len() * stride..];
-        packet::data_header(p, b as u16);
-        p[4..4 + len].copy_from_slice(&win[start..start + len]);
-        lens.push(4 + len);
+        packet::data_header(p, b.number);
+        p[4..4 + b.len].copy_from_slice(&win[start..start + b.len]);
+        lens.push(4 + b.len);
     }
     let mut sent = 0;
     while sent < lens.len() {
@@ -451,6 +411,8 @@ async fn send_window(
 
 /// One `sendmmsg` of the packets `lens` (packet `i` starts at `(skip + i) * stride` in
 /// `pkts`) on the connected socket; returns how many the kernel took (at least one).
+// sendmmsg has no safe wrapper in the crates used here; the two unsafe blocks below say why they hold.
+#[allow(unsafe_code)]
 async fn send_batch(
     sock: &UdpSocket,
     pkts: &[u8],
@@ -512,14 +474,5 @@ mod tests {
         // A file that shrank under us is an error, not short data.
         let mut small = ReadAhead::new(512, 4096);
         assert!(matches!(small.get(&f, 800_000, 700_000, 10), Err(TransferError::FileChanged)));
-    }
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let b = Duration::from_millis(500);
-        assert_eq!(backoff(b, 0), b);
-        assert_eq!(backoff(b, 3), Duration::from_secs(4));
-        assert_eq!(backoff(b, 40), Duration::from_secs(30));
-        assert_eq!(backoff(Duration::from_secs(60), 2), Duration::from_secs(60));
     }
 }

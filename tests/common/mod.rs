@@ -1,8 +1,10 @@
 //! Shared helpers for the integration tests: run the real binary against a private data
 //! dir, build a tree with every awkward thing a root filesystem can hold, and compare
-//! trees with rsync.
+//! trees with rsync; network namespaces for the network tests are in [`netns`].
 #![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 #![allow(dead_code)]
+
+pub mod netns;
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -102,7 +104,8 @@ fn write_at(dir: &OwnedFd, n: &[u8], data: &[u8]) {
     (&f).write_all(data).expect("write");
 }
 
-/// Deterministic pseudo-random bytes.
+/// Deterministic pseudo-random bytes (xorshift64), the tests' one data generator:
+/// the same `seed` gives the same bytes, different seeds give unrelated ones.
 pub fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
