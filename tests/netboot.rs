@@ -77,6 +77,12 @@ enum Firmware {
 const MAC: &str = "52:54:00:be:ef:01";
 
 fn start_vm(sb: &Sandbox, net: &Net, fw: Firmware, disk: &Path, run: u32) -> Vm {
+    start_vm_with(sb, net, fw, &[disk], run, false)
+}
+
+/// A VM with these disks; with `reboot`, a reboot restarts it (the firmware boots from
+/// the network again) instead of ending QEMU.
+fn start_vm_with(sb: &Sandbox, net: &Net, fw: Firmware, disks: &[&Path], run: u32, reboot: bool) -> Vm {
     let console = sb.path(&format!("console-{run}.log"));
     let mut args: Vec<String> = vec![
         "-accel".into(),
@@ -85,14 +91,17 @@ fn start_vm(sb: &Sandbox, net: &Net, fw: Firmware, disk: &Path, run: u32) -> Vm 
         "1024".into(),
         "-display".into(),
         "none".into(),
-        "-no-reboot".into(),
         "-serial".into(),
         format!("file:{}", console.display()),
         "-netdev".into(),
         format!("tap,id=n0,ifname={},script=no,downscript=no", net.tap),
-        "-drive".into(),
-        format!("file={},format=raw,if=virtio", disk.display()),
     ];
+    if !reboot {
+        args.push("-no-reboot".into());
+    }
+    for d in disks {
+        args.extend(["-drive".into(), format!("file={},format=raw,if=virtio", d.display())]);
+    }
     match fw {
         Firmware::Bios => {
             // The NIC's option ROM is Debian's iPXE (ipxe-qemu); boot from the network first.
@@ -146,6 +155,36 @@ fn deployment_status(srv: &NsServer) -> Vec<String> {
     v["items"].as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap().to_string()).collect()
 }
 
+/// `serve` with DHCP, TFTP and HTTP inside the namespace, on the tap's subnet, with these
+/// extra kernel arguments for the boot environment.
+fn serve_pxe(sb: &Sandbox, net: &Net, cmdline: &str) -> NsServer {
+    let pxe = sb.path("pxe");
+    std::fs::create_dir_all(&pxe).unwrap();
+    for f in ["snponly.efi", "undionly.kpxe", "ipxe.efi"] {
+        std::fs::copy(Path::new("/usr/lib/ipxe").join(f), pxe.join(f)).expect("iPXE binaries (package ipxe)");
+    }
+    let cfg = sb.path("serve.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {data:?}\n[http]\nlisten = \"{ip}:8080\"\n[dhcp]\ninterface = \"{tap}\"\nserver_ip = \"{ip}\"\n\
+             subnet = \"10.{s}.0.0/24\"\nrange = \"10.{s}.0.100-10.{s}.0.150\"\n[tftp]\nlisten = \"{ip}:69\"\nroot = {pxe:?}\n\
+             [boot]\ncmdline = \"{cmdline}\"\nretry_interval = \"2s\"\n",
+            data = sb.data().to_str().unwrap(),
+            ip = net.ip(1),
+            tap = net.tap,
+            s = net.subnet,
+            pxe = pxe.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = ns_cmd(&net.ns, bin());
+    cmd.args(["--data-dir", sb.data().to_str().unwrap(), "serve", "--config", cfg.to_str().unwrap()]);
+    let srv = Server::start_cmd(sb, &mut cmd);
+    // curl from inside the namespace (the server listens on the namespace's address).
+    NsServer { srv, ns: net.ns.clone() }
+}
+
 fn netboot(fw: Firmware) {
     let sb = Sandbox::new();
     let net = Net::new();
@@ -160,32 +199,11 @@ fn netboot(fw: Firmware) {
     sb.ok(&["capture", "--name", "head-a", src.to_str().unwrap()]);
     let boot = sb.data().join("boot");
     sb.ok(&build_args(&k, &boot));
-    let pxe = sb.path("pxe");
-    std::fs::create_dir_all(&pxe).unwrap();
-    for f in ["snponly.efi", "undionly.kpxe", "ipxe.efi"] {
-        std::fs::copy(Path::new("/usr/lib/ipxe").join(f), pxe.join(f)).expect("iPXE binaries (package ipxe)");
-    }
-    let cfg = sb.path("serve.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = {data:?}\n[http]\nlisten = \"{ip}:8080\"\n[dhcp]\ninterface = \"{tap}\"\nserver_ip = \"{ip}\"\n\
-             subnet = \"10.{s}.0.0/24\"\nrange = \"10.{s}.0.100-10.{s}.0.150\"\n[tftp]\nlisten = \"{ip}:69\"\nroot = {pxe:?}\n\
-             [boot]\ncmdline = \"console=ttyS0,115200 understudy.bootloader=none understudy.reboot=0 understudy.poweroff=1\"\n\
-             retry_interval = \"2s\"\n",
-            data = sb.data().to_str().unwrap(),
-            ip = net.ip(1),
-            tap = net.tap,
-            s = net.subnet,
-            pxe = pxe.to_str().unwrap(),
-        ),
-    )
-    .unwrap();
-    let mut cmd = ns_cmd(&net.ns, bin());
-    cmd.args(["--data-dir", sb.data().to_str().unwrap(), "serve", "--config", cfg.to_str().unwrap()]);
-    let srv = Server::start_cmd(&sb, &mut cmd);
-    // curl from inside the namespace (the server listens on the namespace's address).
-    let srv = NsServer { srv, ns: net.ns.clone() };
+    let srv = serve_pxe(
+        &sb,
+        &net,
+        "console=ttyS0,115200 understudy.bootloader=none understudy.reboot=0 understudy.poweroff=1",
+    );
     let disk = sb.path("disk.img");
     std::fs::File::create(&disk).unwrap().set_len(3 << 30).unwrap();
     let limit = Duration::from_secs(600);
@@ -294,6 +312,63 @@ impl NsServer {
         let o = c.output().unwrap();
         assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
     }
+}
+
+/// The admin's story end to end on one firmware: a real Debian root (kernel, GRUB, systemd)
+/// is captured, the boot environment is built from that root's own kernel, the standby
+/// network-boots, the agent lays out its disk, streams the image, installs GRUB and
+/// reboots; the server sends the next network boot to the disk, and the standby comes up
+/// from its own disk to a login prompt with its own name.
+fn standby_boots_its_own_disk(fw: Firmware) {
+    let sb = Sandbox::new();
+    let net = Net::new();
+    let root = standby_root();
+    let k = kernel_in(&root, Some(debian_kernel().busybox), "`make standby-root`");
+    let t0 = Instant::now();
+    sb.ok(&["capture", "--name", "head-a", root.to_str().unwrap()]);
+    let boot = sb.data().join("boot");
+    sb.ok(&build_args(&k, &boot));
+    let prep = t0.elapsed();
+    let srv = serve_pxe(&sb, &net, "console=ttyS0,115200");
+    let disk = sb.path("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(4 << 30).unwrap();
+    srv.ok(&sb, &["nodes", "add", "vm", "--mac", MAC, "--ip", &net.ip(50), "--image", "head-a"]);
+    let limit = Duration::from_secs(900);
+    let t1 = Instant::now();
+    let mut vm = start_vm_with(&sb, &net, fw, &[&disk], 1, true);
+    wait_for("the agent", limit, &mut vm, |c| c.contains("understudy-agent: deployment"));
+    let to_agent = t1.elapsed();
+    wait_for("the agent's report", limit, &mut vm, |c| {
+        c.contains("understudy-agent: node vm deployed") || c.contains("deploy failed")
+    });
+    let con = vm.console();
+    assert!(con.contains("understudy-agent: node vm deployed"), "console:\n{con}");
+    let deployed = t1.elapsed();
+    assert_eq!(deployment_status(&srv), ["done"]);
+    wait_for("the deployed system's login prompt", limit, &mut vm, |c| c.contains("vm login:"));
+    let login = t1.elapsed();
+    // It came up from its own disk: the server told its network boot so, no second
+    // deployment was made, and the system itself reports the disk it runs from.
+    let (_, ev) = srv.curl("GET", "/api/v1/events?kind=boot.local", None);
+    assert!(ev.contains("told to boot from its disk"), "{ev}");
+    assert_eq!(deployment_status(&srv), ["done"], "a deployed node must not start another deployment");
+    wait_for("the system's own report", Duration::from_secs(120), &mut vm, |c| c.contains("understudy-report: end"));
+    let con = vm.console();
+    let report = &con[con.rfind("understudy-report: begin").unwrap()..];
+    assert!(report.starts_with("understudy-report: begin vm"), "{report}");
+    assert!(report.contains("\"mountpoint\": \"/\""), "{report}");
+    eprintln!(
+        "standby {fw:?}: capture + pxe build {:.0}s; power-on to agent {:.0}s, to deployed {:.0}s, to login {:.0}s",
+        prep.as_secs_f64(),
+        to_agent.as_secs_f64(),
+        deployed.as_secs_f64(),
+        login.as_secs_f64()
+    );
+}
+
+#[test]
+fn bios_standby_boots_its_own_disk_to_login() {
+    standby_boots_its_own_disk(Firmware::Bios);
 }
 
 #[test]

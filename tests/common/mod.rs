@@ -381,9 +381,25 @@ pub fn debian_kernel() -> DebianKernel {
     let root = std::env::var_os("UNDERSTUDY_TEST_KERNEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/understudy-test/debian-kernel/root"));
-    let missing = |what: &str| -> ! {
-        panic!("{what} missing under {}: run `make pxe-kernel` (or set UNDERSTUDY_TEST_KERNEL)", root.display())
-    };
+    kernel_in(&root, None, "`make pxe-kernel` (or set UNDERSTUDY_TEST_KERNEL)")
+}
+
+/// The bootable Debian root the standby tests capture (`make standby-root`).
+pub fn standby_root() -> PathBuf {
+    let root = std::env::var_os("UNDERSTUDY_TEST_STANDBY_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/understudy-test/standby-bookworm/root"));
+    assert!(
+        root.join("boot/grub").is_dir() || root.join("usr/sbin/grub-install").is_file(),
+        "no bootable root at {}: run `make standby-root` (or set UNDERSTUDY_TEST_STANDBY_ROOT)",
+        root.display()
+    );
+    root
+}
+
+/// The kernel and modules of a root filesystem; busybox from `busybox` or the root itself.
+pub fn kernel_in(root: &Path, busybox: Option<PathBuf>, fix: &str) -> DebianKernel {
+    let missing = |what: &str| -> ! { panic!("{what} missing under {}: run {fix}", root.display()) };
     let kernel = std::fs::read_dir(root.join("boot"))
         .unwrap_or_else(|_| missing("boot/"))
         .filter_map(Result::ok)
@@ -395,7 +411,7 @@ pub fn debian_kernel() -> DebianKernel {
     if !modules.join("modules.dep").is_file() {
         missing(&format!("lib/modules/{release}/modules.dep"));
     }
-    let busybox = root.join("bin/busybox");
+    let busybox = busybox.unwrap_or_else(|| root.join("bin/busybox"));
     if !busybox.is_file() {
         missing("bin/busybox (busybox-static)");
     }
