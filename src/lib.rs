@@ -16,6 +16,7 @@ pub mod failover;
 pub mod fsx;
 pub mod http;
 pub mod images;
+pub mod layout;
 pub mod nodes;
 pub mod progress;
 pub mod pull;

@@ -7,7 +7,8 @@ use std::io::Read;
 
 /// The modules the agent needs, by name, in the order they should load: checksums
 /// first (ext4 and xfs look up crc32c at mount time), then buses, disks, filesystems
-/// and network drivers for the virtual and physical machines head nodes run on.
+/// and network drivers for the virtual and physical machines head nodes run on, then
+/// md RAID and device-mapper for replaying RAID and LVM layouts.
 pub const WANTED: &[&str] = &[
     "crc32c_generic",
     "crc32c_intel",
@@ -30,10 +31,21 @@ pub const WANTED: &[&str] = &[
     // filesystems
     "ext4",
     "xfs",
+    "btrfs",
     "vfat",
+    // vfat's default codepage and iocharset on Debian: without them an ESP does not mount
+    // ("FAT-fs: IO charset ascii not found").
     "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
     "nls_iso8859_1",
     "efivarfs",
+    // md RAID and LVM
+    "md_mod",
+    "raid0",
+    "raid1",
+    "raid10",
+    "dm_mod",
     // network
     "af_packet",
     "e1000",
