@@ -302,18 +302,15 @@ fn default_pe_start() -> u64 {
 }
 
 /// LV kind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LvKind {
     /// Plain linear (possibly multi-segment) volume: replayed.
     Linear,
     /// Thin pool: recorded, refused by the planner.
     ThinPool,
-    /// Thin volume in `pool` (an LV id): recorded, refused by the planner.
-    Thin {
-        /// The thin pool's id.
-        pool: String,
-    },
+    /// Thin volume in the LV `pool` names: recorded, refused by the planner.
+    Thin,
 }
 
 /// An LVM logical volume.
@@ -331,8 +328,10 @@ pub struct LogicalVolume {
     /// Size in bytes (a multiple of the VG's extent size).
     pub size: u64,
     /// What kind of LV it is.
-    #[serde(flatten)]
     pub kind: LvKind,
+    /// The thin pool's id (thin LVs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// On a larger VG this LV takes the extra extents (at most one per VG; if none is
     /// marked, the last linear LV grows).
     #[serde(default, skip_serializing_if = "is_false")]
@@ -663,7 +662,7 @@ impl Item {
             }
             Item::LvmPartition(l) => {
                 let mut r = vec![("volgroup", l.volgroup.as_str(), &[Kind::VolumeGroup][..], "an lvm_volgroup")];
-                if let LvKind::Thin { pool } = &l.kind {
+                if let Some(pool) = &l.pool {
                     r.push(("pool", pool.as_str(), &[Kind::LogicalVolume], "an lvm_partition"));
                 }
                 r
@@ -996,7 +995,7 @@ impl Layout {
                 if lvs.iter().filter(|l| l.grow).count() > 1 {
                     return Err(bad("more than one logical volume is marked grow".into()));
                 }
-                let used: u64 = lvs.iter().filter(|l| !matches!(l.kind, LvKind::Thin { .. })).map(|l| l.size).sum();
+                let used: u64 = lvs.iter().filter(|l| l.kind != LvKind::Thin).map(|l| l.size).sum();
                 let cap = self.vg_capacity(v);
                 if let Some(cap) = cap
                     && used > cap
@@ -1014,6 +1013,13 @@ impl Layout {
                 }
                 if !is_lvm_uuid(&l.uuid) {
                     return Err(value("uuid", &l.uuid, "LVM's 32-character id, dashes allowed"));
+                }
+                if (l.kind == LvKind::Thin) != l.pool.is_some() {
+                    return Err(value(
+                        "pool",
+                        l.pool.as_deref().unwrap_or(""),
+                        "given for thin LVs, and only for them",
+                    ));
                 }
                 if let Some(Item::LvmVolgroup(v)) = ids.get(l.volgroup.as_str())
                     && (l.size == 0 || l.size % v.extent_size != 0)

@@ -106,3 +106,4 @@
 //! activates the LVs. So VG, PV and LV UUIDs all stay as recorded.
 
 pub mod doc;
+pub mod probe;
