@@ -1303,7 +1303,8 @@ fn is_lvm_name(s: &str) -> bool {
 
 /// The layout an image imported from a tar gets: today's agent layout on one disk. GPT
 /// with a 1 MiB BIOS boot partition (GRUB on BIOS), a 256 MiB ESP (vfat, GRUB on UEFI),
-/// and an ext4 root that grows over the rest of the disk; GRUB for BIOS. `disk_size` is
+/// and an ext4 root that grows over the rest of the disk; GRUB for BIOS. Labels are the
+/// agent's (`EFI`, `root`). `disk_size` is
 /// the size recorded for the disk (the smallest disk it fits is what the planner
 /// compares with); 4 GiB is a fair minimum for a head node's root.
 /// Filesystem UUIDs are left out, so the agent makes fresh ones and writes them to fstab.
@@ -1347,7 +1348,7 @@ pub fn default_layout(disk_size: u64) -> Layout {
                 volume: "esp".into(),
                 fstype: FsType::Vfat,
                 uuid: None,
-                label: None,
+                label: Some("EFI".into()),
                 ext: None,
                 xfs: None,
                 vfat: Some(VfatParams { fat_size: Some(32) }),
@@ -1357,7 +1358,7 @@ pub fn default_layout(disk_size: u64) -> Layout {
                 volume: "root".into(),
                 fstype: FsType::Ext4,
                 uuid: None,
-                label: None,
+                label: Some("root".into()),
                 ext: None,
                 xfs: None,
                 vfat: None,

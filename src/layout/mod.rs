@@ -106,4 +106,5 @@
 //! activates the LVs. So VG, PV and LV UUIDs all stay as recorded.
 
 pub mod doc;
+pub mod plan;
 pub mod probe;

@@ -167,16 +167,16 @@ fn de_opt_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::
 fn de_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum B {
-        B(bool),
-        S(String),
-        N(u8),
+    enum Flag {
+        Bool(bool),
+        Text(String),
+        Num(u8),
     }
-    Ok(match Option::<B>::deserialize(d)? {
+    Ok(match Option::<Flag>::deserialize(d)? {
         None => false,
-        Some(B::B(b)) => b,
-        Some(B::S(s)) => s == "1",
-        Some(B::N(n)) => n == 1,
+        Some(Flag::Bool(b)) => b,
+        Some(Flag::Text(s)) => s == "1",
+        Some(Flag::Num(n)) => n == 1,
     })
 }
 
