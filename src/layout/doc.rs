@@ -11,6 +11,13 @@ pub const VERSION: u32 = 1;
 /// One MiB, the alignment partitions and LVM metadata use.
 pub const MIB: u64 = 1 << 20;
 
+/// The largest size or offset a document may give (1 PiB): far beyond a head node's
+/// disks, and small enough that no sum over a document's items can overflow.
+pub const MAX_BYTES: u64 = 1 << 50;
+
+/// The most items a document may hold.
+pub const MAX_ITEMS: usize = 4096;
+
 /// GPT partition type: BIOS boot (GRUB's core image on a GPT disk).
 pub const GPT_BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
 /// GPT partition type: EFI system partition.
@@ -749,6 +756,28 @@ impl Layout {
     pub fn validate(&self) -> Result<(), LayoutError> {
         if self.version != VERSION {
             return Err(LayoutError::Version { found: self.version });
+        }
+        if self.items.len() > MAX_ITEMS {
+            return Err(LayoutError::BadSize {
+                item: "items".into(),
+                reason: format!("{} items, more than the {MAX_ITEMS} a layout may hold", self.items.len()),
+            });
+        }
+        for it in &self.items {
+            let sizes: Vec<u64> = match it {
+                Item::Disk(d) => vec![d.size],
+                Item::Partition(p) => vec![p.size, p.start.unwrap_or(0)],
+                Item::Raid(r) => vec![r.size.unwrap_or(0)],
+                Item::LvmVolgroup(v) => v.devices.iter().map(|d| d.pe_start).chain([v.extent_size]).collect(),
+                Item::LvmPartition(l) => vec![l.size],
+                Item::Format(_) | Item::Mount(_) => vec![],
+            };
+            if let Some(n) = sizes.into_iter().find(|n| *n > MAX_BYTES) {
+                return Err(LayoutError::BadSize {
+                    item: it.id().into(),
+                    reason: format!("{n} bytes is more than the largest size a layout may give ({})", human(MAX_BYTES)),
+                });
+            }
         }
         let mut ids = BTreeMap::new();
         for it in &self.items {
@@ -1572,6 +1601,22 @@ mod tests {
             }
         });
         assert!(err(&l).starts_with("esp-mount: path"));
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_without_overflow() {
+        let l = with(base(), |i| {
+            if let Item::Partition(p) = &mut i[3] {
+                p.size = u64::MAX;
+            }
+        });
+        assert!(err(&l).starts_with("root: 18446744073709551615 bytes is more than"), "{}", err(&l));
+        let l = with(base(), |i| {
+            if let Item::Partition(p) = &mut i[3] {
+                p.start = Some(MAX_BYTES);
+            }
+        });
+        assert!(err(&l).starts_with("root: ends at"), "{}", err(&l));
     }
 
     #[test]

@@ -100,10 +100,12 @@
 //! to the tools that make them (sfdisk script, `mdadm --create --uuid`, `mkfs -U`). LVM
 //! cannot set a VG UUID at vgcreate time (and `vgchange --uuid` only draws a new random
 //! one), so a volume group is replayed the way vgcfgbackup/vgcfgrestore restore one:
-//! each PV is made with `pvcreate --uuid PVUUID --norestorefile`, then
 //! [`plan::render_vg_metadata`] renders the VG's text metadata (VG, PV and LV UUIDs,
-//! extent size, linear segments) and `vgcfgrestore --file` writes it, and `vgchange -ay`
-//! activates the LVs. So VG, PV and LV UUIDs all stay as recorded.
+//! extent size, pe_start, linear segments), each PV is made with
+//! `pvcreate --uuid PVUUID --restorefile FILE` (rather than `--norestorefile`, so that the
+//! PV's data area matches what the file says), `vgcfgrestore --file FILE VG` writes the
+//! metadata, and `vgchange --activate y` activates the LVs. So VG, PV and LV UUIDs all stay
+//! as recorded, and fstab, grub.cfg's `lvmid/` hints and initramfs configuration stay valid.
 
 pub mod doc;
 pub mod plan;

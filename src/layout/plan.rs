@@ -63,11 +63,14 @@ impl TargetDisk {
         format!("/dev/{}", self.name)
     }
 
-    /// A disk the agent may write: fixed, writable, not a virtual or optical device.
+    /// A disk the agent may write: fixed, writable, not a virtual or optical device, of a
+    /// size and sector size a layout can describe.
     pub fn usable(&self) -> bool {
         const SKIP: &[&str] = &["loop", "ram", "zram", "sr", "dm-", "md", "fd", "nbd"];
         !self.removable
             && !self.read_only
+            && self.size <= super::doc::MAX_BYTES
+            && matches!(self.sector_size, 512 | 1024 | 2048 | 4096)
             && !SKIP.iter().any(|p| self.name.starts_with(p))
             && !self.name.contains("boot")
             && !self.name.contains("rpmb")
@@ -426,6 +429,16 @@ fn place_partitions<'a>(layout: &'a Layout, d: &Disk, t: &TargetDisk) -> Result<
         } else if *s > starts[grow_idx] {
             // Everything physically after the growing partition moves up.
             start += delta;
+        }
+        if start.saturating_add(size) > new_end {
+            return Err(PlanError::TooSmall(Box::new(TooSmall {
+                disk: d.id.clone(),
+                need: human(start + size + (t.size - new_end)),
+                why: format!("partition {} ends at {}", p.id, start + size),
+                target: t.name.clone(),
+                have: human(t.size),
+                short: human(start + size - new_end),
+            })));
         }
         let sector = u64::from(t.sector_size);
         if start % sector != 0 || size % sector != 0 {
@@ -1293,6 +1306,16 @@ mod tests {
         assert_eq!(v["sda3"].size, GIB - 747520 * 512);
         assert_eq!(v["sda1"].size, v["sda1"].recorded_size);
         assert!(!argvs(&p).iter().any(|a| a == "wipefs --all --force /dev/sda3"), "the extended partition holds EBRs");
+    }
+
+    #[test]
+    fn the_example_document_is_the_captured_raid1_lvm_layout() {
+        // tests/fixtures/layout/layout-raid1-lvm.json is what `images layout --from` takes.
+        let path = format!("{}/tests/fixtures/layout/layout-raid1-lvm.json", env!("CARGO_MANIFEST_DIR"));
+        if std::env::var_os("UNDERSTUDY_WRITE_FIXTURES").is_some() {
+            std::fs::write(&path, raid_lvm().to_json() + "\n").unwrap();
+        }
+        assert_eq!(Layout::from_json(&fixture("layout-raid1-lvm.json")).unwrap(), raid_lvm());
     }
 
     #[test]

@@ -848,14 +848,20 @@ pub fn assemble(p: &Probe) -> Result<Layout, ProbeError> {
                     .map(|c| c.path.clone())
                     .unwrap_or_else(|| sp.node.clone());
                 let pid = base_name(&node).to_string();
+                let bytes = |sectors: u64| {
+                    sectors.checked_mul(sector).ok_or_else(|| ProbeError::Malformed {
+                        tool: "sfdisk",
+                        reason: format!("{}: {sectors} sectors is out of range", sp.node),
+                    })
+                };
                 ids.insert(node, pid.clone());
                 let gpt = ptable == PtableType::Gpt;
                 parts.push(Item::Partition(Partition {
                     id: pid,
                     device: id.clone(),
                     number,
-                    start: Some(sp.start * sector),
-                    size: sp.size * sector,
+                    start: Some(bytes(sp.start)?),
+                    size: bytes(sp.size)?,
                     part_type: if gpt { sp.part_type.to_ascii_uppercase() } else { sp.part_type.to_ascii_lowercase() },
                     name: sp.name.clone().filter(|n| gpt && !n.is_empty()),
                     uuid: sp.uuid.clone().filter(|_| gpt).map(|u| u.to_ascii_uppercase()),
@@ -1436,6 +1442,42 @@ mod tests {
             ]
         );
         assert_eq!(l.bootloader, Bootloader::None);
+    }
+
+    #[test]
+    fn truncated_outputs_are_errors_not_panics() {
+        let cases: &[(&str, fn(&str) -> bool)] = &[
+            ("sfdisk-gpt.json", |t| parse_sfdisk(t).is_ok()),
+            ("sfdisk-msdos.json", |t| parse_sfdisk(t).is_ok()),
+            ("lsblk-loops.json", |t| parse_lsblk(t).is_ok()),
+            ("lsblk-raid-lvm.json", |t| parse_lsblk(t).is_ok()),
+            ("findmnt-raid-lvm.json", |t| parse_findmnt(t).is_ok()),
+            ("pvs.json", |t| parse_pvs(t).is_ok()),
+            ("vgs.json", |t| parse_vgs(t).is_ok()),
+            ("lvs.json", |t| parse_lvs(t).is_ok()),
+            ("blkid-raid-lvm.txt", |t| parse_blkid(t).is_ok()),
+            ("mdadm-md0.txt", |t| parse_mdadm(t).is_ok()),
+            ("dumpe2fs-root.txt", |t| parse_dumpe2fs(t).is_ok()),
+            ("xfs_info-var.txt", |t| parse_xfs_info(t).is_ok()),
+        ];
+        for (name, parse) in cases {
+            let text = fixture(name);
+            assert!(parse(&text), "{name} parses whole");
+            let mut cut = 0;
+            for n in (0..text.len()).filter(|n| text.is_char_boundary(*n)) {
+                if !parse(&text[..n]) {
+                    cut += 1;
+                }
+            }
+            // JSON cut anywhere is an error; line formats may still parse a prefix, but
+            // the empty prefix and most cuts are refused.
+            assert!(cut > 0, "{name}: some truncation must be refused");
+        }
+        // Unknown types in otherwise good output.
+        let e = parse_sfdisk(
+            r#"{"partitiontable":{"label":"gpt","device":"/dev/x","unit":"sectors","partitions":[{"node":"/dev/x1","start":"a","size":1,"type":"t"}]}}"#,
+        );
+        assert!(e.unwrap_err().to_string().contains("\"a\" is not a number"));
     }
 
     #[test]

@@ -272,6 +272,18 @@ kernel/drivers/broken.ko: kernel/drivers/gone.ko
     }
 
     #[test]
+    fn wanted_has_what_layout_replay_needs() {
+        // Debian mounts an ESP with codepage 437 and iocharset ascii; RAID and LVM replay
+        // need md and device-mapper.
+        for m in ["vfat", "nls_cp437", "nls_ascii", "md_mod", "raid0", "raid1", "raid10", "dm_mod", "xfs", "btrfs"] {
+            assert!(WANTED.contains(&m), "{m}");
+        }
+        let unique: BTreeSet<&str> = WANTED.iter().copied().collect();
+        assert_eq!(unique.len(), WANTED.len(), "no module is listed twice");
+        assert!(WANTED.iter().all(|m| module_name(m) == *m), "names are in modules.dep's form");
+    }
+
+    #[test]
     fn closure_survives_cycles_and_duplicates() {
         let deps = parse_dep("a.ko: b.ko\nb.ko: a.ko\n").unwrap();
         let r = resolve(&deps, &BTreeSet::new(), &["a", "b", "a"]);
