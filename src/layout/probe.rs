@@ -1446,7 +1446,8 @@ mod tests {
 
     #[test]
     fn truncated_outputs_are_errors_not_panics() {
-        let cases: &[(&str, fn(&str) -> bool)] = &[
+        type Parses = fn(&str) -> bool;
+        let cases: &[(&str, Parses)] = &[
             ("sfdisk-gpt.json", |t| parse_sfdisk(t).is_ok()),
             ("sfdisk-msdos.json", |t| parse_sfdisk(t).is_ok()),
             ("lsblk-loops.json", |t| parse_lsblk(t).is_ok()),
