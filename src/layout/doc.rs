@@ -1124,8 +1124,8 @@ impl Layout {
         let mut cursor = first_usable(d);
         let mut numbers = BTreeSet::new();
         let mut extended: Option<(u64, u64)> = None;
-        let mut logical_cursor = 0;
-        for p in &parts {
+        let starts = partition_starts(d, &parts);
+        for (p, start) in parts.iter().zip(starts) {
             let bad = |reason: String| LayoutError::BadSize { item: p.id.clone(), reason };
             if !numbers.insert(p.number) {
                 return Err(bad(format!("partition number {} is used twice on {}", p.number, d.id)));
@@ -1138,9 +1138,8 @@ impl Layout {
                 let Some((es, ee)) = extended else {
                     return Err(bad("a logical partition needs an extended partition before it".into()));
                 };
-                // Each logical partition is preceded by its EBR; sfdisk leaves 1 MiB.
-                let start = p.start.unwrap_or(align_up(logical_cursor.max(es) + sector, MIB));
-                if start < es + sector || start + p.size > ee {
+                // Each logical partition is preceded by its EBR sector.
+                if start < es + sector || start.saturating_add(p.size) > ee {
                     return Err(bad(format!(
                         "{} at {} does not fit in the extended partition ({}..{})",
                         human(p.size),
@@ -1149,20 +1148,18 @@ impl Layout {
                         ee
                     )));
                 }
-                logical_cursor = start + p.size;
                 continue;
             }
-            let start = p.start.unwrap_or(align_up(cursor, MIB));
             if start % sector != 0 {
                 return Err(bad(format!("start {start} is not a multiple of the sector size {sector}")));
             }
             if start < cursor {
                 return Err(bad(format!("starts at {start}, inside the partition before it (which ends at {cursor})")));
             }
-            if start + p.size > end {
+            if start.saturating_add(p.size) > end {
                 return Err(bad(format!(
                     "ends at {} but disk {} ({}) has room up to {}",
-                    start + p.size,
+                    start.saturating_add(p.size),
                     d.id,
                     human(d.size),
                     end
@@ -1176,7 +1173,6 @@ impl Layout {
                     return Err(bad("a disk has at most one extended partition".into()));
                 }
                 extended = Some((start, start + p.size));
-                logical_cursor = start;
             }
             cursor = start + p.size;
         }
@@ -1274,6 +1270,34 @@ pub fn usable_end(d: &Disk) -> u64 {
         PtableType::Gpt => d.size.saturating_sub(33 * sector),
         _ => d.size,
     }
+}
+
+/// Each partition's start in bytes, `parts` in number order: as recorded, or (absent)
+/// right after the previous partition, 1 MiB aligned (an msdos logical partition after
+/// its predecessor's end plus its EBR sector, inside the extended partition).
+pub fn partition_starts(d: &Disk, parts: &[&Partition]) -> Vec<u64> {
+    let sector = u64::from(d.sector_size);
+    let mut cursor = first_usable(d);
+    let mut logical_cursor: u64 = 0;
+    let mut out = Vec::new();
+    for p in parts {
+        let logical = d.ptable == PtableType::Msdos && p.number >= 5;
+        let start = if logical {
+            p.start.unwrap_or(align_up(logical_cursor.saturating_add(sector), MIB))
+        } else {
+            p.start.unwrap_or(align_up(cursor, MIB))
+        };
+        if logical {
+            logical_cursor = start.saturating_add(p.size);
+        } else {
+            cursor = start.saturating_add(p.size);
+            if p.flags.contains(&PartFlag::Extended) {
+                logical_cursor = start;
+            }
+        }
+        out.push(start);
+    }
+    out
 }
 
 /// `n` rounded up to a multiple of `a`.

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use super::doc::{
     Disk, Format, FsType, Item, Layout, LayoutError, LogicalVolume, LvKind, MIB, PartFlag, Partition, PtableType, Raid,
-    VolumeGroup, first_usable, human, raid_size, usable_end,
+    VolumeGroup, first_usable, human, partition_starts, raid_size, usable_end,
 };
 
 /// A disk of the target machine, as its agent reports it.
@@ -265,36 +265,6 @@ fn disk_need(layout: &Layout, d: &Disk) -> (u64, String) {
         .unwrap_or((first_usable(d), d.id.as_str()));
     let tail = d.size - usable_end(d);
     (end + tail, format!("partition {last} ends at {end}"))
-}
-
-/// Each partition's recorded start (filling in absent starts as the validator does).
-fn partition_starts(d: &Disk, parts: &[&Partition]) -> Vec<u64> {
-    let sector = u64::from(d.sector_size);
-    let mut cursor = first_usable(d);
-    let mut logical_cursor = 0;
-    let mut out = Vec::new();
-    for p in parts {
-        let logical = d.ptable == PtableType::Msdos && p.number >= 5;
-        let start = if logical {
-            p.start.unwrap_or(align(logical_cursor + sector, MIB))
-        } else {
-            p.start.unwrap_or(align(cursor, MIB))
-        };
-        if logical {
-            logical_cursor = start + p.size;
-        } else {
-            cursor = start + p.size;
-            if p.flags.contains(&PartFlag::Extended) {
-                logical_cursor = start;
-            }
-        }
-        out.push(start);
-    }
-    out
-}
-
-fn align(n: u64, a: u64) -> u64 {
-    n.div_ceil(a) * a
 }
 
 fn what_holds(layout: &Layout, d: &Disk) -> String {

@@ -590,13 +590,19 @@ pub fn parse_findmnt(text: &str) -> Result<Vec<MountEntry>, ProbeError> {
     Ok(json::<FindmntOutput>("findmnt", text)?.filesystems)
 }
 
+/// Read-only image filesystems (snaps, ISO images, live media) that are mounted from loop
+/// devices, not laid out on disks: not part of a layout.
+pub const IMAGE_FSTYPES: &[&str] = &["squashfs", "iso9660", "udf", "erofs", "cramfs"];
+
 /// The block-device mounts under `root`, as `(path inside the image, entry)`, shortest
-/// path first; bind mounts and second mounts of the same device are left out.
+/// path first; bind mounts, read-only images ([`IMAGE_FSTYPES`]) and second mounts of the
+/// same device are left out.
 pub fn mounts_under<'a>(mounts: &'a [MountEntry], root: &str) -> Vec<(String, &'a MountEntry)> {
     let root = if root.len() > 1 { root.trim_end_matches('/') } else { root };
     let mut out: Vec<(String, &MountEntry)> = mounts
         .iter()
         .filter(|m| m.source.starts_with("/dev/") && !m.source.contains('['))
+        .filter(|m| !IMAGE_FSTYPES.contains(&m.fstype.as_str()))
         .filter(|m| m.fsroot.as_deref().is_none_or(|r| r == "/"))
         .filter_map(|m| {
             let rel = if root == "/" {
@@ -1131,7 +1137,18 @@ pub fn probe(root: &Path) -> Result<Layout, ProbeError> {
     }
     lvm |= p.blkid.values().any(|b| b.get("TYPE").is_some_and(|t| t == "LVM2_member"));
     if lvm {
+        // pvs may name a PV by a symlink (/dev/md/0); lsblk names kernel nodes
+        // (/dev/md127). Resolve to the name lsblk uses where the link leads to one.
+        let known: BTreeSet<String> = p.devices.iter().flat_map(|d| d.walk()).map(|n| n.path.clone()).collect();
         p.pvs = parse_pvs(&must(PVS, &[])?)?;
+        for pv in &mut p.pvs {
+            if !known.contains(&pv.pv_name)
+                && let Ok(real) = std::fs::canonicalize(&pv.pv_name)
+                && known.contains(real.to_string_lossy().as_ref())
+            {
+                pv.pv_name = real.to_string_lossy().into_owned();
+            }
+        }
         p.vgs = parse_vgs(&must(VGS, &[])?)?;
         p.lvs = parse_lvs(&must(LVS, &[])?)?;
     }
@@ -1267,6 +1284,7 @@ mod tests {
             {"target":"/proc","source":"proc","fstype":"proc","options":"rw"},
             {"target":"/srv","source":"/dev/sda2[/srv]","fstype":"ext4","options":"rw","fsroot":"/srv"},
             {"target":"/mnt/again","source":"/dev/sda2","fstype":"ext4","options":"rw","fsroot":"/"},
+            {"target":"/snap/core/1","source":"/dev/loop3","fstype":"squashfs","options":"ro","fsroot":"/"},
             {"target":"/rootfoo","source":"/dev/sdb1","fstype":"ext4","options":"rw","fsroot":"/"}]}"#;
         let m = parse_findmnt(extra).unwrap();
         let got: Vec<String> = mounts_under(&m, "/").iter().map(|(r, _)| r.clone()).collect();
