@@ -786,6 +786,31 @@ pub fn holding_disks<'a>(devices: &'a [BlockDevice], mounted: &BTreeSet<String>)
     chosen.into_iter().map(|i| &devices[i]).collect()
 }
 
+/// The mounts keyed by the lsblk path of their device: a mount source may be an alias
+/// (`/dev/md/NAME`, `/dev/disk/by-...`), so the device is found by `major:minor` first.
+pub fn mounted_devices<'a>(
+    mounted: &[(String, &'a MountEntry)],
+    devices: &[BlockDevice],
+) -> BTreeMap<String, (String, &'a MountEntry)> {
+    let by_majmin: BTreeMap<&str, &str> = devices
+        .iter()
+        .flat_map(|d| d.walk())
+        .filter_map(|n| n.maj_min.as_deref().map(|m| (m, n.path.as_str())))
+        .collect();
+    let mut out = BTreeMap::new();
+    for (rel, m) in mounted {
+        let path = m
+            .maj_min
+            .as_deref()
+            .and_then(|mm| by_majmin.get(mm))
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| m.source.clone());
+        // The shortest path wins when one device shows under two names.
+        out.entry(path).or_insert((rel.clone(), *m));
+    }
+    out
+}
+
 fn base_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
@@ -800,23 +825,7 @@ pub fn assemble(p: &Probe) -> Result<Layout, ProbeError> {
     if mounted.is_empty() {
         return Err(ProbeError::NothingMounted(p.root.clone()));
     }
-    // A mount source may be a /dev/mapper or /dev/md/NAME alias: match by maj:min too.
-    let by_majmin: BTreeMap<&str, &str> = p
-        .devices
-        .iter()
-        .flat_map(|d| d.walk())
-        .filter_map(|n| n.maj_min.as_deref().map(|m| (m, n.path.as_str())))
-        .collect();
-    let mut sources: BTreeMap<String, (String, &MountEntry)> = BTreeMap::new();
-    for (rel, m) in &mounted {
-        let path = m
-            .maj_min
-            .as_deref()
-            .and_then(|mm| by_majmin.get(mm))
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| m.source.clone());
-        sources.insert(path, (rel.clone(), *m));
-    }
+    let sources = mounted_devices(&mounted, &p.devices);
     let wanted: BTreeSet<String> = sources.keys().cloned().collect();
     let disks = holding_disks(&p.devices, &wanted);
     for s in &wanted {
@@ -1098,20 +1107,7 @@ pub fn probe(root: &Path) -> Result<Layout, ProbeError> {
     let mounts = parse_findmnt(&must(FINDMNT, &[])?)?;
     let devices = parse_lsblk(&must(LSBLK, &[])?)?;
     let mut p = Probe { root: root_s.clone(), mounts, devices, ..Probe::default() };
-    let wanted: BTreeSet<String> = {
-        let by_majmin: BTreeMap<&str, &str> = p
-            .devices
-            .iter()
-            .flat_map(|d| d.walk())
-            .filter_map(|n| n.maj_min.as_deref().map(|m| (m, n.path.as_str())))
-            .collect();
-        mounts_under(&p.mounts, &root_s)
-            .iter()
-            .map(|(_, m)| {
-                m.maj_min.as_deref().and_then(|mm| by_majmin.get(mm)).map(|s| s.to_string()).unwrap_or(m.source.clone())
-            })
-            .collect()
-    };
+    let wanted: BTreeSet<String> = mounted_devices(&mounts_under(&p.mounts, &root_s), &p.devices).into_keys().collect();
     let disks: Vec<BlockDevice> = holding_disks(&p.devices, &wanted).into_iter().cloned().collect();
     let mut lvm = false;
     let mut seen = BTreeSet::new();
