@@ -18,8 +18,9 @@
 //! matches the file), and restores the VG with `vgcfgrestore --file FILE VG`. The sizes in
 //! that file come from the plan; for a PV on an md array the array's size is the recorded
 //! one adjusted by the members' change, which mdadm may round differently (its data offset
-//! grows with the member size, up to 128 MiB), so the agent should re-render the file
-//! with the PVs' measured sizes (`blockdev --getsize64`) right before writing it.
+//! grows with the member size, up to 128 MiB), so the agent re-renders the file with
+//! [`vg_metadata`] and the PVs' measured sizes (`blockdev --getsize64`) right before
+//! writing it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -624,6 +625,50 @@ pub fn render_vg_metadata(
     Ok(s)
 }
 
+/// Each LV of `vg` with its size on PVs of `pv_sizes` bytes (in the VG's PV order): as
+/// recorded, except that the LV marked `grow` (else the last one) takes the extents the
+/// PVs hold beyond what they held when recorded. Errors when the recorded LVs do not fit.
+pub fn size_lvs<'a>(
+    layout: &'a Layout,
+    vg: &VolumeGroup,
+    pv_sizes: &[u64],
+) -> Result<Vec<(&'a LogicalVolume, u64)>, PlanError> {
+    let cap: u64 = vg
+        .devices
+        .iter()
+        .zip(pv_sizes)
+        .map(|(p, s)| s.saturating_sub(p.pe_start) / vg.extent_size * vg.extent_size)
+        .sum();
+    // The grow LV takes the extents the target adds, not the VG's recorded free space.
+    let extra = cap.saturating_sub(layout.vg_capacity(vg).unwrap_or(cap));
+    let lvs = layout.lvs_of(&vg.id);
+    let grow = lvs.iter().position(|l| l.grow).or(lvs.len().checked_sub(1));
+    let recorded: u64 = lvs.iter().map(|l| l.size).sum();
+    if cap < recorded {
+        return Err(PlanError::VgTooSmall {
+            vg: vg.name.clone(),
+            need: human(recorded),
+            have: human(cap),
+            short: human(recorded - cap),
+        });
+    }
+    Ok(lvs.iter().enumerate().map(|(i, l)| (*l, if Some(i) == grow { l.size + extra } else { l.size })).collect())
+}
+
+/// The vgcfgrestore metadata for `vg` on PV devices of measured sizes: what the agent
+/// writes right before `pvcreate`, once the PVs (md arrays in particular) exist and
+/// `blockdev --getsize64` has told their exact sizes. The plan shows the same file
+/// rendered with its estimated sizes.
+pub fn vg_metadata(
+    layout: &Layout,
+    vg: &VolumeGroup,
+    pv_devices: &[String],
+    pv_sizes: &[u64],
+) -> Result<String, PlanError> {
+    let sized = size_lvs(layout, vg, pv_sizes)?;
+    render_vg_metadata(vg, pv_devices, pv_sizes, &sized)
+}
+
 /// Items in dependency order (what an item refers to comes before it).
 fn ordered_raids(layout: &Layout) -> Vec<&Raid> {
     let mut done: BTreeSet<&str> = BTreeSet::new();
@@ -785,27 +830,7 @@ pub fn plan(layout: &Layout, targets: &[TargetDisk], mount_dir: &str) -> Result<
     for vg in layout.volgroups() {
         let pv_devices: Vec<String> = vg.devices.iter().filter_map(|p| dev.get(&p.device).cloned()).collect();
         let pv_sizes: Vec<u64> = vg.devices.iter().map(|p| size.get(&p.device).copied().unwrap_or(0)).collect();
-        let cap: u64 = vg
-            .devices
-            .iter()
-            .zip(&pv_sizes)
-            .map(|(p, s)| s.saturating_sub(p.pe_start) / vg.extent_size * vg.extent_size)
-            .sum();
-        // The grow LV takes the extents the target adds, not the VG's recorded free space.
-        let extra = cap.saturating_sub(layout.vg_capacity(vg).unwrap_or(cap));
-        let lvs = layout.lvs_of(&vg.id);
-        let grow = lvs.iter().position(|l| l.grow).or(if lvs.is_empty() { None } else { Some(lvs.len() - 1) });
-        let recorded: u64 = lvs.iter().map(|l| l.size).sum();
-        if cap < recorded {
-            return Err(PlanError::VgTooSmall {
-                vg: vg.name.clone(),
-                need: human(recorded),
-                have: human(cap),
-                short: human(recorded - cap),
-            });
-        }
-        let sized: Vec<(&LogicalVolume, u64)> =
-            lvs.iter().enumerate().map(|(i, l)| (*l, if Some(i) == grow { l.size + extra } else { l.size })).collect();
+        let sized = size_lvs(layout, vg, &pv_sizes)?;
         let file = format!("{LVM_DIR}/{}.vg", vg.name);
         let content = render_vg_metadata(vg, &pv_devices, &pv_sizes, &sized)?;
         steps.push(Step::Write {
@@ -1300,6 +1325,22 @@ mod tests {
         }
         let e = plan(&l, &[disk("vda", 20 * GIB), disk("vdb", 20 * GIB)], "/t").unwrap_err().to_string();
         assert!(e.starts_with("lvm-vg0-var: thin pools"), "{e}");
+    }
+
+    #[test]
+    fn vg_metadata_from_measured_sizes() {
+        let l = raid_lvm();
+        let vg = l.volgroups().next().unwrap();
+        let devs = vec!["/dev/md/0".to_string()];
+        let recorded = l.volume_size("md0").unwrap();
+        // mdadm made the array 64 MiB smaller than estimated on 30 GiB members: the
+        // growing LV gets what is really there.
+        let measured = recorded + 10 * GIB - 64 * MIB;
+        let m = vg_metadata(&l, vg, &devs, &[measured]).unwrap();
+        assert!(m.contains("dev_size = "), "{m}");
+        assert!(m.contains(&format!("extent_count = {}", 1536 + 2560 - 16)), "{m}");
+        let e = vg_metadata(&l, vg, &devs, &[10 * GIB]).unwrap_err().to_string();
+        assert!(e.starts_with("volume group vg0 needs 16 GiB for its logical volumes"), "{e}");
     }
 
     #[test]
