@@ -1496,6 +1496,56 @@ mod tests {
     }
 
     #[test]
+    fn assembles_msdos_with_a_logical_partition() {
+        let part = |n: u32, mm: u32, size: u64| {
+            format!(
+                r#"{{"name":"sda{n}","kname":"sda{n}","path":"/dev/sda{n}","maj:min":"8:{mm}","type":"part","size":{size}}}"#
+            )
+        };
+        let lsblk = format!(
+            r#"{{"blockdevices":[{{"name":"sda","kname":"sda","path":"/dev/sda","maj:min":"8:0","type":"disk","size":536870912,"log-sec":512,"serial":"WD-1","model":"WDC  ","children":[{},{},{},{}]}}]}}"#,
+            part(1, 1, 314572800),
+            part(2, 2, 67108864),
+            part(3, 3, 1024),
+            part(5, 5, 153092096)
+        );
+        let mounts = r#"{"filesystems":[
+            {"target":"/","source":"/dev/sda1","fstype":"ext4","options":"rw,relatime","maj:min":"8:1","fsroot":"/"},
+            {"target":"/home","source":"/dev/sda5","fstype":"ext4","options":"rw,nodev","maj:min":"8:5","fsroot":"/"}]}"#;
+        let blkid = "DEVNAME=/dev/sda1\nUUID=11111111-2222-4333-8444-555555555555\nTYPE=ext4\n\n\
+                     DEVNAME=/dev/sda2\nUUID=66666666-2222-4333-8444-555555555555\nTYPE=swap\n\n\
+                     DEVNAME=/dev/sda5\nUUID=77777777-2222-4333-8444-555555555555\nLABEL=home\nTYPE=ext4\n";
+        let mut p = Probe {
+            root: "/".into(),
+            mounts: parse_findmnt(mounts).unwrap(),
+            devices: parse_lsblk(&lsblk).unwrap(),
+            blkid: parse_blkid(blkid).unwrap(),
+            boot: BootFacts { grub_pc: true, ..BootFacts::default() },
+            ..Probe::default()
+        };
+        p.tables.insert("/dev/sda".into(), parse_sfdisk(&fixture("sfdisk-msdos.json")).unwrap());
+        let l = assemble(&p).unwrap();
+        let d = l.disks().next().unwrap();
+        assert_eq!((d.ptable, d.ptable_id.as_deref(), d.grub_device), (PtableType::Msdos, Some("0x5e1c0b2a"), true));
+        assert_eq!(d.hints.model.as_deref(), Some("WDC"));
+        let parts: Vec<(u32, &str, Vec<PartFlag>)> =
+            l.partitions_of("sda").iter().map(|p| (p.number, p.part_type.as_str(), p.flags.clone())).collect();
+        assert_eq!(
+            parts,
+            [
+                (1, "83", vec![PartFlag::Boot]),
+                (2, "82", vec![PartFlag::Swap]),
+                (3, "5", vec![PartFlag::Extended]),
+                (5, "83", vec![])
+            ]
+        );
+        let swap = l.formats().find(|f| f.fstype == FsType::Swap).unwrap();
+        assert_eq!(swap.volume, "sda2");
+        let mounts: Vec<(&str, &str)> = l.mounts().iter().map(|m| (m.path.as_str(), m.device.as_str())).collect();
+        assert_eq!(mounts, [("/", "fs-sda1"), ("/home", "fs-sda5")]);
+    }
+
+    #[test]
     fn boot_facts() {
         let f = BootFacts::default();
         assert_eq!(boot_from(BootFacts { grub_pc: true, ..f }), (BootMode::Bios, Bootloader::GrubPc));
