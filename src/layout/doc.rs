@@ -974,6 +974,21 @@ impl Layout {
                 {
                     return Err(value("uuid", u, "a GUID"));
                 }
+                // Both go into an sfdisk script between double quotes.
+                if let Some(n) = &p.name
+                    && (n.encode_utf16().count() > 36 || n.contains(['"', '\\']) || n.chars().any(char::is_control))
+                {
+                    return Err(value(
+                        "name",
+                        n,
+                        "at most 36 characters, without quotes, backslashes or control characters",
+                    ));
+                }
+                if let Some(a) = &p.attrs
+                    && !a.chars().all(|c| c.is_ascii_alphanumeric() || " :,".contains(c))
+                {
+                    return Err(value("attrs", a, "sfdisk attribute names and GUID:N bits"));
+                }
             }
             Item::Raid(r) => {
                 let min = match r.level {
@@ -1601,6 +1616,18 @@ mod tests {
             }
         });
         assert!(err(&l).starts_with("root-fs: label"));
+        let l = with(base(), |i| {
+            if let Item::Partition(p) = &mut i[3] {
+                p.name = Some("root\"\n/dev/vda9 : size=1".into());
+            }
+        });
+        assert!(err(&l).starts_with("root: name"), "{}", err(&l));
+        let l = with(base(), |i| {
+            if let Item::Partition(p) = &mut i[3] {
+                p.attrs = Some("RequiredPartition\nx".into());
+            }
+        });
+        assert!(err(&l).starts_with("root: attrs"), "{}", err(&l));
         assert!(is_md_uuid("3b4d0b4a:1c2b8d9e:5f6a7b8c:9d0e1f2a"));
         assert!(is_lvm_uuid("Jx3qMb-5Hc8-9Lf2-Kd7a-Pq4r-Wz1y-Nb6e0T"));
         assert!(!is_lvm_uuid("short"));

@@ -1080,6 +1080,8 @@ fn run(argv: &[&str], extra: &[&str], ok_codes: &[i32]) -> Result<Option<String>
     let out = std::process::Command::new(prog)
         .args(args)
         .args(extra)
+        // Messages matched above (sfdisk's "no partition table") are the C locale's.
+        .env("LC_ALL", "C")
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|source| ProbeError::Run { cmd: cmd.clone(), source })?;
@@ -1112,9 +1114,14 @@ pub fn probe(root: &Path) -> Result<Layout, ProbeError> {
     let mut lvm = false;
     let mut seen = BTreeSet::new();
     for d in &disks {
-        // sfdisk exits 1 on a disk without a partition table: then the disk is used whole.
-        if let Some(text) = run(SFDISK, &[&d.path], &[1])? {
-            p.tables.insert(d.path.clone(), parse_sfdisk(&text)?);
+        // A disk without a partition table is used whole; any other sfdisk failure is one.
+        match run(SFDISK, &[&d.path], &[]) {
+            Ok(text) => {
+                p.tables.insert(d.path.clone(), parse_sfdisk(&text.unwrap_or_default())?);
+            }
+            Err(ProbeError::Failed { stderr, .. })
+                if stderr.contains("does not contain a recognized partition table") => {}
+            Err(e) => return Err(e),
         }
         for n in d.walk() {
             if !seen.insert(n.path.clone()) {
