@@ -1080,7 +1080,7 @@ fn run(argv: &[&str], extra: &[&str], ok_codes: &[i32]) -> Result<Option<String>
     let out = std::process::Command::new(prog)
         .args(args)
         .args(extra)
-        // Messages matched above (sfdisk's "no partition table") are the C locale's.
+        // The messages [`probe`] matches (sfdisk's "no partition table") are the C locale's.
         .env("LC_ALL", "C")
         .stdin(std::process::Stdio::null())
         .output()
