@@ -1314,6 +1314,29 @@ mod tests {
     }
 
     #[test]
+    fn four_k_sector_disks() {
+        let l = default_layout(DEFAULT_DISK_SIZE);
+        let mut d = disk("nvme0n1", 20 * GIB);
+        d.sector_size = 4096;
+        let p = plan(&l, &[d.clone()], "/t").unwrap();
+        let script = input_of(&p, "/dev/nvme0n1");
+        assert!(script.contains("sector-size: 4096"), "{script}");
+        assert!(script.contains("/dev/nvme0n1p1 : start=256, size=256,"), "{script}");
+        assert!(argvs(&p).contains(&"mkfs.ext4 -F -q -L root /dev/nvme0n1p3".to_string()));
+        // A recorded start that is not a whole 4 KiB sector cannot be replayed there.
+        let mut l = l;
+        for it in &mut l.items {
+            if let Item::Partition(x) = it
+                && x.id == "bios"
+            {
+                x.start = Some(34 * 512);
+            }
+        }
+        let e = plan(&l, &[d], "/t").unwrap_err().to_string();
+        assert_eq!(e, "bios starts or ends off the 4096-byte sectors of target disk nvme0n1");
+    }
+
+    #[test]
     fn thin_lvs_are_refused() {
         let mut l = raid_lvm();
         for it in &mut l.items {
