@@ -1139,8 +1139,13 @@ impl Layout {
         let mut cursor = first_usable(d);
         let mut numbers = BTreeSet::new();
         let mut extended: Option<(u64, u64)> = None;
-        let starts = partition_starts(d, &parts);
-        for (p, start) in parts.iter().zip(starts) {
+        // Checked in disk order (numbers need not follow it), primaries before the
+        // logical partitions inside the extended one.
+        let logical_of = |p: &Partition| d.ptable == PtableType::Msdos && p.number >= 5;
+        let mut placed: Vec<(&Partition, u64)> = parts.iter().copied().zip(partition_starts(d, &parts)).collect();
+        placed.sort_by_key(|(p, start)| (logical_of(p), *start, p.number));
+        let mut logical_cursor = 0;
+        for (p, start) in placed {
             let bad = |reason: String| LayoutError::BadSize { item: p.id.clone(), reason };
             if !numbers.insert(p.number) {
                 return Err(bad(format!("partition number {} is used twice on {}", p.number, d.id)));
@@ -1148,21 +1153,21 @@ impl Layout {
             if p.size == 0 || p.size % sector != 0 {
                 return Err(bad(format!("size {} is not a positive multiple of the sector size {sector}", p.size)));
             }
-            let logical = d.ptable == PtableType::Msdos && p.number >= 5;
-            if logical {
+            if logical_of(p) {
                 let Some((es, ee)) = extended else {
-                    return Err(bad("a logical partition needs an extended partition before it".into()));
+                    return Err(bad("a logical partition needs an extended partition".into()));
                 };
                 // Each logical partition is preceded by its EBR sector.
-                if start < es + sector || start.saturating_add(p.size) > ee {
+                if start < logical_cursor.max(es) + sector || start.saturating_add(p.size) > ee {
                     return Err(bad(format!(
-                        "{} at {} does not fit in the extended partition ({}..{})",
+                        "{} at {} does not fit in the extended partition ({}..{}) after the logical partitions before it",
                         human(p.size),
                         start,
                         es,
                         ee
                     )));
                 }
+                logical_cursor = start + p.size;
                 continue;
             }
             if start % sector != 0 {
@@ -1179,9 +1184,6 @@ impl Layout {
                     human(d.size),
                     end
                 )));
-            }
-            if d.ptable == PtableType::Msdos && p.number > 4 {
-                return Err(bad("msdos primary partitions are numbered 1 to 4".into()));
             }
             if p.flags.contains(&PartFlag::Extended) {
                 if extended.is_some() {

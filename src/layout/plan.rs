@@ -8,8 +8,8 @@
 //! among equals), each take the smallest free target disk that fits (name order among
 //! equals). A disk "fits" when it holds every recorded partition where it was (or the
 //! whole recorded size, for a disk used without a partition table). On a larger disk the
-//! partition marked `grow` (else the last one) takes the extra space, whole MiB, and the
-//! partitions after it move up; md arrays follow their members; in a VG on grown PVs the
+//! partition marked `grow` (else the one that ends the disk) takes the extra space, whole
+//! MiB, and the partitions after it move up; md arrays follow their members; in a VG on grown PVs the
 //! LV marked `grow` (else the last linear one) takes the extra extents.
 //!
 //! Volume groups keep their UUIDs through vgcfgrestore (see the module doc of
@@ -379,9 +379,18 @@ fn place_partitions<'a>(layout: &'a Layout, d: &Disk, t: &TargetDisk) -> Result<
     let target_disk = Disk { size: t.size, sector_size: t.sector_size, ..d.clone() };
     let new_end = usable_end(&target_disk);
     let old_end = usable_end(d);
-    // The grow partition: marked, else the last primary (or the last logical one, whose
-    // extended partition then grows with it).
-    let grow_idx = parts.iter().position(|p| p.grow).unwrap_or(parts.len() - 1);
+    // The grow partition: marked, else the one that ends the disk (on msdos, possibly a
+    // logical one, whose extended partition then grows with it). Extended partitions are
+    // containers, never the default.
+    let last = parts
+        .iter()
+        .zip(&starts)
+        .enumerate()
+        .filter(|(_, (p, _))| !p.flags.contains(&PartFlag::Extended))
+        .max_by_key(|(_, (p, s))| (**s, p.number))
+        .map(|(i, _)| i)
+        .unwrap_or(parts.len() - 1);
+    let grow_idx = parts.iter().position(|p| p.grow).unwrap_or(last);
     let extra = new_end.saturating_sub(old_end);
     let grow_is_last = parts.iter().zip(&starts).all(|(p, s)| *s <= starts[grow_idx] || p.id == parts[grow_idx].id);
     let delta = if grow_is_last { extra } else { extra / MIB * MIB };
@@ -1311,6 +1320,31 @@ mod tests {
             std::fs::write(&path, raid_lvm().to_json() + "\n").unwrap();
         }
         assert_eq!(Layout::from_json(&fixture("layout-raid1-lvm.json")).unwrap(), raid_lvm());
+    }
+
+    #[test]
+    fn the_partition_that_ends_the_disk_grows_whatever_its_number() {
+        let mut l = default_layout(DEFAULT_DISK_SIZE);
+        for it in &mut l.items {
+            if let Item::Partition(x) = it {
+                x.grow = false;
+                x.start = Some(match x.number {
+                    1 => MIB,
+                    2 => 2 * MIB,
+                    _ => 258 * MIB,
+                });
+                // Number the root partition 1 and the BIOS boot partition 3, where they are.
+                x.number = match x.number {
+                    1 => 3,
+                    3 => 1,
+                    n => n,
+                };
+            }
+        }
+        l.validate().unwrap_or_else(|e| panic!("{e}"));
+        let p = plan(&l, &[disk("vda", 2 * DEFAULT_DISK_SIZE)], "/t").unwrap();
+        let grown: Vec<&str> = p.volumes.iter().filter(|v| v.grown).map(|v| v.id.as_str()).collect();
+        assert_eq!(grown, ["root"]);
     }
 
     #[test]
