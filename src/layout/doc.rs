@@ -213,6 +213,21 @@ pub enum PartFlag {
     Extended,
 }
 
+impl PartFlag {
+    /// The name the document uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            PartFlag::BiosGrub => "bios_grub",
+            PartFlag::Esp => "esp",
+            PartFlag::Raid => "raid",
+            PartFlag::Lvm => "lvm",
+            PartFlag::Boot => "boot",
+            PartFlag::Swap => "swap",
+            PartFlag::Extended => "extended",
+        }
+    }
+}
+
 /// md RAID level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "u8", into = "u8")]
@@ -318,6 +333,17 @@ pub enum LvKind {
     ThinPool,
     /// Thin volume in the LV `pool` names: recorded, refused by the planner.
     Thin,
+}
+
+impl LvKind {
+    /// The name the document uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            LvKind::Linear => "linear",
+            LvKind::ThinPool => "thin_pool",
+            LvKind::Thin => "thin",
+        }
+    }
 }
 
 /// An LVM logical volume.
@@ -748,6 +774,116 @@ impl Layout {
             self.items.iter().filter_map(|i| if let Item::Mount(m) = i { Some(m) } else { None }).collect();
         v.sort_by(|a, b| depth(&a.path).cmp(&depth(&b.path)).then(a.path.cmp(&b.path)));
         v
+    }
+
+    /// The layout as an indented tree for people (`images show`, `images layout --show`):
+    /// each disk, then what is built on it; an item on several volumes (a RAID1 array, a
+    /// VG on two PVs) shows once, under the first.
+    pub fn render(&self) -> String {
+        let mut children: BTreeMap<&str, Vec<&Item>> = BTreeMap::new();
+        for it in &self.items {
+            let mut parents: Vec<&str> = it.refs().into_iter().map(|(_, t, _, _)| t).collect();
+            parents.dedup();
+            for p in parents {
+                children.entry(p).or_default().push(it);
+            }
+        }
+        let mut out = format!(
+            "layout v{}: boot {}, bootloader {}\n",
+            self.version,
+            match self.boot_mode {
+                BootMode::Bios => "bios",
+                BootMode::Uefi => "uefi",
+            },
+            match self.bootloader {
+                Bootloader::GrubPc => "grub-pc",
+                Bootloader::GrubEfi => "grub-efi",
+                Bootloader::ShimGrub => "shim-grub",
+                Bootloader::None => "none",
+            }
+        );
+        fn line(it: &Item) -> String {
+            let opt = |label: &str, v: &Option<String>| v.as_ref().map(|v| format!(" {label} {v}")).unwrap_or_default();
+            match it {
+                Item::Disk(d) => format!(
+                    "disk {} {} {}{}{}{}",
+                    d.id,
+                    human(d.size),
+                    match d.ptable {
+                        PtableType::Gpt => "gpt",
+                        PtableType::Msdos => "msdos",
+                        PtableType::None => "no partition table",
+                    },
+                    opt("serial", &d.hints.serial),
+                    opt("was", &d.hints.path),
+                    if d.grub_device { " [bootloader]" } else { "" }
+                ),
+                Item::Partition(p) => {
+                    let flags: Vec<&str> = p.flags.iter().map(|f| f.name()).collect();
+                    format!(
+                        "partition {} #{} {}{}{}{}{}",
+                        p.id,
+                        p.number,
+                        human(p.size),
+                        if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(",")) },
+                        opt("name", &p.name),
+                        opt("partuuid", &p.uuid),
+                        if p.grow { " (grows)" } else { "" }
+                    )
+                }
+                Item::Raid(r) => format!(
+                    "raid {} /dev/md/{} raid{} on {} metadata {} uuid {}",
+                    r.id,
+                    r.name,
+                    u8::from(r.level),
+                    r.devices.join("+"),
+                    r.metadata,
+                    r.uuid
+                ),
+                Item::LvmVolgroup(v) => format!(
+                    "volume group {} on {} extents {} uuid {}",
+                    v.name,
+                    v.devices.iter().map(|d| d.device.as_str()).collect::<Vec<_>>().join("+"),
+                    human(v.extent_size),
+                    v.uuid
+                ),
+                Item::LvmPartition(l) => format!(
+                    "logical volume {} {} {}{}",
+                    l.name,
+                    human(l.size),
+                    l.kind.name(),
+                    if l.grow { " (grows)" } else { "" }
+                ),
+                Item::Format(f) => format!("{}{}{}", f.fstype.name(), opt("uuid", &f.uuid), opt("label", &f.label)),
+                Item::Mount(m) => format!("mounted at {} ({})", m.path, m.options),
+            }
+        }
+        fn walk<'a>(
+            it: &'a Item,
+            depth: usize,
+            children: &BTreeMap<&str, Vec<&'a Item>>,
+            seen: &mut BTreeSet<&'a str>,
+            out: &mut String,
+        ) {
+            if !seen.insert(it.id()) || depth > 16 {
+                return;
+            }
+            out.push_str(&"  ".repeat(depth));
+            out.push_str(&line(it));
+            out.push('\n');
+            for c in children.get(it.id()).map(Vec::as_slice).unwrap_or_default() {
+                walk(c, depth + 1, children, seen, out);
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for it in self.items.iter().filter(|i| i.kind() == Kind::Disk) {
+            walk(it, 0, &children, &mut seen, &mut out);
+        }
+        // Anything not reached from a disk (an invalid document) still shows.
+        for it in &self.items {
+            walk(it, 0, &children, &mut seen, &mut out);
+        }
+        out
     }
 
     /// Check everything the format promises: version, unique ids, resolving references
@@ -1481,6 +1617,41 @@ mod tests {
         assert_eq!(l.partitions_of("disk0").len(), 3);
         assert_eq!(l.volume_size("root"), Some(DEFAULT_DISK_SIZE - 259 * MIB));
         assert_eq!(l.mounts().iter().map(|m| m.path.as_str()).collect::<Vec<_>>(), ["/", "/boot/efi"]);
+    }
+
+    #[test]
+    fn raid_lvm_renders_each_item_once() {
+        let l = Layout::from_json(
+            &std::fs::read_to_string(format!(
+                "{}/tests/fixtures/layout/layout-raid1-lvm.json",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let text = l.render();
+        assert_eq!(text.matches("raid md0 /dev/md/0 raid1 on vda2+vdb2").count(), 1, "{text}");
+        assert!(text.contains("      volume group vg0 on md0 extents 4 MiB"), "{text}");
+        assert!(text.contains("        logical volume var 6 GiB linear"), "{text}");
+        assert!(text.contains("          xfs uuid 8d2e6b10-4c3a-4f5e-9b7d-1a2c3e4f5a02 label var"), "{text}");
+        assert_eq!(text.lines().count(), 1 + l.items.len(), "{text}");
+    }
+
+    #[test]
+    fn renders_as_a_tree() {
+        let text = base().render();
+        assert_eq!(
+            text,
+            "layout v1: boot bios, bootloader grub-pc\n\
+             disk disk0 4 GiB gpt [bootloader]\n\
+             \x20 partition bios #1 1 MiB [bios_grub] name bios\n\
+             \x20 partition esp #2 256 MiB [esp] name esp\n\
+             \x20   vfat label EFI\n\
+             \x20     mounted at /boot/efi (umask=0077)\n\
+             \x20 partition root #3 3.75 GiB name root (grows)\n\
+             \x20   ext4 label root\n\
+             \x20     mounted at / (defaults)\n"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Disk layouts: record how the primary's disks are laid out, and plan that layout onto
 //! the standby's disks before anything is written.
 //!
-//! - [`doc`]: the layout document (typed, versioned JSON), its validation and the default
-//!   layout for an image imported from a tar.
+//! - [`doc`]: the layout document (typed, versioned JSON), its validation, its rendering
+//!   as a tree for people ([`doc::Layout::render`]) and the default layout for an image
+//!   imported from a tar.
 //! - [`probe`]: the document built from the system tools' machine-readable output (pure
 //!   parsers), and the I/O edge that runs those tools for a mounted root.
 //! - [`plan`]: the recorded layout mapped onto a target's disks, with every size and the
