@@ -776,6 +776,31 @@ impl Layout {
         v
     }
 
+    /// Give every format without a UUID a fresh one from `random` (16 bytes per call), so
+    /// that the agent knows each filesystem's identity before mkfs runs and can write it to
+    /// fstab; returns the ids of the formats filled. UUIDs are version 4; vfat volume ids
+    /// take the first 4 bytes.
+    pub fn fill_missing_uuids(&mut self, mut random: impl FnMut() -> [u8; 16]) -> Vec<String> {
+        let mut filled = Vec::new();
+        for it in &mut self.items {
+            if let Item::Format(f) = it
+                && f.uuid.is_none()
+            {
+                let mut b = random();
+                f.uuid = Some(if f.fstype == FsType::Vfat {
+                    format!("{:02X}{:02X}-{:02X}{:02X}", b[0], b[1], b[2], b[3])
+                } else {
+                    b[6] = (b[6] & 0x0f) | 0x40;
+                    b[8] = (b[8] & 0x3f) | 0x80;
+                    let h = hex::encode(b);
+                    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+                });
+                filled.push(f.id.clone());
+            }
+        }
+        filled
+    }
+
     /// The layout as an indented tree for people (`images show`, `images layout --show`):
     /// each disk, then what is built on it; an item on several volumes (a RAID1 array, a
     /// VG on two PVs) shows once, under the first.
@@ -1513,7 +1538,8 @@ fn is_lvm_name(s: &str) -> bool {
 /// agent's (`EFI`, `root`). `disk_size` is
 /// the size recorded for the disk (the smallest disk it fits is what the planner
 /// compares with); 4 GiB is a fair minimum for a head node's root.
-/// Filesystem UUIDs are left out, so the agent makes fresh ones and writes them to fstab.
+/// Filesystem UUIDs are left out: the agent makes fresh ones
+/// ([`Layout::fill_missing_uuids`]) before planning and writes them to fstab.
 pub fn default_layout(disk_size: u64) -> Layout {
     let part = |id: &str, number, size, part_type: &str, name: &str, flags: Vec<PartFlag>, grow| {
         Item::Partition(Partition {
@@ -1635,6 +1661,21 @@ mod tests {
         assert!(text.contains("        logical volume var 6 GiB linear"), "{text}");
         assert!(text.contains("          xfs uuid 8d2e6b10-4c3a-4f5e-9b7d-1a2c3e4f5a02 label var"), "{text}");
         assert_eq!(text.lines().count(), 1 + l.items.len(), "{text}");
+    }
+
+    #[test]
+    fn fresh_uuids_fill_only_what_is_missing() {
+        let mut l = base();
+        let mut n = 0u8;
+        let filled = l.fill_missing_uuids(|| {
+            n += 1;
+            [n; 16]
+        });
+        assert_eq!(filled, ["esp-fs", "root-fs"]);
+        let uuids: Vec<&str> = l.formats().filter_map(|f| f.uuid.as_deref()).collect();
+        assert_eq!(uuids, ["0101-0101", "02020202-0202-4202-8202-020202020202"]);
+        l.validate().unwrap();
+        assert!(l.fill_missing_uuids(|| [9; 16]).is_empty(), "recorded UUIDs are kept");
     }
 
     #[test]
