@@ -18,6 +18,7 @@ pub mod failover;
 pub mod fsx;
 pub mod http;
 pub mod inventory;
+pub mod layout;
 pub mod progress;
 pub mod pull;
 pub mod pxe;

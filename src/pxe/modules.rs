@@ -7,7 +7,8 @@ use std::io::Read;
 
 /// The modules the agent needs, by name, in the order they should load: checksums
 /// first (ext4 and xfs look up crc32c at mount time), then buses, disks, filesystems
-/// and network drivers for the virtual and physical machines head nodes run on.
+/// and network drivers for the virtual and physical machines head nodes run on, then
+/// md RAID and device-mapper for replaying RAID and LVM layouts.
 pub const WANTED: &[&str] = &[
     "crc32c_generic",
     "crc32c_intel",
@@ -30,10 +31,21 @@ pub const WANTED: &[&str] = &[
     // filesystems
     "ext4",
     "xfs",
+    "btrfs",
     "vfat",
+    // vfat's default codepage and iocharset on Debian: without them an ESP does not mount
+    // ("FAT-fs: IO charset ascii not found").
     "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
     "nls_iso8859_1",
     "efivarfs",
+    // md RAID and LVM
+    "md_mod",
+    "raid0",
+    "raid1",
+    "raid10",
+    "dm_mod",
     // network
     "af_packet",
     "e1000",
@@ -257,6 +269,18 @@ kernel/drivers/broken.ko: kernel/drivers/gone.ko
                 }
             }
         }
+    }
+
+    #[test]
+    fn wanted_has_what_layout_replay_needs() {
+        // Debian mounts an ESP with codepage 437 and iocharset ascii; RAID and LVM replay
+        // need md and device-mapper.
+        for m in ["vfat", "nls_cp437", "nls_ascii", "md_mod", "raid0", "raid1", "raid10", "dm_mod", "xfs", "btrfs"] {
+            assert!(WANTED.contains(&m), "{m}");
+        }
+        let unique: BTreeSet<&str> = WANTED.iter().copied().collect();
+        assert_eq!(unique.len(), WANTED.len(), "no module is listed twice");
+        assert!(WANTED.iter().all(|m| module_name(m) == *m), "names are in modules.dep's form");
     }
 
     #[test]
