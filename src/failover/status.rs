@@ -160,7 +160,8 @@ impl Status {
     }
 }
 
-/// Read the status the running service last wrote (None: no file, or unreadable).
+/// Read the status the running service last wrote to the status file (the CLI's view; the
+/// HTTP API takes it from the service's handle). None: no file, or unreadable.
 pub fn load_status(data_dir: &Path) -> Option<Status> {
     let text = std::fs::read(data_dir.join(STATUS_FILE)).ok()?;
     serde_json::from_slice(&text).ok()
