@@ -1215,7 +1215,9 @@ fn admin_token(data_dir: &std::path::Path, file: &std::path::Path) -> anyhow::Re
 /// `failover` commands work on local files only, so they run without the inventory and
 /// while the service holds its sockets.
 fn failover_cmd(data_dir: &std::path::Path, cmd: FailoverCmd) -> anyhow::Result<i32> {
-    use crate::failover::service::{AdminRequest, STATUS_FILE, Status, deliver_request};
+    use crate::failover::request::deliver_request;
+    use crate::failover::status::STATUS_FILE;
+    use crate::failover::{AdminRequest, Status};
     match cmd {
         FailoverCmd::Keygen { file } => {
             use std::os::unix::fs::OpenOptionsExt;
@@ -1242,6 +1244,7 @@ fn failover_cmd(data_dir: &std::path::Path, cmd: FailoverCmd) -> anyhow::Result<
                 print!("{}", s.render_text());
             }
         }
+        // The CLI's path to the service is the request file, so it works without HTTP.
         c @ (FailoverCmd::Takeover | FailoverCmd::Release) => {
             let req = if matches!(c, FailoverCmd::Takeover) { AdminRequest::Takeover } else { AdminRequest::Release };
             deliver_request(data_dir, req, std::time::Duration::from_secs(2))
@@ -1277,12 +1280,31 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         tracing::warn!("{w}");
     }
     let mut tasks = tokio::task::JoinSet::new();
+    let mut failover = None;
     if let Some(f) = cfg.failover.clone() {
         let node = f.node.clone();
-        let prepared = crate::failover::service::prepare(f, &data_dir).await.context("starting failover")?;
-        let (inv, shutdown) = (inv.clone(), shutdown.clone());
+        let prepared = crate::failover::prepare(f, &data_dir).await.context("starting failover")?;
+        let (sink, mut logged) = tokio::sync::mpsc::unbounded_channel::<crate::failover::LogEvent>();
+        let (handle, service) = crate::failover::start(prepared, sink, &shutdown);
+        failover = Some(handle);
+        // Its own task, so event-log writes never run on the machine's task; it ends once
+        // the service has ended and dropped its sender, after logging everything.
+        let inv = inv.clone();
+        let log = tokio::spawn(async move {
+            while let Some(e) = logged.recv().await {
+                let res = match e.kind.parse::<EventKind>() {
+                    Ok(k) => inv.record_event(None, k, &e.message).await.map_err(|x| x.to_string()),
+                    Err(x) => Err(x.to_string()),
+                };
+                if let Err(err) = res {
+                    tracing::warn!("failover: event log: {err}");
+                }
+            }
+        });
         tasks.spawn(async move {
-            crate::failover::service::serve(prepared, inv, shutdown).await.with_context(|| format!("failover {node}"))
+            let r = service.await;
+            let _ = log.await;
+            r.with_context(|| format!("failover {node}"))
         });
     }
     if let Some(h) = cfg.http.clone() {
@@ -1294,7 +1316,8 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         std::io::stdout().flush()?;
         tracing::info!("HTTP API listening on http://{addr}");
         let state = crate::http::AppState::new(inv.clone(), h, &token, shutdown.clone())
-            .with_boot(cfg.boot.clone(), cfg.tftp.as_ref().map(|t| t.root.clone()));
+            .with_boot(cfg.boot.clone(), cfg.tftp.as_ref().map(|t| t.root.clone()))
+            .with_failover(failover.clone());
         let state = std::sync::Arc::new(state);
         tasks.spawn(async move { crate::http::serve(state, listener).await.context("HTTP service") });
     }

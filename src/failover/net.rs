@@ -173,6 +173,9 @@ pub fn send_garp(v: &Vip) -> Result<(), NetError> {
     send_raw(ifindex(&v.interface)?, &frame)
 }
 
+// An AF_PACKET socket has no safe wrapper in the crates used here; each unsafe block below
+// says why it holds.
+#[allow(unsafe_code)]
 fn send_raw(ifindex: u32, frame: &[u8; 42]) -> Result<(), NetError> {
     let proto = (libc::ETH_P_ARP as u16).to_be();
     // SAFETY: plain socket(2); the result is checked and owned by an OwnedFd.
