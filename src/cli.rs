@@ -1307,6 +1307,7 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
             r.with_context(|| format!("failover {node}"))
         });
     }
+    let mut http_state = None;
     if let Some(h) = cfg.http.clone() {
         let token = admin_token(&data_dir, &h.admin_token_file)?;
         let listener =
@@ -1319,6 +1320,7 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
             .with_boot(cfg.boot.clone(), cfg.tftp.as_ref().map(|t| t.root.clone()))
             .with_failover(failover.clone());
         let state = std::sync::Arc::new(state);
+        http_state = Some((state.clone(), addr));
         tasks.spawn(async move { crate::http::serve(state, listener).await.context("HTTP service") });
     }
     if let Some(d) = cfg.dhcp.clone() {
@@ -1330,7 +1332,22 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
     }
     if let Some(t) = cfg.tftp.clone() {
         // Bind and open the root now, so a bad address or root fails the start.
-        let svc = crate::tftp::Service::bind(&t)?;
+        let mut svc = crate::tftp::Service::bind(&t)?;
+        // The signed GRUB of the Secure Boot chain reads grub/grub.cfg from the TFTP root:
+        // it asks the HTTP service for this machine's script, like iPXE does.
+        // Debian's signed GRUB network image speaks TFTP only: its script and the boot
+        // environment come from the HTTP service's own decisions, served over TFTP.
+        if let Some((state, addr)) = &http_state {
+            svc = svc.with_generated("grub/grub.cfg", GRUB_CFG.as_bytes())?;
+            // The agent is told the HTTP address the machine can reach: the one TFTP
+            // answers on (or the DHCP server's), at the HTTP port.
+            let ip = match svc.local_addr().ip() {
+                ip if !ip.is_unspecified() => Some(ip),
+                _ => cfg.dhcp.as_ref().map(|d| std::net::IpAddr::V4(d.server_ip)),
+            };
+            let host = ip.map(|ip| std::net::SocketAddr::new(ip, addr.port()).to_string());
+            svc = svc.with_resolver(std::sync::Arc::new(crate::http::boot::BootFiles::new(state.clone(), host)))?;
+        }
         let shutdown = shutdown.clone();
         tasks.spawn(async move { svc.run(shutdown).await.context("TFTP service") });
     }
@@ -1347,6 +1364,14 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
     inv.record_event(None, EventKind::ServerStop, "understudy serve stopped").await?;
     Ok(0)
 }
+
+/// The Secure Boot GRUB's first config (`grub/grub.cfg` on TFTP): this machine's script.
+const GRUB_CFG: &str =
+    "# understudy: Secure Boot network boot (shim, this GRUB, then the server's script for this machine).
+set timeout=0
+echo \"understudy: asking the server for this machine's script\"
+configfile (tftp)/boot/${net_default_mac}.grub
+";
 
 // ---------------------------------------------------------------- pxe
 
