@@ -64,6 +64,18 @@ impl From<ValueError> for String {
     }
 }
 
+impl From<String> for ValueError {
+    fn from(s: String) -> ValueError {
+        ValueError(s)
+    }
+}
+
+impl From<&str> for ValueError {
+    fn from(s: &str) -> ValueError {
+        ValueError(s.into())
+    }
+}
+
 /// Parse a duration such as `500ms`, `30s`, `5m`, `12h`, `7d` or `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let s = s.trim();
@@ -447,7 +459,7 @@ impl Config {
         if let Some(f) = &self.failover
             && let Err(m) = f.validate()
         {
-            return bad(m);
+            return bad(m.to_string());
         }
         Ok(())
     }

@@ -80,7 +80,7 @@ fn handle() -> Result<rtnetlink::Handle, NetError> {
 }
 
 fn parse(v: &Vip) -> Result<(IpAddr, u8), NetError> {
-    v.parse_address().map_err(NetError::Address)
+    v.parse_address().map_err(|e| NetError::Address(e.to_string()))
 }
 
 /// Whether any VIP is configured on its interface (a leftover of a crashed process).

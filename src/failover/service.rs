@@ -108,7 +108,7 @@ pub struct Prepared {
 /// Validate, read the key and the state file, bind the sockets, look at the VIPs, and
 /// persist the new boot id (before any heartbeat leaves).
 pub async fn prepare(cfg: FailoverConfig, data_dir: &Path) -> Result<Prepared, FailoverError> {
-    cfg.validate().map_err(FailoverError::Config)?;
+    cfg.validate().map_err(|e| FailoverError::Config(e.to_string()))?;
     let keys = read_keys(&data_dir.join(&cfg.key_file))?;
     let sockets = cfg.channels.iter().map(bind_channel).collect::<Result<Vec<_>, _>>()?;
     let state_path = data_dir.join(STATE_FILE);
@@ -184,7 +184,7 @@ pub fn start(
 async fn serve(p: Prepared, end: ServiceEnd, log: EventSink, shutdown: CancellationToken) -> Result<(), FailoverError> {
     let Prepared { cfg, data_dir, keys, sockets, init, mut persisted } = p;
     let ServiceEnd { status, requests } = end;
-    let mcfg = cfg.machine_config().map_err(FailoverError::Config)?;
+    let mcfg = cfg.machine_config().map_err(|e| FailoverError::Config(e.to_string()))?;
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let tasks = TaskTracker::new();
     // Token-driven helpers stop with it: after the loop, or if this future is dropped.
