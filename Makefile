@@ -71,12 +71,13 @@ test: deps pxe-kernel standby-root pxe-binaries
 	UNDERSTUDY_TEST_KERNEL=$(PXE_KERNEL)/root UNDERSTUDY_TEST_STANDBY_ROOT=$(STANDBY_ROOT)/root \
 		$(CARGO) test --locked --no-fail-fast -- --test-threads=4
 
-bench: bench-deps build
+bench: bench-deps build pxe-kernel standby-root
 	UNDERSTUDY_BIN=$(BIN) ./benches/store.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/deploy-remote.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/dhcp.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/tftp.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/failover.sh
+	./benches/standby.sh
 
 fmt:
 	$(CARGO) fmt --all
