@@ -97,7 +97,7 @@ impl Doc {
 pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
     let mut doc = parse(text)?;
     let mut ch = Changes::default();
-    let mut drop = vec![false; doc.lines.len()];
+    let mut drop: HashSet<usize> = HashSet::new();
     let mut vip_suffixes: HashSet<String> = HashSet::new();
     let mut mapped_prefix: Vec<(String, u8)> = Vec::new();
     let mut device = String::new();
@@ -125,7 +125,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
         if let Some(suffix) = key.strip_prefix("IPADDR").filter(|s| s.chars().all(|c| c.is_ascii_digit())) {
             match text::address_action(&v, line, m, &mut ch) {
                 AddrAction::Remove => {
-                    drop[i] = true;
+                    drop.insert(i);
                     vip_suffixes.insert(suffix.to_string());
                 }
                 AddrAction::Replace(n) => {
@@ -161,17 +161,17 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
                 addresses_left += out.len();
                 let n = out.join(" ");
                 if n.is_empty() {
-                    drop[i] = true;
+                    drop.insert(i);
                 } else if n != v {
                     doc.set(i, &n);
                 }
             }
             "DHCP_CLIENT_ID" => {
-                drop[i] = true;
+                drop.insert(i);
                 ch.changed(line, format!("{key}={v} removed: it identifies the primary to DHCP"));
             }
             "DHCPV6_DUID" if v.contains(':') => {
-                drop[i] = true;
+                drop.insert(i);
                 ch.changed(line, format!("{key}={v} removed: it identifies the primary to DHCP"));
             }
             _ => {
@@ -194,7 +194,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
                 continue;
             };
             if vip_suffixes.contains(suffix) {
-                drop[i] = true;
+                drop.insert(i);
                 ch.changed(i + 1, format!("{key} of the removed VIP removed"));
             } else if base == "PREFIX"
                 && let Some((_, p)) = mapped_prefix.iter().find(|(s, _)| s == suffix)
@@ -209,7 +209,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
         }
     }
     let obsolete = device.contains(':') && !vip_suffixes.is_empty() && addresses_left == 0;
-    let lines: Vec<_> = doc.lines.iter().zip(&drop).filter(|(_, d)| !**d).map(|(l, _)| l).collect();
+    let lines: Vec<_> = doc.lines.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, l)| l).collect();
     Ok(Rewritten { text: text::join(lines), changes: ch, obsolete })
 }
 

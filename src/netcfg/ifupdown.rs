@@ -9,6 +9,8 @@
 //! listed by [`includes`] for `rewrite_tree` to follow. Not covered: `mapping` scripts' output
 //! (the script is kept and reported), lines before any stanza (reported as unknown).
 
+use std::collections::HashSet;
+
 use super::error::SyntaxError;
 use super::model::Mapping;
 use super::report::{Changes, Rewritten};
@@ -138,7 +140,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
     let mut doc = parse(text)?;
     let mut ch = Changes::default();
     let n = doc.lines.len();
-    let mut drop = vec![false; n];
+    let mut drop: HashSet<usize> = HashSet::new();
 
     // Pass 1: alias stanzas whose addresses are all VIPs go whole.
     let mut dropped: Vec<String> = Vec::new();
@@ -163,7 +165,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
                 dropped.push(name.clone());
                 for k in i..j {
                     if !matches!(doc.items[k], Item::Other) {
-                        drop[k] = true;
+                        drop.insert(k);
                     }
                 }
             }
@@ -175,7 +177,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
 
     // Pass 2: line by line.
     for i in 0..n {
-        if drop[i] {
+        if drop.contains(&i) {
             continue;
         }
         let line = i + 1;
@@ -186,7 +188,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
                     let kw = body.split_whitespace().next().unwrap_or("auto").to_string();
                     let left: Vec<&String> = names.iter().filter(|x| !dropped.contains(x)).collect();
                     if left.is_empty() {
-                        drop[i] = true;
+                        drop.insert(i);
                     } else {
                         let lead = &body[..body.len() - body.trim_start().len()];
                         let mut nb = format!("{lead}{kw}");
@@ -208,7 +210,9 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
                 }
                 match key.as_str() {
                     "address" => match text::address_action(&v, line, m, &mut ch) {
-                        AddrAction::Remove => drop[i] = true,
+                        AddrAction::Remove => {
+                            drop.insert(i);
+                        }
                         AddrAction::Replace(new) => set(&mut doc, &new),
                         AddrAction::Keep => {}
                     },
@@ -222,13 +226,13 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
                         }
                     }
                     "client" => {
-                        drop[i] = true;
+                        drop.insert(i);
                         ch.changed(line, format!("client {v} removed: a DHCP client id of the primary"));
                     }
                     k => {
                         let (new, vip) = text::substitute(&v, line, m, &mut ch);
                         if vip && HOOKS.contains(&k) {
-                            drop[i] = true;
+                            drop.insert(i);
                             ch.changed(
                                 line,
                                 format!("{k} hook handling a VIP removed: only the failover service raises it"),
@@ -268,7 +272,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
             Item::Iface { .. } | Item::Source { .. } | Item::Other => {}
         }
     }
-    let lines: Vec<_> = doc.lines.iter().zip(&drop).filter(|(_, d)| !**d).map(|(l, _)| l).collect();
+    let lines: Vec<_> = doc.lines.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, l)| l).collect();
     Ok(Rewritten { text: text::join(lines), changes: ch, obsolete: false })
 }
 

@@ -6,6 +6,8 @@
 //! is scanned for primary addresses and MACs. Not covered: the pre-1.0 `addresses1=a;p;g;` list
 //! form (reported as unknown, addresses still substituted).
 
+use std::collections::HashSet;
+
 use super::error::SyntaxError;
 use super::ini::{self, Item};
 use super::model::Mapping;
@@ -37,12 +39,12 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
     let mut doc = parse(text)?;
     let secs = ini::sections(&doc);
     let mut ch = Changes::default();
-    let mut drop = vec![false; doc.lines.len()];
-    for i in 0..doc.lines.len() {
+    let mut drop: HashSet<usize> = HashSet::new();
+    for (i, sec) in secs.iter().enumerate() {
         let Item::Pair { key, .. } = doc.items[i].clone() else { continue };
         let line = i + 1;
         let v = doc.value(i).to_string();
-        let sec = secs[i].as_str();
+        let sec = sec.as_str();
         let eth = matches!(sec, "ethernet" | "802-3-ethernet" | "wifi" | "802-11-wireless");
         let ip = matches!(sec, "ipv4" | "ipv6");
         if eth && (key == "mac-address" || key == "cloned-mac-address") {
@@ -65,7 +67,9 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
                 None => (v.as_str(), None),
             };
             match text::address_action(addr.trim(), line, m, &mut ch) {
-                AddrAction::Remove => drop[i] = true,
+                AddrAction::Remove => {
+                    drop.insert(i);
+                }
                 AddrAction::Replace(n) => {
                     let n = match gw {
                         Some(g) => format!("{n},{g}"),
@@ -76,7 +80,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
                 AddrAction::Keep => {}
             }
         } else if ip && (key == "dhcp-client-id" || key == "dhcp-duid") && is_literal_id(&v) {
-            drop[i] = true;
+            drop.insert(i);
             ch.changed(line, format!("{key}={v} removed: it identifies the primary to DHCP"));
         } else {
             let (n, vip) = text::substitute(&v, line, m, &mut ch);
@@ -88,7 +92,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
             }
         }
     }
-    let lines: Vec<_> = doc.lines.iter().zip(&drop).filter(|(_, d)| !**d).map(|(l, _)| l).collect();
+    let lines: Vec<_> = doc.lines.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, l)| l).collect();
     Ok(Rewritten { text: text::join(lines), changes: ch, obsolete: false })
 }
 

@@ -74,4 +74,31 @@ pub(crate) mod tests {
             vips: vec!["192.0.2.100".parse().unwrap()],
         }
     }
+
+    /// Every fixture cut at every character, and salted with odd bytes, never panics: each
+    /// rewriter returns text or a syntax error.
+    #[test]
+    fn truncated_and_mangled_input_never_panics() {
+        let m = mapping();
+        let fixtures: [(Stack, &str); 6] = [
+            (Stack::Ifupdown, include_str!("../../tests/fixtures/netcfg/ifupdown/interfaces")),
+            (Stack::Netplan, include_str!("../../tests/fixtures/netcfg/netplan/50-cloud-init.yaml")),
+            (Stack::NetworkManager, include_str!("../../tests/fixtures/netcfg/nm/private.nmconnection")),
+            (Stack::Networkd, include_str!("../../tests/fixtures/netcfg/networkd/20-public.network")),
+            (Stack::Ifcfg, include_str!("../../tests/fixtures/netcfg/ifcfg/ifcfg-eth0")),
+            (Stack::Netplan, "network:\n  ethernets:\n    e:\n      addresses: \"[\"\n      macaddress: '\n"),
+        ];
+        let mut errors = 0;
+        for (stack, text) in fixtures {
+            for (cut, _) in text.char_indices() {
+                for salt in ["", "\u{0}", "\"", "[", ":", "\t", "é"] {
+                    let t = format!("{}{salt}", &text[..cut]);
+                    if rewrite_text(stack, &t, &m).is_err() {
+                        errors += 1;
+                    }
+                }
+            }
+        }
+        assert!(errors > 0, "some of the mangled inputs must be refused as errors");
+    }
 }

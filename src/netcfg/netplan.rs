@@ -11,6 +11,8 @@
 //! flow sequence, a line that is not `key: value`, indentation under a scalar) are errors: a
 //! truncated file fails instead of being half-edited.
 
+use std::collections::HashSet;
+
 use super::error::{SyntaxError, SyntaxKind};
 use super::model::Mapping;
 use super::report::{Changes, Rewritten};
@@ -203,7 +205,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
     let mut doc = parse(text)?;
     let mut ch = Changes::default();
     let n = doc.lines.len();
-    let mut drop = vec![false; n];
+    let mut drop: HashSet<usize> = HashSet::new();
     let mut i = 0;
     while i < n {
         let line = i + 1;
@@ -241,8 +243,8 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
                     set(&mut doc, &text::requote(&new, q));
                 }
             }
-            ["addresses"] if v.starts_with('[') => {
-                let inner = &v[1..v.len() - 1];
+            ["addresses"] if q.is_none() && v.starts_with('[') => {
+                let inner = v.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or_default();
                 let mut out = Vec::new();
                 for el in inner.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                     let (a, eq) = text::unquote(el);
@@ -266,10 +268,10 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
                 }
                 match text::address_action(&addr, line, m, &mut ch) {
                     AddrAction::Remove => {
-                        drop[i] = true;
+                        drop.insert(i);
                         let mut j = i + 1;
                         while j < n && sub_of(&doc, j, indent) {
-                            drop[j] = true;
+                            drop.insert(j);
                             j += 1;
                         }
                         i = j;
@@ -297,7 +299,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
         }
         i += 1;
     }
-    let lines: Vec<_> = doc.lines.iter().zip(&drop).filter(|(_, d)| !**d).map(|(l, _)| l).collect();
+    let lines: Vec<_> = doc.lines.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, l)| l).collect();
     Ok(Rewritten { text: text::join(lines), changes: ch, obsolete: false })
 }
 

@@ -7,6 +7,8 @@
 //! `Gateway=`, `DNS=` are kept; every other value is scanned for primary addresses and MACs.
 //! Not covered: drop-in directories (`foo.network.d/*.conf`) are not visited by `rewrite_tree`.
 
+use std::collections::HashSet;
+
 use super::error::SyntaxError;
 use super::ini::{self, Item};
 use super::model::Mapping;
@@ -28,10 +30,10 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
     let mut doc = parse(text)?;
     let secs = ini::sections(&doc);
     let mut ch = Changes::default();
-    let mut drop = vec![false; doc.lines.len()];
+    let mut drop: HashSet<usize> = HashSet::new();
     let mut drop_sections: Vec<usize> = Vec::new();
     let mut section_start = 0;
-    for i in 0..doc.lines.len() {
+    for (i, sec) in secs.iter().enumerate() {
         let line = i + 1;
         let key = match doc.items[i].clone() {
             Item::Section(_) => {
@@ -49,7 +51,7 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
             Item::Other => continue,
         };
         let v = doc.value(i).to_string();
-        let sec = secs[i].as_str();
+        let sec = sec.as_str();
         match (sec, key.as_str()) {
             ("Match", "MACAddress" | "PermanentMACAddress") => {
                 let mut out = Vec::new();
@@ -68,12 +70,14 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
             }
             ("Network" | "Address", "Address") if !v.is_empty() => match text::address_action(&v, line, m, &mut ch) {
                 AddrAction::Remove if sec == "Address" => drop_sections.push(section_start),
-                AddrAction::Remove => drop[i] = true,
+                AddrAction::Remove => {
+                    drop.insert(i);
+                }
                 AddrAction::Replace(n) => doc.set_value(i, &n),
                 AddrAction::Keep => {}
             },
             ("DHCP" | "DHCPv4" | "DHCPv6", "DUIDRawData" | "IAID") => {
-                drop[i] = true;
+                drop.insert(i);
                 ch.changed(line, format!("{key}={v} removed: it identifies the primary to DHCP"));
             }
             ("Match", "Name" | "OriginalName") => {}
@@ -90,15 +94,15 @@ pub fn rewrite(text: &str, m: &Mapping) -> Result<Rewritten, SyntaxError> {
     }
     // A VIP's [Address] section goes whole: header to the next header.
     for start in drop_sections {
-        drop[start] = true;
+        drop.insert(start);
         for j in start + 1..doc.lines.len() {
             if matches!(doc.items[j], Item::Section(_)) {
                 break;
             }
-            drop[j] = true;
+            drop.insert(j);
         }
     }
-    let lines: Vec<_> = doc.lines.iter().zip(&drop).filter(|(_, d)| !**d).map(|(l, _)| l).collect();
+    let lines: Vec<_> = doc.lines.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, l)| l).collect();
     Ok(Rewritten { text: text::join(lines), changes: ch, obsolete: false })
 }
 

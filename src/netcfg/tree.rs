@@ -306,3 +306,130 @@ fn rewrite_file(root: &Path, p: &Path, st: Stack, m: &Mapping, report: &mut Repo
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/netcfg");
+
+    fn put(root: &Path, image: &str, fixture: &str, mode: u32) {
+        let dst = root.join(image.trim_start_matches('/'));
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::copy(Path::new(FIX).join(fixture), &dst).unwrap();
+        fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        put(&root, "/etc/network/interfaces", "ifupdown/interfaces", 0o644);
+        put(&root, "/etc/network/interfaces.d/public", "ifupdown/interfaces.d/public", 0o644);
+        put(&root, "/etc/netplan/50-cloud-init.yaml", "netplan/50-cloud-init.yaml", 0o600);
+        put(&root, "/etc/NetworkManager/system-connections/private.nmconnection", "nm/private.nmconnection", 0o600);
+        put(&root, "/etc/systemd/network/10-private.network", "networkd/10-private.network", 0o644);
+        put(&root, "/etc/systemd/network/20-public.network", "networkd/20-public.network", 0o644);
+        put(&root, "/etc/systemd/network/10-private.link", "networkd/10-private.link", 0o644);
+        put(&root, "/etc/sysconfig/network-scripts/ifcfg-eth0", "ifcfg/ifcfg-eth0", 0o644);
+        put(&root, "/etc/sysconfig/network-scripts/ifcfg-eth1:0", "ifcfg/ifcfg-eth1:0", 0o644);
+        let udev = root.join("etc/udev/rules.d");
+        fs::create_dir_all(&udev).unwrap();
+        fs::write(
+            udev.join("70-persistent-net.rules"),
+            "SUBSYSTEM==\"net\", ACTION==\"add\", ATTR{address}==\"52:54:00:00:00:01\", NAME=\"eth0\"\n",
+        )
+        .unwrap();
+        (tmp, root)
+    }
+
+    #[test]
+    fn rewrites_one_of_each_stack_in_place_and_is_idempotent() {
+        let (_tmp, root) = tree();
+        let m = crate::netcfg::tests::mapping();
+        let r = rewrite_tree(&root, &m).unwrap();
+        assert!(r.refused.is_empty(), "{:?}", r.refused);
+        let rewritten: Vec<String> = r.rewritten.iter().map(|p| p.display().to_string()).collect();
+        for p in [
+            "/etc/network/interfaces",
+            "/etc/network/interfaces.d/public",
+            "/etc/netplan/50-cloud-init.yaml",
+            "/etc/NetworkManager/system-connections/private.nmconnection",
+            "/etc/systemd/network/10-private.network",
+            "/etc/systemd/network/20-public.network",
+            "/etc/systemd/network/10-private.link",
+            "/etc/sysconfig/network-scripts/ifcfg-eth0",
+        ] {
+            assert!(rewritten.contains(&p.to_string()), "{p} not in {rewritten:?}");
+        }
+        assert_eq!(
+            r.removed,
+            vec![
+                PathBuf::from("/etc/sysconfig/network-scripts/ifcfg-eth1:0"),
+                PathBuf::from("/etc/udev/rules.d/70-persistent-net.rules")
+            ]
+        );
+        assert!(!root.join("etc/udev/rules.d/70-persistent-net.rules").exists());
+        let np = root.join("etc/netplan/50-cloud-init.yaml");
+        assert!(fs::read_to_string(&np).unwrap().contains("10.0.0.2/24"));
+        assert_eq!(fs::metadata(&np).unwrap().permissions().mode() & 0o777, 0o600, "mode kept");
+        // No primary address or VIP is left anywhere a stack reads.
+        for p in &r.rewritten {
+            let t = fs::read_to_string(root.join(p.strip_prefix("/").unwrap())).unwrap();
+            for bad in ["10.0.0.1/", "10.0.0.1\n", "192.0.2.10/", "192.0.2.10\n", "192.0.2.100", "fd00::1/"] {
+                assert!(!t.contains(bad), "{} still holds {bad}:\n{t}", p.display());
+            }
+        }
+        assert!(r.notes.iter().any(|n| n.contains("Netplan") && n.contains("Ifcfg")), "{:?}", r.notes);
+
+        let again = rewrite_tree(&root, &m).unwrap();
+        assert!(again.rewritten.is_empty(), "{:?}", again.rewritten);
+        assert!(again.removed.is_empty());
+        assert!(again.refused.is_empty());
+    }
+
+    #[test]
+    fn unparsable_file_with_a_primary_address_is_refused_and_left_alone() {
+        let (_tmp, root) = tree();
+        let broken = "network:\n  ethernets:\n    eth0:\n      addresses: [10.0.0.1/24,\n";
+        fs::write(root.join("etc/netplan/60-broken.yaml"), broken).unwrap();
+        fs::write(root.join("etc/systemd/network/30-blob.network"), b"\x7fELF\0\0\x01garbage").unwrap();
+        let r = rewrite_tree(&root, &crate::netcfg::tests::mapping()).unwrap();
+        assert!(r.is_refused());
+        assert_eq!(r.refused.len(), 1, "{:?}", r.refused);
+        assert_eq!(r.refused[0].path, PathBuf::from("/etc/netplan/60-broken.yaml"));
+        assert_eq!(fs::read_to_string(root.join("etc/netplan/60-broken.yaml")).unwrap(), broken);
+        let blob = r.files.iter().find(|f| f.path.ends_with("30-blob.network")).unwrap();
+        assert!(blob.error.as_deref().unwrap_or_default().contains("binary"), "{blob:?}");
+    }
+
+    #[test]
+    fn symlinks_never_leave_the_root() {
+        let (tmp, root) = tree();
+        let outside = tmp.path().join("outside.yaml");
+        let text = "network:\n  ethernets:\n    eth0:\n      addresses: [10.0.0.1/24]\n";
+        fs::write(&outside, text).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc/netplan/70-abs.yaml")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../../../outside.yaml", root.join("etc/netplan/71-rel.yaml"))
+            .unwrap();
+        // An in-root symlink is followed and its target rewritten; the link itself stays.
+        fs::create_dir_all(root.join("srv")).unwrap();
+        fs::write(root.join("srv/real.yaml"), text).unwrap();
+        std::os::unix::fs::symlink("/srv/real.yaml", root.join("etc/netplan/72-in.yaml")).unwrap();
+        let r = rewrite_tree(&root, &crate::netcfg::tests::mapping()).unwrap();
+        assert_eq!(fs::read_to_string(&outside).unwrap(), text, "the host file is untouched");
+        assert!(r.rewritten.contains(&PathBuf::from("/etc/netplan/72-in.yaml")));
+        assert!(fs::symlink_metadata(root.join("etc/netplan/72-in.yaml")).unwrap().file_type().is_symlink());
+        assert!(fs::read_to_string(root.join("srv/real.yaml")).unwrap().contains("10.0.0.2/24"));
+        assert_eq!(resolve(&root, Path::new("/etc/netplan/71-rel.yaml")).unwrap(), None);
+        std::os::unix::fs::symlink("loop", root.join("etc/loop")).unwrap();
+        assert!(matches!(resolve(&root, Path::new("/etc/loop")), Err(NetcfgError::SymlinkLoop { .. })));
+    }
+
+    #[test]
+    fn inconsistent_mapping_is_an_error() {
+        let (_tmp, root) = tree();
+        let mut m = crate::netcfg::tests::mapping();
+        m.vips.push("10.0.0.1".parse().unwrap());
+        assert!(matches!(rewrite_tree(&root, &m), Err(NetcfgError::Mapping { .. })));
+    }
+}
