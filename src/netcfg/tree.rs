@@ -244,6 +244,7 @@ pub fn rewrite_tree(root: &Path, mapping: &Mapping) -> Result<Report, NetcfgErro
             Err(_) => {}
         }
     }
+    remove_stale_state(root, &mut report)?;
     if stacks.is_empty() {
         report.notes.push("no network configuration found in the image".into());
     } else {
@@ -251,6 +252,30 @@ pub fn rewrite_tree(root: &Path, mapping: &Mapping) -> Result<Report, NetcfgErro
         report.notes.push(format!("network stacks found: {}", names.join(", ")));
     }
     Ok(report)
+}
+
+/// DHCP client state copied from the primary: dhclient's lease files (which hold its client id,
+/// and for DHCPv6 its `default-duid`), NetworkManager's leases, and NetworkManager's
+/// `secret_key` (from which it derives stable-privacy IPv6 addresses and `stable` DUIDs: with the
+/// primary's key and the same connection the standby would compute the primary's addresses).
+/// The DHCP *server*'s `dhcpd.leases` is the primary's data and is never touched.
+fn remove_stale_state(root: &Path, report: &mut Report) -> Result<(), NetcfgError> {
+    let dhclient = |n: &str| n.starts_with("dhclient") && (n.ends_with(".leases") || n.ends_with(".lease"));
+    let nm = |n: &str| n.ends_with(".lease") || n == "secret_key";
+    let mut victims = list(root, "/var/lib/dhcp", dhclient)?;
+    victims.extend(list(root, "/var/lib/dhclient", dhclient)?);
+    victims.extend(list(root, "/var/lib/NetworkManager", nm)?);
+    for p in victims {
+        // `list` resolved the directory inside the root; the entry itself must be a plain file.
+        let Some(dir) = resolve(root, p.parent().unwrap_or(Path::new("/")))? else { continue };
+        let Some(name) = p.file_name() else { continue };
+        let host = dir.join(name);
+        if fs::symlink_metadata(&host).is_ok_and(|m| m.file_type().is_file()) {
+            fs::remove_file(&host).map_err(NetcfgError::io("remove", &host))?;
+            report.removed.push(p);
+        }
+    }
+    Ok(())
 }
 
 fn rewrite_file(root: &Path, p: &Path, st: Stack, m: &Mapping, report: &mut Report) -> Result<(), NetcfgError> {
@@ -332,6 +357,15 @@ mod tests {
         put(&root, "/etc/systemd/network/10-private.link", "networkd/10-private.link", 0o644);
         put(&root, "/etc/sysconfig/network-scripts/ifcfg-eth0", "ifcfg/ifcfg-eth0", 0o644);
         put(&root, "/etc/sysconfig/network-scripts/ifcfg-eth1:0", "ifcfg/ifcfg-eth1:0", 0o644);
+        for (f, t) in [
+            ("var/lib/dhcp/dhclient6.eth0.leases", "default-duid \"\\000\\001\\000\\001\";\n"),
+            ("var/lib/dhcp/dhcpd.leases", "lease 10.0.0.50 {\n}\n"),
+            ("var/lib/NetworkManager/internal-7f1c2a9e-eth0.lease", "ADDRESS=10.0.0.1\n"),
+            ("var/lib/NetworkManager/secret_key", "k"),
+        ] {
+            fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
+            fs::write(root.join(f), t).unwrap();
+        }
         let udev = root.join("etc/udev/rules.d");
         fs::create_dir_all(&udev).unwrap();
         fs::write(
@@ -365,9 +399,13 @@ mod tests {
             r.removed,
             vec![
                 PathBuf::from("/etc/sysconfig/network-scripts/ifcfg-eth1:0"),
-                PathBuf::from("/etc/udev/rules.d/70-persistent-net.rules")
+                PathBuf::from("/etc/udev/rules.d/70-persistent-net.rules"),
+                PathBuf::from("/var/lib/dhcp/dhclient6.eth0.leases"),
+                PathBuf::from("/var/lib/NetworkManager/internal-7f1c2a9e-eth0.lease"),
+                PathBuf::from("/var/lib/NetworkManager/secret_key"),
             ]
         );
+        assert!(root.join("var/lib/dhcp/dhcpd.leases").exists(), "the DHCP server's leases stay");
         assert!(!root.join("etc/udev/rules.d/70-persistent-net.rules").exists());
         let np = root.join("etc/netplan/50-cloud-init.yaml");
         assert!(fs::read_to_string(&np).unwrap().contains("10.0.0.2/24"));
@@ -431,5 +469,28 @@ mod tests {
         let mut m = crate::netcfg::tests::mapping();
         m.vips.push("10.0.0.1".parse().unwrap());
         assert!(matches!(rewrite_tree(&root, &m), Err(NetcfgError::Mapping { .. })));
+    }
+
+    #[test]
+    fn ifupdown_sources_follow_relative_paths_globs_and_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let net = root.join("etc/network");
+        fs::create_dir_all(net.join("interfaces.d")).unwrap();
+        fs::create_dir_all(net.join("extra")).unwrap();
+        for f in ["interfaces.d/a.cfg", "interfaces.d/b.txt", "extra/eth5", "extra/skip.me", "machine"] {
+            fs::write(net.join(f), "iface x inet dhcp\n").unwrap();
+        }
+        let text = "source interfaces.d/*.cfg\nsource machine\nsource-directory extra\nsource-directory /nowhere\n";
+        let mut notes = Vec::new();
+        let got = ifupdown_sources(Path::new("/etc/network/interfaces"), text, root, &mut notes);
+        assert_eq!(
+            got,
+            vec![
+                PathBuf::from("/etc/network/interfaces.d/a.cfg"),
+                PathBuf::from("/etc/network/machine"),
+                PathBuf::from("/etc/network/extra/eth5"),
+            ]
+        );
     }
 }
