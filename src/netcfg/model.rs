@@ -151,6 +151,49 @@ pub enum AddrFate {
 }
 
 impl Mapping {
+    /// Pair the primary's interfaces with the standby's by role (in order within a role: the
+    /// first private with the first private, …) and check the result. Every primary interface
+    /// needs a standby counterpart: one left over would keep the primary's addresses.
+    pub fn from_identities(
+        primary: &NodeIdentity,
+        standby: &NodeIdentity,
+        vips: Vec<IpAddr>,
+    ) -> Result<Mapping, NetcfgError> {
+        let mut used = vec![false; standby.interfaces.len()];
+        let mut interfaces = Vec::new();
+        for p in &primary.interfaces {
+            let found = standby.interfaces.iter().enumerate().find(|(i, s)| !used[*i] && s.role == p.role);
+            let Some((i, s)) = found else {
+                let name = p.name.clone().or(p.mac.map(|m| m.to_string())).unwrap_or_default();
+                return Err(NetcfgError::Mapping {
+                    reason: format!(
+                        "primary interface {name} ({:?}) has no standby interface of the same role",
+                        p.role
+                    ),
+                });
+            };
+            used[i] = true;
+            if s.addresses.len() < p.addresses.len() {
+                return Err(NetcfgError::Mapping {
+                    reason: format!(
+                        "the standby's {:?} interface has {} addresses, the primary's {}",
+                        p.role,
+                        s.addresses.len(),
+                        p.addresses.len()
+                    ),
+                });
+            }
+            interfaces.push(InterfaceMap {
+                primary: p.clone(),
+                standby_mac: s.mac,
+                standby_addresses: s.addresses.clone(),
+            });
+        }
+        let m = Mapping { interfaces, vips };
+        m.validate()?;
+        Ok(m)
+    }
+
     /// Check the mapping cannot make a rewrite loop or clash: no standby address or MAC equals a
     /// primary one or a VIP.
     pub fn validate(&self) -> Result<(), NetcfgError> {
@@ -259,5 +302,35 @@ mod tests {
         let mut bad = m.clone();
         bad.interfaces[0].standby_addresses[0] = "192.0.2.10/24".parse().unwrap();
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn pairs_identities_by_role() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        let iface = |name: &str, mac: &str, addr: &str, role: Role| Interface {
+            name: Some(name.into()),
+            mac: Some(mac.parse().unwrap()),
+            addresses: vec![c(addr)],
+            gateway: None,
+            dns: vec![],
+            role,
+        };
+        let primary = NodeIdentity {
+            interfaces: vec![
+                iface("eth0", "52:54:00:00:00:01", "10.0.0.1/24", Role::Private),
+                iface("eth1", "52:54:00:00:00:02", "192.0.2.10/24", Role::Public),
+            ],
+        };
+        let standby = NodeIdentity {
+            interfaces: vec![
+                iface("ens4", "52:54:00:00:01:02", "192.0.2.11/24", Role::Public),
+                iface("ens3", "52:54:00:00:01:01", "10.0.0.2/24", Role::Private),
+            ],
+        };
+        let m = Mapping::from_identities(&primary, &standby, vec!["192.0.2.100".parse().unwrap()]).unwrap();
+        assert_eq!(m.mac("52:54:00:00:00:02".parse().unwrap()), Some("52:54:00:00:01:02".parse().unwrap()));
+        assert_eq!(m.address("10.0.0.1".parse().unwrap()), AddrFate::Mapped(c("10.0.0.2/24")));
+        let lonely = NodeIdentity { interfaces: standby.interfaces[..1].to_vec() };
+        assert!(matches!(Mapping::from_identities(&primary, &lonely, vec![]), Err(NetcfgError::Mapping { .. })));
     }
 }
