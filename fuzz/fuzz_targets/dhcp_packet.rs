@@ -5,7 +5,7 @@ use understudy::dhcp::policy::{Known, Leases, Settings, decode, destination, enc
 
 fuzz_target!(|data: &[u8]| {
     let Ok(m) = decode(data) else { return };
-    for proxy in [false, true] {
+    for (proxy, uefi_shim) in [(false, false), (true, false), (false, true)] {
         let s = Settings {
             server_ip: [10, 0, 0, 1].into(),
             net: [10, 0, 0, 0].into(),
@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
             lease_secs: 3600,
             proxy,
             http_base: "http://10.0.0.1:8080".into(),
+            uefi_shim,
         };
         let out = handle(&s, &m, &Known { collecting: true, ..Default::default() }, &Leases::default(), 1000);
         if let Some(r) = out.reply {
