@@ -505,7 +505,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let m = inv.manifest(&row).await?;
             let dd = inv.data_dir.clone();
             let t = Instant::now();
-            let opts = DeployOptions { quiet: cli.quiet || a.json, sync: !a.no_sync, counters: None };
+            let opts =
+                DeployOptions { quiet: cli.quiet || a.json, sync: !a.no_sync, counters: None, mount_points: vec![] };
             let target = a.target.clone();
             let stats = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let store = Store::open(&dd, LockMode::Shared)?;

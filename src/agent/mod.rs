@@ -168,10 +168,14 @@ async fn install(
         tokio::task::spawn_blocking(move || replay::run(&plan, &layout, links)).await??
     };
     let root = opts.mount_dir.clone();
-    let pulled =
-        crate::pull::pull(client, &d.image, root.clone(), Some(a.deployment), counters.clone(), true, true).await?;
+    // The other filesystems' mount points exist already; the image's directories there
+    // are written into them.
+    let mount_points: Vec<String> =
+        layout.mounts().iter().filter(|m| m.path != "/").map(|m| m.path.trim_start_matches('/').to_string()).collect();
+    let dopts =
+        crate::deploy::DeployOptions { quiet: true, sync: true, counters: Some(counters.clone()), mount_points };
+    let pulled = crate::pull::pull_into(client, &d.image, root.clone(), Some(a.deployment), dopts).await?;
     println!("understudy-agent: wrote {} files, {} bytes", pulled.stats.files, pulled.stats.bytes);
-    rep.mount_deferred()?;
     report(client, a.deployment, Running, "identity", counters, None).await;
     let source = if recorded {
         identity::FstabSource::Recorded(&layout)
@@ -185,6 +189,8 @@ async fn install(
     let wants_loader = layout.bootloader != crate::layout::doc::Bootloader::None;
     if a.bootloader && wants_loader {
         report(client, a.deployment, Running, "bootloader", counters, None).await;
+        // The ESP, mounted now that the tree is written (see replay::Replay::deferred).
+        rep.mount_deferred()?;
         let uefi = opts.efi_dir.is_dir();
         for line in boot::install(&root, &plan, &layout, &rep, uefi, &mut mounts)? {
             println!("understudy-agent: bootloader: {line}");
