@@ -233,6 +233,15 @@ pub enum NodesCmd {
         #[arg(long)]
         stop: bool,
     },
+    /// What the agent will do on the node's disks: its image's layout planned onto the
+    /// disks it reported (a layout that does not fit is refused here, and by the agent).
+    Plan {
+        /// Node name.
+        name: String,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// What the node's boot environment found when it last booted: firmware and disks.
     Hardware {
         /// Node name.
@@ -350,6 +359,21 @@ pub enum ImagesCmd {
         /// Image reference; all images when omitted.
         image: Option<String>,
         /// JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an image's disk layout, or set it from a layout document (`--from`), or go back
+    /// to the default layout (`--clear`).
+    Layout {
+        /// Image reference.
+        image: String,
+        /// Set the layout from this JSON file (`-` for stdin); checked before it is kept.
+        #[arg(long, value_name = "FILE", conflicts_with = "clear")]
+        from: Option<String>,
+        /// Forget the recorded layout: the image deploys with the default layout.
+        #[arg(long)]
+        clear: bool,
+        /// Print the layout document (JSON) instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -569,8 +593,11 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
                 *kinds.entry(k).or_default() += 1;
             }
             let chunks: std::collections::HashSet<_> = m.chunk_refs().map(|(_, c)| c.id).collect();
+            let layout = inv.image_layout(&row.label()).await?;
             if json {
-                print_json(&json!({"image": row, "kinds": kinds, "chunks": chunks.len(), "chunker": m.chunker}))?;
+                print_json(
+                    &json!({"image": row, "kinds": kinds, "chunks": chunks.len(), "chunker": m.chunker, "layout": layout}),
+                )?;
             } else {
                 println!(
                     "image     {}@{}\nid        {}\ncreated   {}\nsource    {}",
@@ -584,6 +611,20 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
                     human(row.added_bytes as u64)
                 );
                 println!("types     {}", kinds.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+                print_layout(&layout);
+            }
+            Ok(0)
+        }
+        ImagesCmd::Layout { image, from, clear, json } => {
+            let l = match (from, clear) {
+                (Some(f), _) => inv.set_image_layout(&image, Some(read_layout(&f)?)).await?,
+                (None, true) => inv.set_image_layout(&image, None).await?,
+                (None, false) => inv.image_layout(&image).await?,
+            };
+            if json {
+                print_json(&l.layout)?
+            } else {
+                print_layout(&l)
             }
             Ok(0)
         }
@@ -677,6 +718,24 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
             }
             Ok(0)
         }
+    }
+}
+
+/// Read a layout document from a file or stdin (`-`), with errors that name the problem.
+fn read_layout(f: &str) -> anyhow::Result<crate::layout::doc::Layout> {
+    let text = if f == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the layout from stdin")?
+    } else {
+        std::fs::read_to_string(f).with_context(|| format!("reading layout {f}"))?
+    };
+    crate::layout::doc::Layout::from_json(&text).map_err(|e| InventoryError::Invalid(format!("layout {f}: {e}")).into())
+}
+
+fn print_layout(l: &crate::wire::ImageLayout) {
+    let how = if l.recorded { "recorded" } else { "default (none recorded; set one with `images layout --from`)" };
+    println!("layout    {how}");
+    for line in l.layout.render().lines() {
+        println!("  {line}");
     }
 }
 
@@ -855,6 +914,16 @@ async fn nodes_cmd(api: &Api, cmd: NodesCmd) -> anyhow::Result<i32> {
                 }
             }
         }
+        NodesCmd::Plan { name, json } => {
+            let p: serde_json::Value = api.get(&format!("/api/v1/nodes/{}/plan", encode(&name))).await?;
+            if json {
+                print_json(&p)?;
+            } else {
+                let how = if p["recorded"] == true { "recorded layout" } else { "default layout" };
+                println!("{name}: {} ({how})", p["image"].as_str().unwrap_or("?"));
+                print!("{}", p["text"].as_str().unwrap_or_default());
+            }
+        }
         NodesCmd::Hardware { name, json } => {
             let r: HardwareReport = api.get(&format!("/api/v1/nodes/{}/hardware", encode(&name))).await?;
             if json {
@@ -1003,6 +1072,20 @@ async fn remote_cmd(client: &Client, cmd: Command, quiet: bool) -> anyhow::Resul
                     d.image.name, d.image.version, d.image.id, d.image.created
                 );
                 println!("size      {} in {} files; {} chunks", human(d.image.bytes as u64), d.image.files, d.chunks);
+            }
+            Ok(0)
+        }
+        Command::Images(ImagesCmd::Layout { image, from, clear, json }) => {
+            let path = format!("/api/v1/images/{}/layout", encode(&image));
+            let l: crate::wire::ImageLayout = match (from, clear) {
+                (Some(f), _) => api.call(reqwest::Method::PUT, &path, Some(&read_layout(&f)?)).await?,
+                (None, true) => api.call::<(), _>(reqwest::Method::DELETE, &path, None).await?,
+                (None, false) => api.get(&path).await?,
+            };
+            if json {
+                print_json(&l.layout)?
+            } else {
+                print_layout(&l)
             }
             Ok(0)
         }

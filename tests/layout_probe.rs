@@ -70,6 +70,16 @@ fn probe_reports_what_mkfs_set() {
     let layout = probe::probe(&mnt).unwrap();
     layout.validate().unwrap();
 
+    // `capture` of that mounted root records the same layout with the image version.
+    std::fs::write(mnt.join("etc-hostname"), "head-a\n").unwrap();
+    let data = tmp.path().join("data");
+    let bin = env!("CARGO_BIN_EXE_understudy");
+    let data_s = data.to_str().unwrap();
+    sh(&[bin, "--data-dir", data_s, "-q", "capture", "--name", "host", mnt.to_str().unwrap()]);
+    let recorded: understudy::layout::doc::Layout =
+        serde_json::from_str(&sh(&[bin, "--data-dir", data_s, "images", "layout", "host", "--json"])).unwrap();
+    assert_eq!(recorded, layout);
+
     // The two loop devices holding mounted filesystems, used whole; not the swap loop,
     // which nothing under the root uses.
     let disks: Vec<(String, PtableType, u64)> = layout.disks().map(|d| (d.id.clone(), d.ptable, d.size)).collect();

@@ -47,6 +47,8 @@ pub struct NewImage<'a> {
     pub stored_bytes: i64,
     /// Bytes added to the store.
     pub added_bytes: i64,
+    /// The disk layout recorded with it (layout document JSON), if any.
+    pub layout: Option<&'a str>,
 }
 
 /// Columns of an [`ImageRecord`], as a literal so queries stay static strings.
@@ -77,8 +79,8 @@ impl Db {
         .await?;
         let ts = now();
         sqlx::query(
-            "INSERT INTO images (name, version, manifest_id, created, source, entries, files, bytes, stored_bytes, added_bytes)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO images (name, version, manifest_id, created, source, entries, files, bytes, stored_bytes, added_bytes, layout)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(img.name)
         .bind(version)
@@ -90,6 +92,7 @@ impl Db {
         .bind(img.bytes)
         .bind(img.stored_bytes)
         .bind(img.added_bytes)
+        .bind(img.layout)
         .execute(&mut *tx)
         .await?;
         super::events::insert(&mut tx, &ts, None, kind, &message(version)).await?;
@@ -172,6 +175,41 @@ impl Db {
         Ok(n)
     }
 
+    /// The layout recorded with a version: `None` when there is no such version,
+    /// `Some(None)` when it has none.
+    pub async fn image_layout(&self, name: &str, version: i64) -> Result<Option<Option<String>>> {
+        let r: Option<(Option<String>,)> = sqlx::query_as("SELECT layout FROM images WHERE name = ? AND version = ?")
+            .bind(name)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|x| x.0))
+    }
+
+    /// Set (or clear) the layout of a version, with its event.
+    pub async fn set_image_layout(
+        &self,
+        name: &str,
+        version: i64,
+        layout: Option<&str>,
+        kind: &str,
+        message: &str,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let r = sqlx::query("UPDATE images SET layout = ? WHERE name = ? AND version = ?")
+            .bind(layout)
+            .bind(name)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(DbError::NotFound(format!("no image {name}@{version}")));
+        }
+        super::events::insert(&mut tx, &now(), None, kind, message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Distinct manifest ids referenced by any image.
     pub async fn live_manifests(&self) -> Result<Vec<String>> {
         let rows: Vec<(String,)> =
@@ -194,6 +232,7 @@ mod tests {
             bytes: 100,
             stored_bytes: 50,
             added_bytes: 50,
+            layout: None,
         }
     }
 
@@ -215,10 +254,16 @@ mod tests {
         let mut live = db.live_manifests().await.unwrap();
         live.sort();
         assert_eq!(live, vec!["aa22", "bb11"]);
+        assert_eq!(db.image_layout("a", 2).await.unwrap(), Some(None));
+        db.set_image_layout("a", 2, Some("{}"), "image.layout", "set").await.unwrap();
+        assert_eq!(db.image_layout("a", 2).await.unwrap(), Some(Some("{}".into())));
+        assert_eq!(db.image_layout("a", 9).await.unwrap(), None);
+        assert!(db.set_image_layout("a", 9, None, "image.layout", "").await.is_err());
         let (ev, n) = db.events(&Default::default(), 10, 0).await.unwrap();
-        assert_eq!(n, 4);
-        assert_eq!((ev[0].kind.as_str(), ev[0].message.as_str()), ("image.delete", "1 gone"));
-        assert_eq!(ev[1].message, "b v1");
+        assert_eq!(n, 5);
+        assert_eq!((ev[0].kind.as_str(), ev[0].message.as_str()), ("image.layout", "set"));
+        assert_eq!((ev[1].kind.as_str(), ev[1].message.as_str()), ("image.delete", "1 gone"));
+        assert_eq!(ev[2].message, "b v1");
         // A third version after a delete still counts on: versions are never reused.
         assert_eq!(db.add_image(&new("a", "aa33"), "image.capture", |_| String::new()).await.unwrap().version, 3);
     }

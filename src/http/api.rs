@@ -7,8 +7,8 @@ use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::inventory::EventQuery as Filter;
 use crate::wire::{
     CallerRole, Collect, CollectState, Deleted, Deployment, DeploymentCreate, DeploymentCreated, Discovered, Event,
-    Hardware, HardwareReport, Image, ImageDetail, Job, JobKind, JobState, Lease, Node, NodeCreate, NodePatch, Page,
-    Progress, WhoAmI,
+    Hardware, HardwareReport, Image, ImageDetail, ImageLayout, Job, JobKind, JobState, Lease, Node, NodeCreate,
+    NodePatch, NodePlan, Page, Progress, WhoAmI,
 };
 use axum::Json;
 use axum::extract::State;
@@ -29,6 +29,8 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_images))
         .routes(routes!(show_image, delete_image))
         .routes(routes!(verify_image))
+        .routes(routes!(get_layout, put_layout, delete_layout))
+        .routes(routes!(node_plan))
         .routes(routes!(start_gc))
         .routes(routes!(get_job))
         .routes(routes!(list_nodes, create_node))
@@ -94,6 +96,41 @@ async fn show_image(State(st): St, caller: Caller, ApiPath(image): ApiPath<Strin
 async fn delete_image(State(st): St, caller: Caller, ApiPath(image): ApiPath<String>) -> ApiResult<Json<Deleted>> {
     caller.admin()?;
     Ok(Json(Deleted { deleted: st.inv.delete(&image).await? }))
+}
+
+/// An image's disk layout (the recorded one, or the default it deploys with): the admin,
+/// or a deployment token of that image (the agent plans it onto the node's disks).
+#[utoipa::path(get, path = "/api/v1/images/{image}/layout", tag = "images",
+    params(("image" = String, Path, description = "NAME, NAME@N or id")),
+    responses((status = 200, body = ImageLayout), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_layout(State(st): St, caller: Caller, ApiPath(image): ApiPath<String>) -> ApiResult<Json<ImageLayout>> {
+    let row = st.inv.resolve(&image).await?;
+    caller.image_content(&row.id)?;
+    Ok(Json(st.inv.image_layout(&row.label()).await?))
+}
+
+/// Set an image version's disk layout (checked: references, sizes, one `/`).
+#[utoipa::path(put, path = "/api/v1/images/{image}/layout", tag = "images",
+    params(("image" = String, Path, description = "NAME, NAME@N or id")),
+    request_body(content = Object, description = "a layout document (see `understudy images layout`)"),
+    responses((status = 200, body = ImageLayout), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn put_layout(
+    State(st): St,
+    caller: Caller,
+    ApiPath(image): ApiPath<String>,
+    ApiJson(layout): ApiJson<crate::layout::doc::Layout>,
+) -> ApiResult<Json<ImageLayout>> {
+    caller.admin()?;
+    Ok(Json(st.inv.set_image_layout(&image, Some(layout)).await?))
+}
+
+/// Clear an image version's disk layout: it deploys with the default layout again.
+#[utoipa::path(delete, path = "/api/v1/images/{image}/layout", tag = "images",
+    params(("image" = String, Path, description = "NAME, NAME@N or id")),
+    responses((status = 200, body = ImageLayout), (status = 404, body = ErrorBody)))]
+async fn delete_layout(State(st): St, caller: Caller, ApiPath(image): ApiPath<String>) -> ApiResult<Json<ImageLayout>> {
+    caller.admin()?;
+    Ok(Json(st.inv.set_image_layout(&image, None).await?))
 }
 
 /// Jobs of this server process.
@@ -336,6 +373,14 @@ async fn report_hardware(
     }
     let d = st.inv.deployment(id).await?;
     Ok(Json(st.inv.report_hardware(&d.node, Some(id), &h).await?))
+}
+
+/// The node's image layout planned onto its reported disks: what the agent will do.
+#[utoipa::path(get, path = "/api/v1/nodes/{name}/plan", tag = "nodes", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+    responses((status = 200, body = NodePlan), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn node_plan(State(st): St, caller: Caller, ApiPath(name): ApiPath<String>) -> ApiResult<Json<NodePlan>> {
+    caller.read(st.cfg.public_reads)?;
+    Ok(Json(st.inv.node_plan(&name).await?))
 }
 
 /// A node's hardware as its boot environment last reported it.

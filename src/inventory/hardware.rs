@@ -2,7 +2,8 @@
 //! layout can be planned for that node before anything is erased.
 
 use super::{Inventory, InventoryError, Result};
-use crate::wire::{Hardware, HardwareReport};
+use crate::layout::plan::{TargetDisk, plan};
+use crate::wire::{Hardware, HardwareReport, NodePlan};
 
 impl Inventory {
     /// Keep what a node's boot environment found (checked first).
@@ -24,6 +25,25 @@ impl Inventory {
         let hardware: Hardware = serde_json::from_str(&r.report)
             .map_err(|e| InventoryError::Db(crate::db::DbError::BadValue(format!("hardware report: {e}"))))?;
         Ok(HardwareReport { reported: r.reported, deployment: r.deployment, hardware })
+    }
+}
+
+impl Inventory {
+    /// The node's image layout planned onto the disks its boot environment reported: what
+    /// the agent will do, shown before it runs (an error names what does not fit).
+    pub async fn node_plan(&self, name: &str) -> Result<NodePlan> {
+        let node = self.node(name).await?;
+        let image = node
+            .image
+            .ok_or_else(|| InventoryError::Conflict(format!("node {name} has no image; set one with `nodes set`")))?;
+        let mut l = self.image_layout(&image).await?;
+        let hw = self.hardware(name).await?;
+        let targets: Vec<TargetDisk> = hw.hardware.disks.iter().map(TargetDisk::from).collect();
+        // UUIDs the layout leaves open are made fresh at deploy; these only show the shape.
+        l.layout.fill_missing_uuids(rand::random);
+        let p = plan(&l.layout, &targets, "/mnt/target")
+            .map_err(|e| InventoryError::Conflict(format!("{} does not fit node {name}: {e}", l.image)))?;
+        Ok(NodePlan { node: name.into(), image: l.image, recorded: l.recorded, text: p.render(), plan: p })
     }
 }
 

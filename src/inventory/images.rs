@@ -5,9 +5,10 @@ use super::names::{ImageRef, check_name, is_hex_prefix, parse_ref};
 use super::{Inventory, InventoryError, Result, blocking, page};
 use crate::capture::{CaptureOptions, Captured, capture};
 use crate::db::NewImage;
+use crate::layout::doc::{Layout, default_layout};
 use crate::store::manifest::{Kind, Manifest};
 use crate::store::{self, ChunkId, LockMode, Store, StoreError, gc::GcReport, verify::VerifyReport};
-use crate::wire::{EventKind, Image, ImageDetail, Page};
+use crate::wire::{EventKind, Image, ImageDetail, ImageLayout, Page};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
@@ -47,6 +48,26 @@ pub fn kind_name(k: &Kind) -> &'static str {
 /// Regular files in a manifest.
 pub fn file_count(m: &Manifest) -> usize {
     m.entries.iter().filter(|e| matches!(e.kind, Kind::File { .. })).count()
+}
+
+/// What a new image version is made of.
+struct Record<'a> {
+    id: &'a ChunkId,
+    source: &'a str,
+    m: &'a Manifest,
+    stored: u64,
+    added: u64,
+}
+
+/// Is `p` a mount point (`/`, or on another filesystem than its parent)?
+fn is_mount_point(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(canon) = std::fs::canonicalize(p) else { return false };
+    let Some(parent) = canon.parent() else { return true };
+    match (std::fs::metadata(&canon), std::fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev() || a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Where an import reads its archive from.
@@ -138,25 +159,44 @@ impl Inventory {
         if !source.is_dir() {
             return Err(InventoryError::NotFound(format!("capture source {} is not a directory", source.display())));
         }
-        let parent = match self.db.image(name, None).await? {
+        let parent_row = self.db.image(name, None).await?;
+        let parent = match &parent_row {
             Some(r) => Some(id_of(&r.id)?),
             None => None,
         };
         opts.skip_paths.push(self.data_dir.clone());
         let (dd, src) = (self.data_dir.clone(), source.to_path_buf());
-        let (store, cap, stored) = blocking(move || {
+        let (store, mut cap, stored, probed) = blocking(move || {
             let store = Store::open_for_write(&dd)?;
             let cap = capture(&store, &src, parent, &opts)?;
             let stored = stored_bytes(&store, &cap.manifest);
-            Ok((store, cap, stored))
+            // A mounted root (the usual `capture /`) records the layout of its disks.
+            let probed = is_mount_point(&src).then(|| crate::layout::probe::probe(&src));
+            Ok((store, cap, stored, probed))
         })
         .await?;
+        let layout = match probed {
+            Some(Ok(l)) => Some(l.to_json()),
+            Some(Err(e)) => {
+                cap.warnings.push(format!(
+                    "disk layout not recorded: {e}; set one with `understudy images layout {name} --from FILE`"
+                ));
+                None
+            }
+            // A plain directory has no disks of its own: keep what the last version had.
+            None => match &parent_row {
+                Some(r) => self.db.image_layout(&r.name, r.version).await?.flatten(),
+                None => None,
+            },
+        };
         // The store lock is held until the image is recorded, so gc cannot see the new
         // manifest as garbage in between.
         let shown = source.display().to_string();
+        let rec = Record { id: &cap.id, source: &shown, m: &cap.manifest, stored, added: cap.stats.added_bytes };
+        let with_layout = if layout.is_some() { " with its disk layout" } else { "" };
         let row = self
-            .record(name, &cap.id, &shown, &cap.manifest, stored, cap.stats.added_bytes, EventKind::ImageCapture, |v| {
-                format!("captured {name} version {v} from {shown}")
+            .record(name, rec, layout.as_deref(), EventKind::ImageCapture, |v| {
+                format!("captured {name} version {v} from {shown}{with_layout}")
             })
             .await?;
         drop(store);
@@ -196,28 +236,24 @@ impl Inventory {
             Ok((store, m, id, stats, stored))
         })
         .await?;
+        let rec = Record { id: &id, source: &source, m: &m, stored, added: stats.added_bytes };
         let image = self
-            .record(name, &id, &source, &m, stored, stats.added_bytes, EventKind::ImageImport, |v| {
-                format!("imported {name}@{v} from {label}")
-            })
+            .record(name, rec, None, EventKind::ImageImport, |v| format!("imported {name}@{v} from {label}"))
             .await?;
         drop(store);
         Ok(Imported { image, skipped: stats.skipped })
     }
 
-    /// Record a stored manifest as a new image version, with its event.
-    #[allow(clippy::too_many_arguments)]
+    /// Record a stored manifest as a new image version, with its layout and its event.
     async fn record(
         &self,
         name: &str,
-        id: &ChunkId,
-        source: &str,
-        m: &Manifest,
-        stored: u64,
-        added: u64,
+        r: Record<'_>,
+        layout: Option<&str>,
         kind: EventKind,
         message: impl FnOnce(i64) -> String,
     ) -> Result<Image> {
+        let Record { id, source, m, stored, added } = r;
         let hex = store::hex_id(id);
         let row = self
             .db
@@ -231,12 +267,50 @@ impl Inventory {
                     bytes: m.total_bytes() as i64,
                     stored_bytes: stored as i64,
                     added_bytes: added as i64,
+                    layout,
                 },
                 &kind.as_str(),
                 message,
             )
             .await?;
         Ok(row.into())
+    }
+
+    /// An image's layout: the recorded one, else the default one it deploys with.
+    pub async fn image_layout(&self, s: &str) -> Result<ImageLayout> {
+        let image = self.resolve(s).await?;
+        let stored = self.db.image_layout(&image.name, image.version).await?.flatten();
+        let (recorded, layout) = match stored {
+            Some(json) => (
+                true,
+                Layout::from_json(&json).map_err(|e| {
+                    InventoryError::Db(crate::db::DbError::BadValue(format!("layout of {}: {e}", image.label())))
+                })?,
+            ),
+            // Room for the image with a quarter to spare, and the usual minimum.
+            None => (false, default_layout((image.bytes.max(0) as u64).saturating_mul(5) / 4 + (4 << 30))),
+        };
+        Ok(ImageLayout { image: image.label(), recorded, layout })
+    }
+
+    /// Set an image version's layout (checked first); `None` goes back to the default.
+    pub async fn set_image_layout(&self, s: &str, layout: Option<Layout>) -> Result<ImageLayout> {
+        let image = self.resolve(s).await?;
+        let json = match &layout {
+            Some(l) => {
+                l.validate().map_err(|e| InventoryError::Invalid(format!("layout: {e}")))?;
+                Some(l.to_json())
+            }
+            None => None,
+        };
+        let msg = match &layout {
+            Some(_) => format!("disk layout of {} set", image.label()),
+            None => format!("disk layout of {} cleared (the default layout applies)", image.label()),
+        };
+        self.db
+            .set_image_layout(&image.name, image.version, json.as_deref(), &EventKind::ImageLayout.as_str(), &msg)
+            .await?;
+        self.image_layout(&image.label()).await
     }
 
     /// Delete `NAME` (all versions) or `NAME@N`. Data goes at the next gc.

@@ -58,6 +58,23 @@ pub struct TargetDisk {
     pub read_only: bool,
 }
 
+impl From<&crate::wire::Disk> for TargetDisk {
+    /// A disk as the boot environment reported it (empty strings: not known).
+    fn from(d: &crate::wire::Disk) -> Self {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        TargetDisk {
+            name: d.name.clone(),
+            size: d.size,
+            sector_size: d.logical_sector_size,
+            serial: some(&d.serial),
+            wwn: some(&d.wwid),
+            model: some(&d.model),
+            removable: d.removable,
+            read_only: d.read_only,
+        }
+    }
+}
+
 impl TargetDisk {
     /// `/dev/NAME`.
     pub fn path(&self) -> String {

@@ -222,6 +222,8 @@ pub enum EventKind {
     ImageDelete,
     /// Garbage collection ran.
     ImageGc,
+    /// An image's disk layout was set or recorded.
+    ImageLayout,
     /// A node was created.
     NodeCreate,
     /// A node was changed.
@@ -261,6 +263,7 @@ impl EventKind {
             ImageImport => "image.import",
             ImageDelete => "image.delete",
             ImageGc => "image.gc",
+            ImageLayout => "image.layout",
             NodeCreate => "node.create",
             NodeUpdate => "node.update",
             NodeDelete => "node.delete",
@@ -297,6 +300,7 @@ impl EventKind {
         EventKind::ImageImport,
         EventKind::ImageDelete,
         EventKind::ImageGc,
+        EventKind::ImageLayout,
         EventKind::NodeCreate,
         EventKind::NodeUpdate,
         EventKind::NodeDelete,
@@ -397,6 +401,35 @@ pub struct ImageDetail {
     pub kinds: std::collections::BTreeMap<String, u64>,
     /// Distinct chunks.
     pub chunks: u64,
+}
+
+/// An image's disk layout: the one recorded at capture (or set by the admin), else the
+/// default layout an image without one is deployed with.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageLayout {
+    /// The image (NAME@N).
+    pub image: String,
+    /// Recorded with the image (or set by the admin); false for the default layout.
+    pub recorded: bool,
+    /// The layout document (see `understudy images layout`).
+    #[schema(value_type = Object)]
+    pub layout: crate::layout::doc::Layout,
+}
+
+/// A node's layout plan: the node's image layout mapped onto its reported disks.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NodePlan {
+    /// The node.
+    pub node: String,
+    /// The image (NAME@N).
+    pub image: String,
+    /// Whether the layout was recorded with the image (false: the default layout).
+    pub recorded: bool,
+    /// The plan as text, as the agent prints it.
+    pub text: String,
+    /// The plan.
+    #[schema(value_type = Object)]
+    pub plan: crate::layout::plan::Plan,
 }
 
 /// Result of a delete.
