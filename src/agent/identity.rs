@@ -101,7 +101,7 @@ pub fn fstab_recorded(old: &str, layout: &Layout) -> Option<(String, Vec<String>
         }
         let (src, mnt) = (f[0], f[1]);
         let local = ["UUID=", "PARTUUID=", "LABEL=", "PARTLABEL=", "/dev/"].iter().any(|p| src.starts_with(p));
-        let key = if src.starts_with("UUID=") { format!("UUID={}", &src[5..]) } else { src.to_string() };
+        let key = src.to_string();
         let hit = names.get(&key).or_else(|| names.get(&key.to_lowercase()));
         match hit {
             Some(id) => {

@@ -17,17 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// What the server says about an image's layout (`GET /api/v1/images/{image}/layout`).
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct ImageLayout {
-    /// `NAME@N`.
-    #[serde(default)]
-    pub image: String,
-    /// The layout was recorded (capture, or `images layout --from`); otherwise it is the
-    /// default layout for an imported image.
-    pub recorded: bool,
-    /// The layout document.
-    pub layout: Layout,
-}
+pub use crate::wire::ImageLayout;
 
 /// Why the layout cannot be replayed here. Nothing has been written when this is returned.
 #[derive(Debug, thiserror::Error)]
@@ -74,25 +64,10 @@ pub async fn fetch(client: &Client, image: &str) -> Result<ImageLayout, ReplayEr
     }
 }
 
-/// The disk a plan sees for a reported disk.
-pub fn target_disk(d: &BlockDev) -> TargetDisk {
-    let some = |s: &str| if s.is_empty() { None } else { Some(s.to_string()) };
-    TargetDisk {
-        name: d.name.clone(),
-        size: d.size,
-        sector_size: d.logical_sector_size,
-        serial: some(&d.serial),
-        wwn: some(&d.wwid),
-        model: some(&d.model),
-        removable: d.removable,
-        read_only: d.read_only,
-    }
-}
-
 /// The targets to plan on: every reported disk, or only the one named by
 /// `understudy.disk=` (`/dev/vdb`, `vdb`, or a symlink such as `/dev/disk/by-id/...`).
 pub fn targets(disks: &[BlockDev], only: Option<&str>) -> Result<Vec<TargetDisk>, ReplayError> {
-    let all: Vec<TargetDisk> = disks.iter().map(target_disk).collect();
+    let all: Vec<TargetDisk> = disks.iter().map(TargetDisk::from).collect();
     let Some(want) = only else { return Ok(all) };
     let resolved = std::fs::canonicalize(want).ok().map(|p| p.to_string_lossy().into_owned());
     let name = |s: &str| s.trim_start_matches("/dev/").to_string();
@@ -108,8 +83,10 @@ pub fn targets(disks: &[BlockDev], only: Option<&str>) -> Result<Vec<TargetDisk>
 }
 
 /// The layout to replay: a recorded one as it is; the default layout (an imported image)
-/// sized for this image, so it fits any disk the image fits (the server's default is sized
-/// for no image in particular). Filesystems without a UUID get a fresh one, so the agent
+/// sized for this image as the agent always sized its disk (the image and a quarter, plus
+/// 1 GiB, at least 2 GiB), so that it fits every disk an imported image was deployed on
+/// before layouts (the server's default adds 4 GiB, a fair size to plan for, not a
+/// minimum to refuse a smaller disk over). Filesystems without a UUID get a fresh one, so the agent
 /// knows every identity before mkfs.
 pub fn prepare(mut l: ImageLayout, image_bytes: u64) -> (Layout, bool) {
     if !l.recorded {
