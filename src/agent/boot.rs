@@ -60,14 +60,20 @@ fn is_ipv4_net(label: &str) -> bool {
     (l.contains("pxev4") || l.contains("ipv4") || (l.contains("pxe") && !v6)) && !http
 }
 
-/// The boot order with `new` right after the first IPv4 network entry (ahead of the IPv6
-/// and HTTP ones and of everything else); first when the firmware lists no IPv4 network
-/// entry. Every other entry keeps its relative order.
+/// The boot order: the first IPv4 network entry first (the server decides every boot:
+/// deploy, or "boot from disk"), `new` right after it (ahead of the IPv6 and HTTP network
+/// entries, which would each wait for their own timeouts, and of the firmware's own disk
+/// and DVD entries); `new` first when the firmware lists no IPv4 network entry. Every
+/// other entry keeps its relative order.
 pub fn boot_order(vars: &BootVars, new: u16) -> Vec<u16> {
     let label = |n: u16| vars.entries.iter().find(|e| e.num == n).map(|e| e.label.as_str()).unwrap_or("");
-    let mut out: Vec<u16> = vars.order.iter().copied().filter(|n| *n != new).collect();
-    let at = out.iter().position(|n| is_ipv4_net(label(*n))).map_or(0, |i| i + 1);
-    out.insert(at, new);
+    let mut rest: Vec<u16> = vars.order.iter().copied().filter(|n| *n != new).collect();
+    let mut out = Vec::with_capacity(rest.len() + 1);
+    if let Some(i) = rest.iter().position(|n| is_ipv4_net(label(*n))) {
+        out.push(rest.remove(i));
+    }
+    out.push(new);
+    out.extend(rest);
     out
 }
 
@@ -300,6 +306,14 @@ mod tests {
         v2.order.insert(0, 5);
         assert_eq!(boot_order(&v2, 5), [1, 5, 2, 3, 4, 0]);
         assert_eq!(boot_order(&v, 5), [1, 5, 2, 3, 4, 0]);
+        // OVMF without a boot device named by QEMU: its DVD and disk entries come first;
+        // network boot goes ahead of them.
+        let ovmf = parse_efibootmgr(
+            "BootOrder: 0006,0001,0002,0003,0004,0005,0000\nBoot0000* UiApp\nBoot0001* UEFI QEMU DVD-ROM QM00005 \n\
+             Boot0002* UEFI Misc Device\nBoot0003* UEFI PXEv4 (MAC:525400BEEF01)\nBoot0004* UEFI PXEv6 (MAC:525400BEEF01)\n\
+             Boot0005* EFI Internal Shell\nBoot0006* Debian GNU/Linux (understudy)\n",
+        );
+        assert_eq!(boot_order(&ovmf, 6), [3, 6, 1, 2, 4, 5, 0]);
         // Real firmware names.
         let hw = BootVars {
             order: vec![3, 1, 2],
@@ -309,7 +323,7 @@ mod tests {
                 BootEntry { num: 3, label: "Hard Drive".into() },
             ],
         };
-        assert_eq!(boot_order(&hw, 9), [3, 1, 2, 9]);
+        assert_eq!(boot_order(&hw, 9), [2, 9, 3, 1]);
         // No network entry: the disk first.
         let none = BootVars { order: vec![0], entries: vec![BootEntry { num: 0, label: "UiApp".into() }] };
         assert_eq!(boot_order(&none, 7), [7, 0]);
