@@ -417,10 +417,19 @@ fn deploy_standby(fw: Firmware, disk_sizes: &[u64], layout: Option<&str>) -> Sta
     assert_eq!(deployment_status(&srv), ["done"]);
     wait_for("the deployed system's login prompt", limit, &mut vm, |c| c.contains("vm login:"));
     let login = t1.elapsed();
-    // It came up from its own disk: the server told its network boot so, no second
-    // deployment was made, and the system itself reports the disk it runs from.
-    let (_, ev) = srv.curl("GET", "/api/v1/events?kind=boot.local", None);
-    assert!(ev.contains("told to boot from its disk"), "{ev}");
+    // It came up from its own disk: the server told its network boot so (iPXE asks for a
+    // script and gets the local-boot one; UEFI firmware PXE gets an offer without a boot
+    // file and gives up), no second deployment was made, and the system itself reports
+    // the disk it runs from.
+    if fw == Firmware::Bios {
+        let (_, ev) = srv.curl("GET", "/api/v1/events?kind=boot.local", None);
+        assert!(ev.contains("told to boot from its disk"), "{ev}");
+    } else {
+        let con = vm.console();
+        let after = &con[con.find("understudy-agent: node vm deployed").unwrap()..];
+        let pxe = after.lines().any(|l| l.contains("BdsDxe: failed to load Boot") && l.contains("\"UEFI PXEv4"));
+        assert!(pxe, "the deployed node's PXE was not refused a boot file:\n{after}");
+    }
     assert_eq!(deployment_status(&srv), ["done"], "a deployed node must not start another deployment");
     wait_for("the system's own report", Duration::from_secs(120), &mut vm, |c| c.contains("understudy-report: end"));
     let console = vm.console();
