@@ -20,6 +20,9 @@ BENCH_PKGS := $(TEST_PKGS) debootstrap casync kea-admin kea-dhcp4-server dnsmasq
 
 # iPXE binaries served over TFTP/HTTP, from Debian's ipxe package (gitignored in pxe/).
 PXE_BINARIES := pxe/undionly.kpxe pxe/ipxe.efi pxe/snponly.efi
+# The Secure Boot chain ([dhcp] uefi_loader = "shim"): Debian's signed shim and MokManager,
+# and the signed GRUB network image, which shim loads as grubx64.efi.
+SB_BINARIES  := pxe/shimx64.efi pxe/mmx64.efi pxe/grubx64.efi
 # Debian's kernel (and busybox-static) for the boot-environment tests, fetched once.
 PXE_CACHE    ?= /var/cache/understudy-test
 PXE_KERNEL   := $(PXE_CACHE)/debian-kernel
@@ -30,7 +33,15 @@ all: build
 build: pxe-binaries
 	$(CARGO) build --release --locked
 
-pxe-binaries: $(PXE_BINARIES)
+pxe-binaries: $(PXE_BINARIES) $(SB_BINARIES)
+
+pxe/shimx64.efi pxe/mmx64.efi:
+	@./.ci/apt-ensure shim-signed
+	install -m 0644 /usr/lib/shim/$(@F).signed $@
+
+pxe/grubx64.efi:
+	@./.ci/apt-ensure grub-efi-amd64-signed
+	install -m 0644 /usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed $@
 
 pxe/%.kpxe:
 	@./.ci/apt-ensure ipxe
@@ -58,16 +69,17 @@ deps:
 bench-deps:
 	@./.ci/apt-ensure $(BENCH_PKGS)
 
-test: deps pxe-kernel standby-root
+test: deps pxe-kernel standby-root pxe-binaries
 	UNDERSTUDY_TEST_KERNEL=$(PXE_KERNEL)/root UNDERSTUDY_TEST_STANDBY_ROOT=$(STANDBY_ROOT)/root \
 		$(CARGO) test --locked --no-fail-fast -- --test-threads=4
 
-bench: bench-deps build
+bench: bench-deps build pxe-kernel standby-root
 	UNDERSTUDY_BIN=$(BIN) ./benches/store.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/deploy-remote.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/dhcp.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/tftp.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/failover.sh
+	./benches/standby.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -1216,7 +1216,9 @@ fn admin_token(data_dir: &std::path::Path, file: &std::path::Path) -> anyhow::Re
 /// `failover` commands work on local files only, so they run without the inventory and
 /// while the service holds its sockets.
 fn failover_cmd(data_dir: &std::path::Path, cmd: FailoverCmd) -> anyhow::Result<i32> {
-    use crate::failover::service::{AdminRequest, STATUS_FILE, Status, deliver_request};
+    use crate::failover::request::deliver_request;
+    use crate::failover::status::STATUS_FILE;
+    use crate::failover::{AdminRequest, Status};
     match cmd {
         FailoverCmd::Keygen { file } => {
             use std::os::unix::fs::OpenOptionsExt;
@@ -1243,6 +1245,7 @@ fn failover_cmd(data_dir: &std::path::Path, cmd: FailoverCmd) -> anyhow::Result<
                 print!("{}", s.render_text());
             }
         }
+        // The CLI's path to the service is the request file, so it works without HTTP.
         c @ (FailoverCmd::Takeover | FailoverCmd::Release) => {
             let req = if matches!(c, FailoverCmd::Takeover) { AdminRequest::Takeover } else { AdminRequest::Release };
             deliver_request(data_dir, req, std::time::Duration::from_secs(2))
@@ -1278,14 +1281,34 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         tracing::warn!("{w}");
     }
     let mut tasks = tokio::task::JoinSet::new();
+    let mut failover = None;
     if let Some(f) = cfg.failover.clone() {
         let node = f.node.clone();
-        let prepared = crate::failover::service::prepare(f, &data_dir).await.context("starting failover")?;
-        let (inv, shutdown) = (inv.clone(), shutdown.clone());
+        let prepared = crate::failover::prepare(f, &data_dir).await.context("starting failover")?;
+        let (sink, mut logged) = tokio::sync::mpsc::unbounded_channel::<crate::failover::LogEvent>();
+        let (handle, service) = crate::failover::start(prepared, sink, &shutdown);
+        failover = Some(handle);
+        // Its own task, so event-log writes never run on the machine's task; it ends once
+        // the service has ended and dropped its sender, after logging everything.
+        let inv = inv.clone();
+        let log = tokio::spawn(async move {
+            while let Some(e) = logged.recv().await {
+                let res = match e.kind.parse::<EventKind>() {
+                    Ok(k) => inv.record_event(None, k, &e.message).await.map_err(|x| x.to_string()),
+                    Err(x) => Err(x.to_string()),
+                };
+                if let Err(err) = res {
+                    tracing::warn!("failover: event log: {err}");
+                }
+            }
+        });
         tasks.spawn(async move {
-            crate::failover::service::serve(prepared, inv, shutdown).await.with_context(|| format!("failover {node}"))
+            let r = service.await;
+            let _ = log.await;
+            r.with_context(|| format!("failover {node}"))
         });
     }
+    let mut http_state = None;
     if let Some(h) = cfg.http.clone() {
         let token = admin_token(&data_dir, &h.admin_token_file)?;
         let listener =
@@ -1295,8 +1318,10 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         std::io::stdout().flush()?;
         tracing::info!("HTTP API listening on http://{addr}");
         let state = crate::http::AppState::new(inv.clone(), h, &token, shutdown.clone())
-            .with_boot(cfg.boot.clone(), cfg.tftp.as_ref().map(|t| t.root.clone()));
+            .with_boot(cfg.boot.clone(), cfg.tftp.as_ref().map(|t| t.root.clone()))
+            .with_failover(failover.clone());
         let state = std::sync::Arc::new(state);
+        http_state = Some((state.clone(), addr));
         tasks.spawn(async move { crate::http::serve(state, listener).await.context("HTTP service") });
     }
     if let Some(d) = cfg.dhcp.clone() {
@@ -1308,7 +1333,22 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
     }
     if let Some(t) = cfg.tftp.clone() {
         // Bind and open the root now, so a bad address or root fails the start.
-        let svc = crate::tftp::Service::bind(&t)?;
+        let mut svc = crate::tftp::Service::bind(&t)?;
+        // The signed GRUB of the Secure Boot chain reads grub/grub.cfg from the TFTP root:
+        // it asks the HTTP service for this machine's script, like iPXE does.
+        // Debian's signed GRUB network image speaks TFTP only: its script and the boot
+        // environment come from the HTTP service's own decisions, served over TFTP.
+        if let Some((state, addr)) = &http_state {
+            svc = svc.with_generated("grub/grub.cfg", GRUB_CFG.as_bytes())?;
+            // The agent is told the HTTP address the machine can reach: the one TFTP
+            // answers on (or the DHCP server's), at the HTTP port.
+            let ip = match svc.local_addr().ip() {
+                ip if !ip.is_unspecified() => Some(ip),
+                _ => cfg.dhcp.as_ref().map(|d| std::net::IpAddr::V4(d.server_ip)),
+            };
+            let host = ip.map(|ip| std::net::SocketAddr::new(ip, addr.port()).to_string());
+            svc = svc.with_resolver(std::sync::Arc::new(crate::http::boot::BootFiles::new(state.clone(), host)))?;
+        }
         let shutdown = shutdown.clone();
         tasks.spawn(async move { svc.run(shutdown).await.context("TFTP service") });
     }
@@ -1325,6 +1365,14 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
     inv.record_event(None, EventKind::ServerStop, "understudy serve stopped").await?;
     Ok(0)
 }
+
+/// The Secure Boot GRUB's first config (`grub/grub.cfg` on TFTP): this machine's script.
+const GRUB_CFG: &str =
+    "# understudy: Secure Boot network boot (shim, this GRUB, then the server's script for this machine).
+set timeout=0
+echo \"understudy: asking the server for this machine's script\"
+configfile (tftp)/boot/${net_default_mac}.grub
+";
 
 // ---------------------------------------------------------------- pxe
 

@@ -64,6 +64,18 @@ impl From<ValueError> for String {
     }
 }
 
+impl From<String> for ValueError {
+    fn from(s: String) -> ValueError {
+        ValueError(s)
+    }
+}
+
+impl From<&str> for ValueError {
+    fn from(s: &str) -> ValueError {
+        ValueError(s.into())
+    }
+}
+
 /// Parse a duration such as `500ms`, `30s`, `5m`, `12h`, `7d` or `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let s = s.trim();
@@ -240,6 +252,22 @@ pub struct DhcpConfig {
     /// Replies per second allowed to one MAC (flood guard).
     #[serde(default = "default_rate")]
     pub per_mac_rate: u32,
+    /// What UEFI x86-64 PXE clients load: `ipxe` (snponly.efi) or `shim` (Debian's signed
+    /// shimx64.efi, then the signed GRUB network image as grubx64.efi: the Secure Boot chain).
+    #[serde(default)]
+    pub uefi_loader: UefiLoader,
+}
+
+/// The first loader of UEFI x86-64 PXE clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UefiLoader {
+    /// iPXE (`snponly.efi`), then the per-node iPXE script.
+    #[default]
+    Ipxe,
+    /// Signed shim (`shimx64.efi`), signed GRUB (`grubx64.efi`), then the per-node GRUB
+    /// script over HTTP: boots with Secure Boot on.
+    Shim,
 }
 
 fn default_lease() -> Duration {
@@ -431,7 +459,7 @@ impl Config {
         if let Some(f) = &self.failover
             && let Err(m) = f.validate()
         {
-            return bad(m);
+            return bad(m.to_string());
         }
         Ok(())
     }

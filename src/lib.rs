@@ -13,7 +13,6 @@ pub mod db;
 pub mod deploy;
 pub mod dhcp;
 pub mod error;
-#[allow(unsafe_code)] // TEMP
 pub mod failover;
 pub mod fsx;
 pub mod http;

@@ -102,6 +102,8 @@ impl Drop for Vm {
 enum Firmware {
     Bios,
     Uefi,
+    /// OVMF with Secure Boot on and Microsoft's keys enrolled (Debian's shim is signed by them).
+    SecureBoot,
 }
 
 const MAC: &str = "52:54:00:be:ef:01";
@@ -148,15 +150,27 @@ fn start_vm_with(
             args.extend(["-boot".into(), "order=n".into()]);
             args.extend(["-device".into(), format!("virtio-net-pci,netdev=n0,mac={MAC}")]);
         }
-        Firmware::Uefi => {
+        Firmware::Uefi | Firmware::SecureBoot => {
+            let secure = fw == Firmware::SecureBoot;
+            let (code, vars_src) = if secure {
+                ("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+            } else {
+                ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd")
+            };
             let vars = sb.path("OVMF_VARS.fd");
             if !vars.exists() {
-                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF vars (package ovmf)");
+                std::fs::copy(vars_src, &vars).expect("OVMF vars (package ovmf)");
             }
-            args.extend(["-machine".into(), "q35".into()]);
+            if secure {
+                // The secure-boot build keeps its variables behind SMM: only the firmware writes them.
+                args.extend(["-machine".into(), "q35,smm=on".into()]);
+                args.extend(["-global".into(), "driver=cfi.pflash01,property=secure,value=on".into()]);
+            } else {
+                args.extend(["-machine".into(), "q35".into()]);
+            }
             args.extend([
                 "-drive".into(),
-                "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
                 "-drive".into(),
                 format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             ]);
@@ -198,19 +212,28 @@ fn deployment_status(srv: &NsServer) -> Vec<String> {
 }
 
 /// `serve` with DHCP, TFTP and HTTP inside the namespace, on the tap's subnet, with these
-/// extra kernel arguments for the boot environment.
-fn serve_pxe(sb: &Sandbox, net: &Net, cmdline: &str) -> NsServer {
+/// extra kernel arguments for the boot environment (and, for `fw`, its first loader).
+fn serve_pxe(sb: &Sandbox, net: &Net, fw: Firmware, cmdline: &str) -> NsServer {
     let pxe = sb.path("pxe");
     std::fs::create_dir_all(&pxe).unwrap();
     for f in ["snponly.efi", "undionly.kpxe", "ipxe.efi"] {
         std::fs::copy(Path::new("/usr/lib/ipxe").join(f), pxe.join(f)).expect("iPXE binaries (package ipxe)");
     }
+    // Debian's signed shim and GRUB network image (shim-signed, grub-efi-amd64-signed).
+    for (from, to) in [
+        ("/usr/lib/shim/shimx64.efi.signed", "shimx64.efi"),
+        ("/usr/lib/shim/mmx64.efi.signed", "mmx64.efi"),
+        ("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed", "grubx64.efi"),
+    ] {
+        std::fs::copy(from, pxe.join(to)).unwrap_or_else(|e| panic!("{from}: {e} (make pxe-binaries)"));
+    }
+    let loader = if fw == Firmware::SecureBoot { "shim" } else { "ipxe" };
     let cfg = sb.path("serve.toml");
     std::fs::write(
         &cfg,
         format!(
             "data_dir = {data:?}\n[http]\nlisten = \"{ip}:8080\"\n[dhcp]\ninterface = \"{tap}\"\nserver_ip = \"{ip}\"\n\
-             subnet = \"10.{s}.0.0/24\"\nrange = \"10.{s}.0.100-10.{s}.0.150\"\n[tftp]\nlisten = \"{ip}:69\"\nroot = {pxe:?}\n\
+             subnet = \"10.{s}.0.0/24\"\nrange = \"10.{s}.0.100-10.{s}.0.150\"\nuefi_loader = \"{loader}\"\n[tftp]\nlisten = \"{ip}:69\"\nroot = {pxe:?}\n\
              [boot]\ncmdline = \"{cmdline}\"\nretry_interval = \"2s\"\n",
             data = sb.data().to_str().unwrap(),
             ip = net.ip(1),
@@ -244,6 +267,7 @@ fn netboot(fw: Firmware) {
     let srv = serve_pxe(
         &sb,
         &net,
+        fw,
         "console=ttyS0,115200 understudy.bootloader=none understudy.reboot=0 understudy.poweroff=1",
     );
     let disk = sb.path("disk.img");
@@ -321,7 +345,7 @@ fn netboot(fw: Firmware) {
     loop {
         let done = match fw {
             Firmware::Bios => srv.curl("GET", "/api/v1/events?kind=boot.local", None).1.contains("boot from its disk"),
-            Firmware::Uefi => vm.console().contains("failed to load Boot0001 \"UEFI PXEv4"),
+            Firmware::Uefi | Firmware::SecureBoot => vm.console().contains("failed to load Boot0001 \"UEFI PXEv4"),
         };
         if done {
             break;
@@ -386,7 +410,7 @@ fn deploy_standby(fw: Firmware, disk_sizes: &[u64], layout: Option<&str>) -> Sta
     let boot = sb.data().join("boot");
     sb.ok(&build_args(&k, &boot));
     let prep = t0.elapsed();
-    let srv = serve_pxe(&sb, &net, "console=ttyS0,115200");
+    let srv = serve_pxe(&sb, &net, fw, "console=ttyS0,115200");
     if let Some(l) = layout {
         let f = sb.path("layout.json");
         std::fs::write(&f, l).unwrap();
@@ -450,6 +474,45 @@ fn deploy_standby(fw: Firmware, disk_sizes: &[u64], layout: Option<&str>) -> Sta
 
 fn standby_boots_its_own_disk(fw: Firmware) {
     deploy_standby(fw, &[4 << 30], None);
+}
+
+/// Secure Boot on (OVMF's secure-boot build with Microsoft's keys): DHCP hands the firmware
+/// Debian's signed shim, which loads the signed GRUB network image, which reads the
+/// server's grub.cfg over TFTP and this machine's GRUB script over HTTP, and boots the
+/// signed Debian kernel with the understudy initramfs; the agent deploys under lockdown.
+#[test]
+fn secure_boot_pxe_boots_the_signed_chain_into_the_agent() {
+    let sb = Sandbox::new();
+    let net = Net::new();
+    // The boot environment from a root whose kernel and modules Debian signed.
+    let root = standby_root();
+    let k = kernel_in(&root, Some(debian_kernel().busybox), "`make standby-root`");
+    let src = sb.path("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hostname"), "head-a\n").unwrap();
+    std::fs::write(src.join("srv-blob"), noise(1 << 20, 5)).unwrap();
+    sb.ok(&["capture", "--name", "head-a", src.to_str().unwrap()]);
+    let boot = sb.data().join("boot");
+    sb.ok(&build_args(&k, &boot));
+    let fw = Firmware::SecureBoot;
+    let cmdline = "console=ttyS0,115200 understudy.bootloader=none understudy.reboot=0 understudy.poweroff=1";
+    let srv = serve_pxe(&sb, &net, fw, cmdline);
+    let disk = sb.path("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(3 << 30).unwrap();
+    srv.ok(&sb, &["nodes", "add", "vm", "--mac", MAC, "--ip", &net.ip(50), "--image", "head-a"]);
+    let t = Instant::now();
+    let mut vm = start_vm_with(&sb, &net, fw, &[&disk], 1, false, false);
+    let limit = Duration::from_secs(600);
+    wait_for("the agent's report", limit, &mut vm, |c| {
+        c.contains("understudy-agent: node vm deployed") || c.contains("deploy failed")
+    });
+    let con = vm.console();
+    assert!(con.contains("understudy-agent: node vm deployed"), "console:\n{con}");
+    // GRUB ran the server's script, and the kernel came up with Secure Boot enforced.
+    assert!(con.contains("understudy: deploying head-a@1 to vm"), "console:\n{con}");
+    assert!(con.contains("Secure boot enabled"), "console:\n{con}");
+    assert_eq!(deployment_status(&srv), ["done"]);
+    eprintln!("secure boot: power-on to deployed {:.0}s", t.elapsed().as_secs_f64());
 }
 
 #[test]
@@ -763,7 +826,7 @@ fn bios_disk_smaller_than_the_layout_is_refused_untouched() {
     std::fs::write(src.join("etc/hostname"), "head-a\n").unwrap();
     sb.ok(&["capture", "--name", "head-a", src.to_str().unwrap()]);
     sb.ok(&build_args(&k, &sb.data().join("boot")));
-    let srv = serve_pxe(&sb, &net, "console=ttyS0,115200 understudy.reboot=0 understudy.poweroff=1");
+    let srv = serve_pxe(&sb, &net, Firmware::Bios, "console=ttyS0,115200 understudy.reboot=0 understudy.poweroff=1");
     let f = sb.path("layout.json");
     std::fs::write(&f, one_disk_layout()).unwrap();
     srv.ok(&sb, &["images", "layout", "head-a", "--from", f.to_str().unwrap()]);

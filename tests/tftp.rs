@@ -147,6 +147,21 @@ fn real_clients_fetch_byte_exact_files() {
         same(&local, data, &format!("curl {name}: {}", out_text(&o)));
         std::fs::remove_file(&local).unwrap();
     }
+    // The Secure Boot GRUB's config is made by the server (the root has no grub/): it asks
+    // for this machine's script, which the server also makes.
+    let local = out.join("grub.cfg");
+    let o = net.tftp_hpa("get", "grub/grub.cfg", &local);
+    let cfg = std::fs::read_to_string(&local).unwrap_or_else(|_| panic!("grub/grub.cfg: {}", out_text(&o)));
+    assert!(!sb.path("pxe/grub").exists());
+    assert!(cfg.contains("configfile (tftp)/boot/${net_default_mac}.grub"), "{cfg}");
+    // An unknown machine's script is a waiting one; boot files need a live deployment token.
+    let local = out.join("script.grub");
+    // (curl: tftp-hpa reads a colon in a name as host:file.)
+    let o = net.curl("boot/52:54:00:aa:bb:cc.grub", &local);
+    let script = std::fs::read_to_string(&local).unwrap_or_else(|_| panic!("script: {}", out_text(&o)));
+    assert!(script.contains("this machine is not a node") && script.contains("configfile"), "{script}");
+    let o = net.tftp_hpa("get", "boot/not-a-token/vmlinuz", &out.join("vmlinuz"));
+    assert!(out_text(&o).contains("invalid token"), "{}", out_text(&o));
     // A leading slash means the root, as with tftpd-hpa -s.
     let local = out.join("slash");
     let o = net.tftp_hpa("get", "/efi/tiny", &local);

@@ -61,6 +61,7 @@ pub fn settings(cfg: &DhcpConfig, http_port: Option<u16>) -> Result<Settings, Dh
         lease_secs: cfg.lease_time.as_secs().min(u32::MAX as u64) as u32,
         proxy: cfg.mode == "proxy",
         http_base,
+        uefi_shim: cfg.uefi_loader == crate::config::UefiLoader::Shim,
     })
 }
 

@@ -5,6 +5,10 @@ use dhcproto::v4::{Architecture, DhcpOption, Flags, HType, Message, MessageType,
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
+/// The Secure Boot loader in the TFTP root (Debian's signed shim); it loads `grubx64.efi`
+/// from the same directory.
+pub const SHIM: &str = "shimx64.efi";
+
 /// Replies shorter than this are padded: some PXE ROMs drop short BOOTP replies.
 pub const MIN_REPLY: usize = 300;
 /// How long an offered address is held for the client.
@@ -33,6 +37,8 @@ pub struct Settings {
     pub proxy: bool,
     /// Base URL of the HTTP boot service, e.g. `http://10.0.0.1:8080`.
     pub http_base: String,
+    /// UEFI x86-64 PXE clients get the signed shim (Secure Boot) instead of iPXE.
+    pub uefi_shim: bool,
 }
 
 impl Settings {
@@ -200,6 +206,7 @@ pub fn boot_file(s: &Settings, c: &ClientInfo, k: &Known, mac: &[u8; 6]) -> Opti
     }
     Some(match c.arch.unwrap_or(0) {
         0 => "undionly.kpxe".into(),
+        0x7 | 0x9 if s.uefi_shim => SHIM.into(),
         0x7 | 0x9 => "snponly.efi".into(),
         0xF | 0x10 => format!("{}/boot/ipxe.efi", s.http_base),
         0xB => "ipxe-arm64.efi".into(),
@@ -485,6 +492,7 @@ mod tests {
             lease_secs: 3600,
             proxy: false,
             http_base: "http://10.0.0.1:8080".into(),
+            uefi_shim: false,
         }
     }
 
@@ -609,6 +617,16 @@ mod tests {
         assert_eq!(file(&to_deploy, pxe(0)).as_deref(), Some("undionly.kpxe"));
         assert_eq!(file(&to_deploy, pxe(7)).as_deref(), Some("snponly.efi"));
         assert_eq!(file(&to_deploy, pxe(11)).as_deref(), Some("ipxe-arm64.efi"));
+        // Secure Boot: UEFI x86-64 firmware gets Debian's signed shim; BIOS stays on iPXE.
+        let sb = Settings { uefi_shim: true, ..settings() };
+        let file_sb = |opts| {
+            let r =
+                handle(&sb, &msg(MessageType::Discover, MAC, opts), &to_deploy, &Leases::default(), 1).reply.unwrap();
+            r.fname_str().and_then(|f| f.ok()).map(String::from)
+        };
+        assert_eq!(file_sb(pxe(7)).as_deref(), Some("shimx64.efi"));
+        assert_eq!(file_sb(pxe(9)).as_deref(), Some("shimx64.efi"));
+        assert_eq!(file_sb(pxe(0)).as_deref(), Some("undionly.kpxe"));
         let http = vec![
             DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016".to_vec()),
             DhcpOption::ClientSystemArchitecture(Architecture(16)),

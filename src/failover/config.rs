@@ -54,7 +54,7 @@
 use super::machine::{Failback, MachineConfig};
 use super::monitor::MonitorPolicy;
 use super::packet::{NodeName, Role};
-use crate::config::parse_duration;
+use crate::config::{ValueError, parse_duration};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -155,14 +155,14 @@ fn d_failback() -> Failback {
 }
 
 /// Parse `manual` or `delayed <duration>`.
-pub fn parse_failback(s: &str) -> Result<Failback, String> {
+pub fn parse_failback(s: &str) -> Result<Failback, ValueError> {
     let s = s.trim();
     if s == "manual" {
         return Ok(Failback::Manual);
     }
     match s.strip_prefix("delayed") {
         Some(rest) if rest.starts_with(' ') => Ok(Failback::Delayed(parse_duration(rest)?)),
-        _ => Err(format!("failback must be \"manual\" or \"delayed <duration>\", got {s:?}")),
+        _ => Err(format!("failback must be \"manual\" or \"delayed <duration>\", got {s:?}").into()),
     }
 }
 
@@ -200,7 +200,7 @@ pub struct Vip {
 
 impl Vip {
     /// The address and prefix length.
-    pub fn parse_address(&self) -> Result<(IpAddr, u8), String> {
+    pub fn parse_address(&self) -> Result<(IpAddr, u8), ValueError> {
         let (ip, prefix) = self
             .address
             .split_once('/')
@@ -209,7 +209,7 @@ impl Vip {
         let prefix: u8 = prefix.parse().map_err(|_| format!("vip address {:?}: bad prefix", self.address))?;
         let max = if ip.is_ipv4() { 32 } else { 128 };
         if prefix > max {
-            return Err(format!("vip address {:?}: prefix above {max}", self.address));
+            return Err(format!("vip address {:?}: prefix above {max}", self.address).into());
         }
         Ok((ip, prefix))
     }
@@ -233,11 +233,11 @@ struct HookSpec {
 }
 
 impl TryFrom<HookSpec> for Hook {
-    type Error = String;
-    fn try_from(h: HookSpec) -> Result<Hook, String> {
+    type Error = ValueError;
+    fn try_from(h: HookSpec) -> Result<Hook, ValueError> {
         match (h.unit, h.command) {
             (Some(u), None) if valid_unit(&u) => Ok(Hook::Unit(u)),
-            (Some(u), None) => Err(format!("unit {u:?} is not a systemd unit name (such as \"x.service\")")),
+            (Some(u), None) => Err(format!("unit {u:?} is not a systemd unit name (such as \"x.service\")").into()),
             (None, Some(c)) if c.first().is_some_and(|p| !p.is_empty()) => Ok(Hook::Command(c)),
             (None, Some(_)) => Err("command must be a non-empty argv list".into()),
             _ => Err("a hook is either { unit = \"NAME\" } or { command = [\"ARGV\", ...] }".into()),
@@ -342,10 +342,10 @@ struct MonitorSpec {
 }
 
 impl TryFrom<MonitorSpec> for MonitorConfig {
-    type Error = String;
-    fn try_from(s: MonitorSpec) -> Result<MonitorConfig, String> {
+    type Error = ValueError;
+    fn try_from(s: MonitorSpec) -> Result<MonitorConfig, ValueError> {
         let name = s.name;
-        let bad = |m: String| Err(format!("monitor {name:?}: {m}"));
+        let bad = |m: String| Err(format!("monitor {name:?}: {m}").into());
         if NodeName::new(&name).is_err() {
             return bad("name must be 1-32 of [A-Za-z0-9._-]".into());
         }
@@ -419,7 +419,7 @@ impl TryFrom<MonitorSpec> for MonitorConfig {
 impl FailoverConfig {
     /// Check what serde cannot; returns warnings (the caller logs them) or the first error,
     /// naming the key.
-    pub fn validate(&self) -> Result<Vec<String>, String> {
+    pub fn validate(&self) -> Result<Vec<String>, ValueError> {
         let mut warnings = Vec::new();
         NodeName::new(&self.node).map_err(|e| format!("failover.node: {e}"))?;
         if !(1..=254).contains(&self.priority) {
@@ -438,7 +438,8 @@ impl FailoverConfig {
             return Err(format!(
                 "failover.dead_time ({:?}) must exceed 2 x interval ({:?}): one late packet must not look like a death",
                 self.dead_time, self.interval
-            ));
+            )
+            .into());
         }
         if self.dead_time > ms(3_600_000) {
             return Err("failover.dead_time must be at most 1h".into());
@@ -449,7 +450,7 @@ impl FailoverConfig {
             ("hook_timeout", self.hook_timeout),
         ] {
             if d.is_zero() {
-                return Err(format!("failover.{what} must be above zero"));
+                return Err(format!("failover.{what} must be above zero").into());
             }
         }
         if let Some(f) = &self.fence
@@ -462,7 +463,7 @@ impl FailoverConfig {
         let mut names = BTreeSet::new();
         for m in &self.monitors {
             if !names.insert(&m.name) {
-                return Err(format!("failover.monitor: name {:?} appears twice", m.name));
+                return Err(format!("failover.monitor: name {:?} appears twice", m.name).into());
             }
         }
         if self.tiebreaker.is_empty() && self.fence.is_none() {
@@ -475,7 +476,7 @@ impl FailoverConfig {
         Ok(warnings)
     }
 
-    fn validate_channels(&self, warnings: &mut Vec<String>) -> Result<(), String> {
+    fn validate_channels(&self, warnings: &mut Vec<String>) -> Result<(), ValueError> {
         match self.channels.len() {
             0 => return Err("failover: at least one [[failover.channel]] is required".into()),
             1 => warnings.push(format!(
@@ -490,28 +491,29 @@ impl FailoverConfig {
         let mut ends = BTreeSet::new();
         for c in &self.channels {
             if NodeName::new(&c.name).is_err() {
-                return Err(format!("failover.channel: name {:?} must be 1-32 of [A-Za-z0-9._-]", c.name));
+                return Err(format!("failover.channel: name {:?} must be 1-32 of [A-Za-z0-9._-]", c.name).into());
             }
             if !names.insert(c.name.as_str()) {
-                return Err(format!("failover.channel: name {:?} appears twice", c.name));
+                return Err(format!("failover.channel: name {:?} appears twice", c.name).into());
             }
             if c.local == c.peer || c.local.is_ipv4() != c.peer.is_ipv4() {
                 return Err(format!(
                     "failover.channel {:?}: local and peer must be two addresses of one family",
                     c.name
-                ));
+                )
+                .into());
             }
             if c.port == 0 {
-                return Err(format!("failover.channel {:?}: port must not be 0", c.name));
+                return Err(format!("failover.channel {:?}: port must not be 0", c.name).into());
             }
             if !ends.insert((c.local, c.peer, c.port)) {
-                return Err(format!("failover.channel {:?}: same addresses as another channel", c.name));
+                return Err(format!("failover.channel {:?}: same addresses as another channel", c.name).into());
             }
         }
         Ok(())
     }
 
-    fn validate_vips(&self) -> Result<(), String> {
+    fn validate_vips(&self) -> Result<(), ValueError> {
         if self.vips.is_empty() {
             return Err("failover: at least one [[failover.vip]] is required".into());
         }
@@ -524,7 +526,8 @@ impl FailoverConfig {
                 return Err(format!(
                     "failover.vip {:?}: interface {:?} is not an interface name",
                     v.address, v.interface
-                ));
+                )
+                .into());
             }
             if let Some(l) = &v.label {
                 let ok = ip.is_ipv4()
@@ -534,7 +537,8 @@ impl FailoverConfig {
                     return Err(format!(
                         "failover.vip {:?}: label {l:?} must be IPv4, at most 15 bytes and start with \"{}:\"",
                         v.address, v.interface
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -542,7 +546,7 @@ impl FailoverConfig {
     }
 
     /// The state machine's configuration (call after [`FailoverConfig::validate`]).
-    pub fn machine_config(&self) -> Result<MachineConfig, String> {
+    pub fn machine_config(&self) -> Result<MachineConfig, ValueError> {
         let node = NodeName::new(&self.node)?;
         let mut m =
             MachineConfig::new(node, self.role, self.priority, self.channels.iter().map(|c| c.name.clone()).collect());
@@ -562,12 +566,12 @@ impl FailoverConfig {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<FailoverConfig, String> {
+    fn parse(text: &str) -> Result<FailoverConfig, ValueError> {
         #[derive(Deserialize)]
         struct W {
             failover: FailoverConfig,
         }
-        toml::from_str::<W>(text).map(|w| w.failover).map_err(|e| e.to_string())
+        toml::from_str::<W>(text).map(|w| w.failover).map_err(|e| ValueError(e.to_string()))
     }
 
     const BASE: &str = r#"
@@ -663,7 +667,7 @@ label = "eth1:1"
         for (from, to, want) in cases {
             let text = BASE.replacen(from, to, 1);
             let e = parse(&text).and_then(|c| c.validate().map(|_| ())).unwrap_err();
-            assert!(e.contains(want), "{to}: {e}");
+            assert!(e.to_string().contains(want), "{to}: {e}");
         }
     }
 
@@ -685,7 +689,7 @@ label = "eth1:1"
         ];
         for (text, want) in cases {
             let e = parse(&text).and_then(|c| c.validate().map(|_| ())).unwrap_err();
-            assert!(e.contains(want), "want {want:?} in: {e}");
+            assert!(e.to_string().contains(want), "want {want:?} in: {e}");
         }
     }
 

@@ -1,9 +1,8 @@
 //! Failover metrics in the Prometheus text format, rendered from a [`Status`] snapshot (the
-//! one the service writes every second), so `/metrics` needs no handle on the service and
-//! works the same when the HTTP server and failover run in one process or the snapshot is
-//! read from the data dir.
+//! one the service publishes at least every second; `/metrics` takes it from the service's
+//! [`super::Handle`]), so the numbers are exactly what the API and the CLI show.
 
-use super::service::{ChannelInfo, MonitorInfo, Status};
+use super::status::{ChannelInfo, MonitorInfo, Status};
 use std::fmt::Write;
 
 /// Escape a label value (backslash, double quote, newline), as the text format requires.

@@ -1,7 +1,7 @@
 //! Heartbeat and failover: the standby takes over the VIP when the primary dies, and the
 //! two nodes never both hold it while they can hear each other.
 //!
-//! Everything here is pure logic with no I/O, so it can be tested exhaustively and run
+//! The decisions are pure logic with no I/O, so they can be tested exhaustively and run
 //! under a simulated clock:
 //!
 //! - [`packet`]: the heartbeat datagram (fixed layout, keyed BLAKE3, key ids for rotation),
@@ -9,10 +9,21 @@
 //! - [`machine`]: the state machine, `step(state, event, now) -> (state, actions)`;
 //! - [`monitor`]: the service-monitor policy (thresholds, restart budget, escalation);
 //! - [`config`]: the `[failover]` section;
-//! - [`garp`] and [`link`]: the gratuitous-ARP schedule and per-channel bookkeeping.
+//! - [`garp`] and [`link`]: the gratuitous-ARP schedule and per-channel bookkeeping;
+//! - [`metrics`]: a [`Status`] rendered in the Prometheus text format;
+//! - `sim` (tests only): the machine pair under a simulated clock and network.
 //!
-//! The adapters (UDP sockets, rtnetlink for the VIP, ARP, hook processes, the term file)
-//! live elsewhere and only translate between the world and [`Event`]/[`Action`].
+//! The adapter does the I/O and only translates between the world and [`Event`]/[`Action`]:
+//!
+//! - [`service`]: the start (key, state file, sockets) and the loop that owns the machine;
+//! - `tasks`: its helper tasks (heartbeat receivers, carrier poller, monitors, VIP worker);
+//! - `checks`: monitor checks, hooks, the fence command, the tie-breaker probe;
+//! - [`net`]: rtnetlink for the VIP, gratuitous ARP, carrier and MAC from sysfs;
+//! - [`state_file`]: the term and boot ids, written durably;
+//! - [`status`]: the [`Status`] shown by the API and the CLI, its text form, the status file;
+//! - `view`: the adapter's bookkeeping that the status is built from;
+//! - [`handle`] and [`request`]: the in-process [`Handle`] (status, admin requests) and the
+//!   CLI's request file.
 //!
 //! # Adapter contract
 //!
@@ -39,25 +50,34 @@
 //!   neighbour advertisement (IPv6) for every VIP on its interface.
 //! - Carrier changes of the VIP interfaces become [`Event::LinkState`]; monitors run through
 //!   [`MonitorTracker`] and map `Escalate`/`Recovered` to the two monitor events.
-//! - Record [`Action::RecordEvent`] in the event log and expose [`Action::Alarm`],
-//!   [`Machine::channels`] and [`Machine::stats`] as metrics.
+//! - Emit [`Action::RecordEvent`] and [`Action::Alarm`] as [`LogEvent`]s for the event log
+//!   (on the sink given to [`start`]) and expose alarms, [`Machine::channels`] and
+//!   [`Machine::stats`] in the [`Status`] (and so as metrics).
 //! - Limitation: if only the understudy process dies, the kernel keeps answering ARP for
 //!   the VIP while the peer takes over. Configure fencing, or have the service manager
 //!   remove the VIP when the process exits (the restarted process removes it anyway).
 
+mod checks;
 pub mod config;
 pub mod garp;
+pub mod handle;
 pub mod link;
 pub mod machine;
 pub mod metrics;
 pub mod monitor;
 pub mod net;
 pub mod packet;
+pub mod request;
 pub mod service;
 #[cfg(test)]
 mod sim;
+pub mod state_file;
+pub mod status;
+mod tasks;
+mod view;
 
 pub use config::{Check, FailoverConfig, Hook};
+pub use handle::Handle;
 pub use machine::{
     AcquireReason, Action, Alarm, ChannelStatus, Event, EventKind, Failback, Machine, MachineConfig, MachineInit,
     ReleaseReason, State, step,
@@ -67,3 +87,6 @@ pub use packet::{
     Decoded, Flags, Heartbeat, Keyring, NodeName, PACKET_LEN, PacketError, Role, RxStats, decode, encode,
     generate_key_file, next_boot_id, parse_key_file,
 };
+pub use request::{AdminRequest, Refused};
+pub use service::{EventSink, FailoverError, LogEvent, Prepared, prepare, start};
+pub use status::Status;

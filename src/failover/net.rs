@@ -80,7 +80,7 @@ fn handle() -> Result<rtnetlink::Handle, NetError> {
 }
 
 fn parse(v: &Vip) -> Result<(IpAddr, u8), NetError> {
-    v.parse_address().map_err(NetError::Address)
+    v.parse_address().map_err(|e| NetError::Address(e.to_string()))
 }
 
 /// Whether any VIP is configured on its interface (a leftover of a crashed process).
@@ -173,6 +173,9 @@ pub fn send_garp(v: &Vip) -> Result<(), NetError> {
     send_raw(ifindex(&v.interface)?, &frame)
 }
 
+// An AF_PACKET socket has no safe wrapper in the crates used here; each unsafe block below
+// says why it holds.
+#[allow(unsafe_code)]
 fn send_raw(ifindex: u32, frame: &[u8; 42]) -> Result<(), NetError> {
     let proto = (libc::ETH_P_ARP as u16).to_be();
     // SAFETY: plain socket(2); the result is checked and owned by an OwnedFd.

@@ -184,12 +184,12 @@ pub struct NodeName(String);
 
 impl NodeName {
     /// Validate a name.
-    pub fn new(s: &str) -> Result<NodeName, String> {
+    pub fn new(s: &str) -> Result<NodeName, crate::config::ValueError> {
         if s.is_empty() || s.len() > NODE_NAME_MAX {
-            return Err(format!("node name must be 1 to {NODE_NAME_MAX} bytes, got {}", s.len()));
+            return Err(format!("node name must be 1 to {NODE_NAME_MAX} bytes, got {}", s.len()).into());
         }
         if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-            return Err(format!("node name {s:?} may only hold letters, digits, '.', '_' and '-'"));
+            return Err(format!("node name {s:?} may only hold letters, digits, '.', '_' and '-'").into());
         }
         Ok(NodeName(s.to_string()))
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -46,9 +46,6 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list_discovered))
         .routes(routes!(collect))
         .routes(routes!(list_leases))
-        .routes(routes!(failover_status))
-        .routes(routes!(failover_takeover))
-        .routes(routes!(failover_release))
 }
 
 /// Paging parameters.
@@ -459,74 +456,4 @@ async fn collect(State(st): St, caller: Caller, ApiJson(b): ApiJson<Collect>) ->
 async fn list_leases(State(st): St, caller: Caller) -> ApiResult<Json<Vec<Lease>>> {
     caller.read(st.cfg.public_reads)?;
     Ok(Json(st.inv.leases().await?))
-}
-
-/// Heartbeat and failover status: role, state, holder, term, channels with loss and
-/// last-heard age, alarms and recent events, as the failover service last wrote them.
-#[utoipa::path(get, path = "/api/v1/failover", tag = "system",
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
-async fn failover_status(State(st): St, caller: Caller) -> ApiResult<Json<serde_json::Value>> {
-    caller.read(st.cfg.public_reads)?;
-    let path = st.data_dir().join(crate::failover::service::STATUS_FILE);
-    let text = match tokio::fs::read(&path).await {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::not_found("failover is not running on this server (no [failover] section)"));
-        }
-        Err(e) => return Err(ApiError::internal(e)),
-    };
-    serde_json::from_slice(&text).map(Json).map_err(ApiError::internal)
-}
-
-/// A planned-switchover request the failover service has taken.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct FailoverRequested {
-    /// `takeover` or `release`.
-    pub request: String,
-    /// What happens next.
-    pub message: String,
-}
-
-/// Hand a planned-switchover request to the failover service (through its request file,
-/// as `understudy failover takeover|release` does) and wait until it took it.
-async fn failover_request(
-    st: &AppState,
-    caller: Caller,
-    req: crate::failover::service::AdminRequest,
-) -> ApiResult<(StatusCode, Json<FailoverRequested>)> {
-    use crate::failover::service::{RequestError, deliver_request};
-    caller.admin()?;
-    let dir = st.data_dir();
-    let wait = std::time::Duration::from_secs(2);
-    let r = tokio::task::spawn_blocking(move || deliver_request(&dir, req, wait)).await.map_err(ApiError::internal)?;
-    match r {
-        Ok(()) => Ok((
-            StatusCode::ACCEPTED,
-            Json(FailoverRequested {
-                request: req.word().into(),
-                message: "the failover service took the request; the VIP moves only with the peer's agreement \
-                          (see GET /api/v1/failover)"
-                    .into(),
-            }),
-        )),
-        Err(e @ RequestError::NotRunning) => Err(ApiError::not_found(e.to_string())),
-        Err(e @ (RequestError::Stale(_) | RequestError::NotPickedUp(_))) => Err(ApiError::conflict(e.to_string())),
-        Err(e @ RequestError::Io(_)) => Err(ApiError::internal(e)),
-    }
-}
-
-/// Planned switchover: this node asks the peer to hand the VIP over (or takes it at once
-/// when the peer is silent; fencing still applies). Admin only.
-#[utoipa::path(post, path = "/api/v1/failover/takeover", tag = "system",
-    responses((status = 202, body = FailoverRequested), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn failover_takeover(State(st): St, caller: Caller) -> ApiResult<(StatusCode, Json<FailoverRequested>)> {
-    failover_request(&st, caller, crate::failover::service::AdminRequest::Takeover).await
-}
-
-/// Planned switchover: this node hands the VIP to the peer if the peer is ready (heard
-/// both ways, healthy); otherwise it refuses and records why. Admin only.
-#[utoipa::path(post, path = "/api/v1/failover/release", tag = "system",
-    responses((status = 202, body = FailoverRequested), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn failover_release(State(st): St, caller: Caller) -> ApiResult<(StatusCode, Json<FailoverRequested>)> {
-    failover_request(&st, caller, crate::failover::service::AdminRequest::Release).await
 }

@@ -38,7 +38,7 @@ pub struct BootQuery {
 /// Network boot: `{mac}.ipxe` (the machine's script), `vmlinuz` and `initramfs.img`
 /// (deployment token or admin; Range), `ipxe.efi`, `snponly.efi`, `undionly.kpxe`.
 #[utoipa::path(get, path = "/boot/{file}", tag = "boot", security((), ("bearer" = [])),
-    params(("file" = String, Path, description = "`<mac>.ipxe`, `vmlinuz`, `initramfs.img` or an iPXE binary"),
+    params(("file" = String, Path, description = "`<mac>.ipxe` (iPXE), `<mac>.grub` (the Secure Boot GRUB), `vmlinuz`, `initramfs.img` or an iPXE binary"),
            ("attempt" = Option<u32>, Query, description = "check number of a waiting machine"),
            ("token" = Option<String>, Query, description = "deployment token for the kernel and initramfs")),
     responses((status = 200, description = "the script or file", content_type = "application/octet-stream"),
@@ -52,8 +52,12 @@ pub async fn boot_file(
     req: Request,
 ) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let attempt = q.attempt.unwrap_or(1);
     let r = if let Some(mac) = file.strip_suffix(".ipxe") {
-        script(&st, mac, &q, &headers, peer).await
+        script(&st, Flavor::Ipxe, mac, attempt, host, peer).await.map(ipxe)
+    } else if let Some(mac) = file.strip_suffix(".grub") {
+        script(&st, Flavor::Grub, mac, attempt, host, peer).await.map(ipxe)
     } else if file == KERNEL || file == INITRAMFS {
         boot_env_file(&st, &file, &q, req).await
     } else if FIRMWARE.contains(&file.as_str()) {
@@ -68,17 +72,80 @@ fn ipxe(text: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], text).into_response()
 }
 
-fn rendered(template: &str, vars: &[(&str, &str)]) -> ApiResult<Response> {
-    boot::render(template, vars).map(ipxe).map_err(ApiError::internal)
+/// Which boot loader asks: iPXE (`.ipxe`), or the signed GRUB of the Secure Boot chain
+/// (`.grub`). Both get the same decisions in their own syntax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Ipxe,
+    Grub,
 }
 
+impl Flavor {
+    fn template(self, which: Script) -> &'static str {
+        use crate::pxe::template::grub;
+        match (self, which) {
+            (Flavor::Ipxe, Script::Deploy) => boot::DEPLOY_TEMPLATE,
+            (Flavor::Ipxe, Script::Local) => boot::LOCAL_TEMPLATE,
+            (Flavor::Ipxe, Script::Wait) => boot::WAIT_TEMPLATE,
+            (Flavor::Ipxe, Script::Poweroff) => boot::POWEROFF_TEMPLATE,
+            (Flavor::Grub, Script::Deploy) => grub::DEPLOY,
+            (Flavor::Grub, Script::Local) => grub::LOCAL,
+            (Flavor::Grub, Script::Wait) => grub::WAIT,
+            (Flavor::Grub, Script::Poweroff) => grub::POWEROFF,
+        }
+    }
+
+    fn render(self, which: Script, vars: &[(&str, &str)]) -> ApiResult<String> {
+        let t = self.template(which);
+        let r = match self {
+            Flavor::Ipxe => boot::render(t, vars),
+            Flavor::Grub => crate::pxe::template::render_grub(t, vars),
+        };
+        r.map_err(ApiError::internal)
+    }
+
+    /// A boot environment file under a deployment token. iPXE fetches it over HTTP,
+    /// relative to its script; Debian's signed GRUB network image has no http module, so
+    /// it fetches over TFTP, where the token is a path component ([`BootFiles`]).
+    fn boot_file_url(self, file: &str, token: &str) -> String {
+        match self {
+            Flavor::Ipxe => format!("{file}?token={token}"),
+            Flavor::Grub => format!("(tftp)/boot/{token}/{file}"),
+        }
+    }
+
+    /// This machine's script, by MAC, for check `attempt` (iPXE: hyphens, since it reads a
+    /// colon as a URI scheme).
+    fn script_url(self, mac: &str, attempt: u32) -> String {
+        match (self, attempt) {
+            (Flavor::Ipxe, 1) => format!("{}.ipxe", mac.replace(':', "-")),
+            (Flavor::Ipxe, n) => format!("{}.ipxe?attempt={n}", mac.replace(':', "-")),
+            (Flavor::Grub, 1) => format!("(tftp)/boot/{mac}.grub"),
+            (Flavor::Grub, n) => format!("(tftp)/boot/{mac}.{n}.grub"),
+        }
+    }
+}
+
+/// The four scripts a booting machine can get.
+#[derive(Debug, Clone, Copy)]
+enum Script {
+    Deploy,
+    Local,
+    Wait,
+    Poweroff,
+}
+
+/// The script a booting machine gets for check `attempt`: decided by the node's state
+/// ([`rules::boot_plan`]), in the loader's syntax. `host` is the server's address as the
+/// machine reached it (the agent is told to use it unless `boot.server_url` is set).
 async fn script(
     st: &AppState,
+    flavor: Flavor,
     mac: &str,
-    q: &BootQuery,
-    headers: &HeaderMap,
+    attempt: u32,
+    host: Option<&str>,
     peer: Option<IpAddr>,
-) -> ApiResult<Response> {
+) -> ApiResult<String> {
     let mac = normalize_mac(mac).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let inv = &st.inv;
     let node = inv.node_by_mac(&mac).await?;
@@ -87,19 +154,19 @@ async fn script(
         // iPXE started elsewhere (or proxyDHCP) may never have asked our DHCP: collect here too.
         inv.record_discovered(&mac, None, "iPXE", "http").await?;
     }
-    let attempt = q.attempt.unwrap_or(1).max(1);
+    let attempt = attempt.max(1);
+    let server = boot::server_url(st.boot.server_url.as_deref(), host);
     let plan = rules::boot_plan(node.as_ref().map(|n| (n.name.as_str(), n.state, n.image.is_some())), collecting);
-    let wait = |message: String| -> ApiResult<Response> {
+    let wait = |message: String| -> ApiResult<String> {
         let message = crate::pxe::template::scrub(&message);
         let retries = st.boot.retries;
         let secs = st.boot.retry_interval.as_secs().to_string();
         let (a, r) = (attempt.to_string(), retries.to_string());
         let Some(next) = boot::next_attempt(attempt, retries) else {
             let vars = [("message", message.as_str()), ("mac", mac.as_str()), ("retries", r.as_str())];
-            return rendered(boot::POWEROFF_TEMPLATE, &vars);
+            return flavor.render(Script::Poweroff, &vars);
         };
-        // No colons in relative URLs: iPXE takes everything before the first ':' as the scheme.
-        let next_url = format!("{}.ipxe?attempt={next}", mac.replace(':', "-"));
+        let next_url = flavor.script_url(&mac, next);
         let vars = [
             ("message", message.as_str()),
             ("mac", mac.as_str()),
@@ -108,14 +175,14 @@ async fn script(
             ("retries", r.as_str()),
             ("next_url", next_url.as_str()),
         ];
-        rendered(boot::WAIT_TEMPLATE, &vars)
+        flavor.render(Script::Wait, &vars)
     };
     let n = match (plan, node) {
         (BootPlan::Wait(m), _) => return wait(m),
         (BootPlan::Local, Some(n)) => {
             let msg = format!("{} network-booted; told to boot from its disk", n.name);
             inv.record_event(Some(&n.name), EventKind::BootLocal, &msg).await?;
-            return rendered(boot::LOCAL_TEMPLATE, &[("node", &n.name)]);
+            return flavor.render(Script::Local, &[("node", &n.name)]);
         }
         (BootPlan::Deploy, Some(n)) => n,
         (_, None) => return wait("this machine is not a node".into()),
@@ -130,8 +197,7 @@ async fn script(
         inv.record_event(Some(&n.name), EventKind::BootRefused, &msg).await?;
         return wait(format!("refused: this request came from {from}, which is not an address of node {}", n.name));
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let Some(server) = boot::server_url(st.boot.server_url.as_deref(), host) else {
+    let Some(server) = server else {
         return wait("the server does not know its own URL: set boot.server_url".into());
     };
     let dir = st.boot_dir();
@@ -152,11 +218,12 @@ async fn script(
     };
     let (d, token) = (t.deployment, t.token);
     let cmdline = cmdline::render(&st.boot.cmdline, &server, d.id, &n.name, &token).map_err(ApiError::internal)?;
-    let (kernel_url, initrd_url) = (format!("{KERNEL}?token={token}"), format!("{INITRAMFS}?token={token}"));
+    let kernel_url = flavor.boot_file_url(KERNEL, &token);
+    let initrd_url = flavor.boot_file_url(INITRAMFS, &token);
     let (id, secs) = (d.id.to_string(), st.boot.retry_interval.as_secs().to_string());
-    let script_url = format!("{}.ipxe", mac.replace(':', "-"));
-    rendered(
-        boot::DEPLOY_TEMPLATE,
+    let script_url = flavor.script_url(&mac, 1);
+    flavor.render(
+        Script::Deploy,
         &[
             ("deployment", &id),
             ("image", &d.image),
@@ -196,4 +263,76 @@ async fn send_file(path: std::path::PathBuf, req: Request) -> ApiResult<Response
         return Err(ApiError::not_found(format!("{} is missing on the server", path.display())));
     }
     Ok(resp.map(axum::body::Body::new))
+}
+
+/// The Secure Boot GRUB's files over TFTP (Debian's signed GRUB network image has TFTP but
+/// no HTTP): `boot/MAC.grub` and `boot/MAC.N.grub` (this machine's script, check N) and
+/// `boot/TOKEN/vmlinuz`, `boot/TOKEN/initramfs.img` (the boot environment, for a live
+/// deployment token only). Decisions and checks are the HTTP boot files' own.
+pub struct BootFiles {
+    st: Arc<AppState>,
+    host: Option<String>,
+}
+
+impl BootFiles {
+    /// Files for the TFTP service; `host` is the server's HTTP address as booting machines
+    /// reach it (`IP:PORT`), told to the agent unless `boot.server_url` is set.
+    pub fn new(st: Arc<AppState>, host: Option<String>) -> BootFiles {
+        BootFiles { st, host }
+    }
+
+    async fn make(&self, rel: &std::path::Path, peer: IpAddr) -> crate::tftp::Resolved {
+        use crate::tftp::path::PathError;
+        let denied = |m: String| PathError::Denied(std::io::Error::new(std::io::ErrorKind::PermissionDenied, m));
+        let parts: Vec<&str> = rel.iter().map(|c| c.to_str()).collect::<Option<_>>()?;
+        match parts.as_slice() {
+            ["boot", name] if name.ends_with(".grub") => {
+                let stem = &name[..name.len() - ".grub".len()];
+                let (mac, attempt) = match stem.rsplit_once('.').map(|(m, n)| (m, n.parse::<u32>())) {
+                    Some((m, Ok(n))) => (m, n),
+                    _ => (stem, 1),
+                };
+                let text = script(&self.st, Flavor::Grub, mac, attempt, self.host.as_deref(), Some(peer)).await;
+                Some(match text {
+                    Ok(t) => crate::tftp::memory_file(t.as_bytes()).map_err(PathError::Denied),
+                    Err(e) => Err(denied(e.message)),
+                })
+            }
+            ["boot", token, file] if *file == KERNEL || *file == INITRAMFS => {
+                if token.is_empty() || token.len() > 256 {
+                    return Some(Err(denied("invalid token".into())));
+                }
+                match self.st.inv.deployment_for_token(token).await {
+                    Ok(Some(_)) => {
+                        let path = self.st.boot_dir().join(file);
+                        Some(
+                            std::fs::File::open(&path)
+                                .and_then(|f| Ok((f.metadata()?.len(), f)))
+                                .map(|(n, f)| (f, n))
+                                .map_err(|e| {
+                                    if e.kind() == std::io::ErrorKind::NotFound {
+                                        PathError::NotFound
+                                    } else {
+                                        PathError::Denied(e)
+                                    }
+                                }),
+                        )
+                    }
+                    Ok(None) => Some(Err(denied("invalid token".into()))),
+                    Err(e) => Some(Err(denied(e.to_string()))),
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+impl crate::tftp::Resolver for BootFiles {
+    fn resolve<'a>(
+        &'a self,
+        rel: &'a std::path::Path,
+        peer: IpAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::tftp::Resolved> + Send + 'a>> {
+        Box::pin(self.make(rel, peer))
+    }
 }

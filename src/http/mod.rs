@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod boot;
 pub mod error;
+pub mod failover;
 pub mod metrics;
 pub mod stream;
 
@@ -44,6 +45,8 @@ pub struct AppState {
     pub boot: BootConfig,
     /// Where the iPXE binaries are (the TFTP root unless `boot.pxe_dir` says otherwise).
     pub pxe_dir: PathBuf,
+    /// The failover service running in this process, if any (status and admin requests).
+    pub failover: Option<crate::failover::Handle>,
 }
 
 impl AppState {
@@ -59,7 +62,15 @@ impl AppState {
             shutdown,
             boot: BootConfig::default(),
             pxe_dir: PathBuf::from("pxe"),
+            failover: None,
         }
+    }
+
+    /// Serve the failover endpoints and metrics from this service's handle (`None`: the
+    /// endpoints answer that failover is not running here).
+    pub fn with_failover(mut self, failover: Option<crate::failover::Handle>) -> AppState {
+        self.failover = failover;
+        self
     }
 
     /// Use these network-boot settings; `tftp_root` is the default home of the iPXE binaries.
@@ -172,8 +183,9 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         Err(e) => return ApiError::internal(e).into_response(),
     };
     let mut body = st.metrics.render(running);
-    // Failover writes its status into the data dir every second; its metrics come from there.
-    if let Some(s) = crate::failover::service::load_status(&st.data_dir()) {
+    // The failover service in this process publishes its status at least every second;
+    // nothing until its first publication (a status never dated has no meaningful age).
+    if let Some(s) = st.failover.as_ref().map(|h| h.status()).filter(|s| s.updated_unix_ms > 0) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         body.push_str(&crate::failover::metrics::render(&s, now.as_millis() as u64));
     }
@@ -184,6 +196,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 pub fn router(state: Arc<AppState>) -> Router {
     let (api_router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api::routes())
+        .merge(failover::routes())
         .merge(stream::routes(&state.cfg))
         .routes(utoipa_axum::routes!(boot::boot_file))
         .split_for_parts();

@@ -241,13 +241,13 @@ pub enum RaidLevel {
 }
 
 impl TryFrom<u8> for RaidLevel {
-    type Error = String;
-    fn try_from(v: u8) -> Result<Self, String> {
+    type Error = crate::config::ValueError;
+    fn try_from(v: u8) -> Result<Self, crate::config::ValueError> {
         match v {
             0 => Ok(RaidLevel::Raid0),
             1 => Ok(RaidLevel::Raid1),
             10 => Ok(RaidLevel::Raid10),
-            n => Err(format!("RAID level {n} is not replayed (0, 1 and 10 are)")),
+            n => Err(format!("RAID level {n} is not replayed (0, 1 and 10 are)").into()),
         }
     }
 }

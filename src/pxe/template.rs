@@ -11,6 +11,20 @@ pub const WAIT: &str = include_str!("../../pxe/templates/wait.ipxe");
 /// Waited `retries` checks: `message`, `mac`, `retries`.
 pub const POWEROFF: &str = include_str!("../../pxe/templates/poweroff.ipxe");
 
+/// The same four scripts for GRUB (the Secure Boot chain: shim, then Debian's signed GRUB
+/// network image, which has no iPXE): the placeholders are those of the iPXE ones, and
+/// URLs are GRUB paths such as `(http,10.0.0.1:8080)/boot/vmlinuz?token=...`.
+pub mod grub {
+    /// Boot the deploy environment.
+    pub const DEPLOY: &str = include_str!("../../pxe/templates/deploy.grub");
+    /// Leave GRUB for the next boot entry (the disk).
+    pub const LOCAL: &str = include_str!("../../pxe/templates/local.grub");
+    /// Nothing to boot yet.
+    pub const WAIT: &str = include_str!("../../pxe/templates/wait.grub");
+    /// Waited long enough.
+    pub const POWEROFF: &str = include_str!("../../pxe/templates/poweroff.grub");
+}
+
 /// A template that cannot be rendered with the given values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TemplateError {
@@ -45,15 +59,37 @@ pub fn unsafe_value(v: &str) -> Option<&'static str> {
     }
 }
 
-/// Make free text (a message for the console) safe for [`render`]: characters iPXE would
-/// interpret are dropped, control characters become spaces.
+/// Why a value cannot go into a GRUB script, if it cannot: what iPXE refuses, and GRUB's
+/// command separators, blocks and redirections (unquoted words such as the kernel command
+/// line would otherwise run commands of their own).
+pub fn grub_unsafe_value(v: &str) -> Option<&'static str> {
+    unsafe_value(v).or_else(|| {
+        v.contains([';', '{', '}', '<', '>', '&', '#'])
+            .then_some("contains a character GRUB interprets (; { } < > & #)")
+    })
+}
+
+/// [`render`] for a GRUB script: every value must also pass [`grub_unsafe_value`].
+pub fn render_grub(template: &str, values: &[(&str, &str)]) -> Result<String, TemplateError> {
+    for (name, v) in values {
+        if template.contains(&format!("{{{{{name}}}}}"))
+            && let Some(reason) = grub_unsafe_value(v)
+        {
+            return Err(TemplateError::BadValue { name: name.to_string(), reason });
+        }
+    }
+    render(template, values)
+}
+
+/// Make free text (a message for the console) safe for [`render`] and [`render_grub`]:
+/// characters iPXE or GRUB would interpret are dropped, control characters become spaces.
 pub fn scrub(text: &str) -> String {
     let s: String = text
         .chars()
-        .filter(|c| !matches!(c, '$' | '\\' | '"' | '\'' | '|'))
+        .filter(|c| !matches!(c, '$' | '\\' | '"' | '\'' | '|' | ';' | '{' | '}' | '<' | '>' | '#'))
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    s.replace("&&", "and")
+    s.replace("&&", "and").replace('&', "and")
 }
 
 /// Replace every `{{name}}` in `template` with its value from `values`. Every
@@ -113,6 +149,33 @@ mod tests {
         // An ordinary URL with a query string and a kernel command line are fine.
         let url = "http://10.0.0.1:8080/boot/vmlinuz?token=abc&x=1";
         assert_eq!(render("{{u}}", &[("u", url)]).unwrap(), url);
+    }
+
+    #[test]
+    fn grub_scripts_render_and_refuse_grub_syntax() {
+        let vars = [
+            ("deployment", "7"),
+            ("image", "head-a@2"),
+            ("node", "standby"),
+            ("kernel_url", "(http,10.0.0.1:8080)/boot/vmlinuz?token=ab"),
+            ("initrd_url", "(http,10.0.0.1:8080)/boot/initramfs.img?token=ab"),
+            ("cmdline", "console=ttyS0 understudy.token=ab"),
+            ("retry_secs", "30"),
+            ("script_url", "(http,10.0.0.1:8080)/boot/52:54:00:00:00:01.grub"),
+        ];
+        let d = render_grub(grub::DEPLOY, &vars).unwrap();
+        assert!(d.contains("linux \"(http,10.0.0.1:8080)/boot/vmlinuz?token=ab\" console=ttyS0 understudy.token=ab\n"));
+        assert!(d.contains("initrd \"(http,10.0.0.1:8080)/boot/initramfs.img?token=ab\"\nboot\n"));
+        assert!(render_grub(grub::LOCAL, &[("node", "standby")]).unwrap().contains("\nexit\n"));
+        for bad in ["a; reboot", "x { y }", "a > /dev/x", "a & b", "# c"] {
+            let mut v = vars;
+            v[5] = ("cmdline", bad);
+            assert!(matches!(render_grub(grub::DEPLOY, &v), Err(TemplateError::BadValue { .. })), "{bad}");
+        }
+        for t in ["a; b", "{x}", "a & b # c"] {
+            let m = scrub(t);
+            assert!(grub_unsafe_value(&m).is_none(), "{t:?} -> {m:?}");
+        }
     }
 
     #[test]

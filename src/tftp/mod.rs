@@ -49,6 +49,14 @@ pub enum TftpError {
         /// The error.
         source: std::io::Error,
     },
+    /// A file the server makes cannot be set up.
+    #[error("TFTP generated file {name}: {why}")]
+    Generated {
+        /// Its name.
+        name: String,
+        /// What went wrong.
+        why: String,
+    },
 }
 
 /// Why one transfer ended early.
@@ -90,6 +98,34 @@ struct Shared {
     /// Clients (address and port) with a transfer running: a retransmitted RRQ must not
     /// start a second transfer and take a second slot.
     active: Mutex<HashSet<SocketAddr>>,
+    /// Files the server makes (the Secure Boot GRUB's config), served before the root's:
+    /// path relative to the root, an anonymous in-memory file and its size.
+    generated: std::collections::HashMap<std::path::PathBuf, (std::fs::File, u64)>,
+    /// Files made per request by the server (the Secure Boot GRUB's per-node script and
+    /// the boot environment under a deployment token), asked before the root.
+    resolver: Option<Arc<dyn Resolver>>,
+}
+
+/// What a [`Resolver`] answers for a name.
+pub type Resolved = Option<Result<(std::fs::File, u64), PathError>>;
+
+/// Files the server makes when they are asked for: `None` for a name it does not make
+/// (the root is tried next), else the file or why the client cannot have it.
+pub trait Resolver: Send + Sync {
+    /// Resolve `rel` (already checked by [`path::sanitize`]) for the client at `peer`.
+    fn resolve<'a>(
+        &'a self,
+        rel: &'a std::path::Path,
+        peer: std::net::IpAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Resolved> + Send + 'a>>;
+}
+
+/// An anonymous in-memory file holding `content`, for serving made-up files.
+pub fn memory_file(content: &[u8]) -> std::io::Result<(std::fs::File, u64)> {
+    let fd = rustix::fs::memfd_create("understudy-tftp", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let f = std::fs::File::from(fd);
+    f.write_all_at(content, 0)?;
+    Ok((f, content.len() as u64))
 }
 
 impl Shared {
@@ -149,8 +185,31 @@ impl Service {
             listen,
             log: Mutex::new(LogLimit::new("tftp")),
             active: Mutex::default(),
+            generated: Default::default(),
+            resolver: None,
         });
         Ok(Service { sock, shared, max_transfers: cfg.max_transfers })
+    }
+
+    /// Serve `content` as `name` (relative to the root, e.g. `grub/grub.cfg`), ahead of any
+    /// file of that name in the root.
+    pub fn with_generated(mut self, name: &str, content: &[u8]) -> Result<Service, TftpError> {
+        let rel = path::sanitize(name).map_err(|e| TftpError::Generated { name: name.into(), why: e.to_string() })?;
+        let file = memory_file(content).map_err(|e| TftpError::Generated { name: name.into(), why: e.to_string() })?;
+        let shared = Arc::get_mut(&mut self.shared)
+            .ok_or_else(|| TftpError::Generated { name: name.into(), why: "the service is already running".into() })?;
+        shared.generated.insert(rel, file);
+        Ok(self)
+    }
+
+    /// Ask `r` for every name before the root (see [`Resolver`]).
+    pub fn with_resolver(mut self, r: Arc<dyn Resolver>) -> Result<Service, TftpError> {
+        let shared = Arc::get_mut(&mut self.shared).ok_or_else(|| TftpError::Generated {
+            name: "(resolver)".into(),
+            why: "the service is already running".into(),
+        })?;
+        shared.resolver = Some(r);
+        Ok(self)
     }
 
     /// The bound request address.
@@ -298,7 +357,19 @@ async fn send_file(
     // from anyone but this client.
     let sock = UdpSocket::bind(SocketAddr::new(sh.listen.ip(), 0)).await?;
     sock.connect(peer).await?;
-    let opened = path::sanitize(&req.filename).and_then(|rel| sh.root.open_file(&rel));
+    let opened = match path::sanitize(&req.filename) {
+        Err(e) => Err(e),
+        Ok(rel) => match sh.generated.get(&rel) {
+            Some((f, size)) => f.try_clone().map(|f| (f, *size)).map_err(PathError::Denied),
+            None => {
+                let made = match &sh.resolver {
+                    Some(r) => r.resolve(&rel, peer.ip()).await,
+                    None => None,
+                };
+                made.unwrap_or_else(|| sh.root.open_file(&rel))
+            }
+        },
+    };
     let (file, size) = match opened {
         Ok(x) => x,
         Err(e) => {
