@@ -12,11 +12,12 @@ TEST_PKGS  := curl busybox isc-dhcp-client iproute2 sqlite3 rsync acl attr libca
 TEST_PKGS  += ipxe ipxe-qemu ovmf qemu-system-x86 fdisk xfsprogs dosfstools cpio kmod binutils mount procps
 # The layout replay tools the boot environment carries (md RAID, LVM, btrfs, UEFI boot entries).
 TEST_PKGS  += mdadm lvm2 btrfs-progs efibootmgr
-# A bootable Debian root for the standby tests, made once with debootstrap.
-TEST_PKGS  += debootstrap
+# A bootable Debian root for the standby tests, made once with debootstrap; man and
+# systemd-analyze check what `make install` writes.
+TEST_PKGS  += debootstrap man-db systemd
 BENCH_PKGS := $(TEST_PKGS) debootstrap casync kea-admin kea-dhcp4-server dnsmasq-base jq time tftpd-hpa keepalived
 
-.PHONY: all build run test bench deps bench-deps fmt lint clean fuzz-api fuzz pxe-binaries pxe-kernel standby-root
+.PHONY: all build run test bench deps bench-deps fmt lint clean fuzz-api fuzz pxe-binaries pxe-kernel standby-root install deb
 
 # iPXE binaries served over TFTP/HTTP, from Debian's ipxe package (gitignored in pxe/).
 PXE_BINARIES := pxe/undionly.kpxe pxe/ipxe.efi pxe/snponly.efi
@@ -80,6 +81,46 @@ bench: bench-deps build pxe-kernel standby-root
 	UNDERSTUDY_BIN=$(BIN) ./benches/tftp.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/failover.sh
 	./benches/standby.sh
+
+# Install the binary, the systemd unit, a default config (kept when one exists), the man
+# pages and shell completions (generated from the binary's own argument definitions) and
+# the network-boot binaries. DESTDIR stages, PREFIX places (default /usr/local);
+# NO_BUILD=1 installs BIN as it is.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BINDIR  := $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+GEN     := target/generated
+install: $(if $(NO_BUILD),,build) pxe-binaries
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/understudy
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|@BINDIR@|$(BINDIR)|g' packaging/understudy.service >$(DESTDIR)$(UNITDIR)/understudy.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/understudy.service
+	install -d -m 0755 $(DESTDIR)/etc/understudy
+	[ -e $(DESTDIR)/etc/understudy/understudy.toml ] || install -m 0644 packaging/understudy.toml $(DESTDIR)/etc/understudy/understudy.toml
+	install -d -m 0700 $(DESTDIR)/var/lib/understudy
+	install -d -m 0755 $(DESTDIR)/var/lib/understudy/pxe
+	install -m 0644 $(PXE_BINARIES) $(SB_BINARIES) $(DESTDIR)/var/lib/understudy/pxe/
+	rm -rf $(GEN) && $(BIN) generate --out $(GEN)
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0644 $(GEN)/man1/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -D -m 0644 $(GEN)/completions/understudy.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/understudy
+	install -D -m 0644 $(GEN)/completions/_understudy $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_understudy
+	install -D -m 0644 $(GEN)/completions/understudy.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/understudy.fish
+
+# A Debian package from this tree: the same files under /usr, the network-boot binaries
+# taken from Debian's own packages at install time (postinst), the config a conffile.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+DEB     := target/understudy_$(VERSION)_amd64.deb
+DEB_COMPRESS ?= xz
+deb: $(if $(NO_BUILD),,build)
+	rm -rf target/deb && mkdir -p target/deb/DEBIAN
+	$(MAKE) --no-print-directory install NO_BUILD=1 BIN=$(BIN) DESTDIR=$(CURDIR)/target/deb PREFIX=/usr UNITDIR=/lib/systemd/system
+	rm -rf target/deb/var/lib/understudy
+	printf 'Package: understudy\nVersion: %s\nArchitecture: amd64\nMaintainer: understudy developers <root@localhost>\nDepends: libc6, ipxe, shim-signed, grub-efi-amd64-signed, busybox-static, fdisk, e2fsprogs, dosfstools, xfsprogs\nRecommends: mdadm, lvm2, efibootmgr, kmod\nSection: admin\nPriority: optional\nDescription: clone a cluster head node onto a standby and keep it ready to take over\n Image server, PXE boot server (DHCP, TFTP, HTTP/iPXE), installer and failover daemon.\n' $(VERSION) >target/deb/DEBIAN/control
+	echo /etc/understudy/understudy.toml >target/deb/DEBIAN/conffiles
+	install -m 0755 packaging/postinst target/deb/DEBIAN/postinst
+	dpkg-deb --root-owner-group -Z$(DEB_COMPRESS) --build target/deb $(DEB)
 
 fmt:
 	$(CARGO) fmt --all

@@ -78,6 +78,13 @@ pub enum Command {
     /// Network boot: build the boot environment (kernel + initramfs with the agent).
     #[command(subcommand)]
     Pxe(PxeCmd),
+    /// Write the man pages and shell completions (for packaging; `make install` runs it).
+    #[command(hide = true)]
+    Generate {
+        /// Man pages (`man1/understudy*.1`) and completions (`completions/`) go under here.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// `agent` arguments (the boot environment's /init runs it without any).
@@ -464,6 +471,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             return Ok(0);
         }
         Command::Pxe(PxeCmd::Build(a)) => return pxe_build_cmd(&cli.data_dir, a).await,
+        Command::Generate { out } => {
+            generate(&out)?;
+            return Ok(0);
+        }
         _ => {}
     }
     if let Some(server) = &cli.server {
@@ -473,7 +484,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let inv =
         Inventory::open(&cli.data_dir).await.with_context(|| format!("opening data dir {}", cli.data_dir.display()))?;
     match cli.command {
-        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) | Command::Agent(_) | Command::Pxe(_) => {
+        Command::Serve { .. }
+        | Command::Config(_)
+        | Command::Failover(_)
+        | Command::Agent(_)
+        | Command::Pxe(_)
+        | Command::Generate { .. } => {
             unreachable!("handled above")
         }
         Command::Nodes(cmd) => nodes_cmd(&Api::local(inv), cmd).await,
@@ -562,6 +578,13 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
     match cmd {
         ImagesCmd::List { json } => {
             let rows = inv.images().await?;
+            if rows.is_empty() && !json {
+                // Most often the wrong data dir (`make run` uses images/): say which one this is.
+                eprintln!(
+                    "no images in {} (capture one, or name another with --data-dir)",
+                    inv.data_dir.display()
+                );
+            }
             if json {
                 print_json(&rows)?;
             } else {
@@ -1128,7 +1151,12 @@ async fn remote_cmd(client: &Client, cmd: Command, quiet: bool) -> anyhow::Resul
         Command::Capture(_) | Command::Images(_) => {
             bail!("capture, import and export run on the server host against its data dir (omit --server)")
         }
-        Command::Serve { .. } | Command::Config(_) | Command::Failover(_) | Command::Agent(_) | Command::Pxe(_) => {
+        Command::Serve { .. }
+        | Command::Config(_)
+        | Command::Failover(_)
+        | Command::Agent(_)
+        | Command::Pxe(_)
+        | Command::Generate { .. } => {
             unreachable!("handled before")
         }
     }
@@ -1373,6 +1401,23 @@ set timeout=0
 echo \"understudy: asking the server for this machine's script\"
 configfile (tftp)/boot/${net_default_mac}.grub
 ";
+
+/// Man pages for the command and every subcommand, and bash, zsh and fish completions,
+/// all from the argument definitions above (so they cannot drift from the binary).
+fn generate(out: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let man = out.join("man1");
+    let comp = out.join("completions");
+    std::fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
+    std::fs::create_dir_all(&comp).with_context(|| format!("creating {}", comp.display()))?;
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), &man).with_context(|| format!("writing man pages to {}", man.display()))?;
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "understudy", &comp)
+            .with_context(|| format!("writing {shell} completions to {}", comp.display()))?;
+    }
+    Ok(())
+}
 
 // ---------------------------------------------------------------- pxe
 

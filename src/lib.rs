@@ -18,6 +18,7 @@ pub mod fsx;
 pub mod http;
 pub mod inventory;
 pub mod layout;
+pub mod netcfg;
 pub mod progress;
 pub mod pull;
 pub mod pxe;
