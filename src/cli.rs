@@ -580,10 +580,7 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
             let rows = inv.images().await?;
             if rows.is_empty() && !json {
                 // Most often the wrong data dir (`make run` uses images/): say which one this is.
-                eprintln!(
-                    "no images in {} (capture one, or name another with --data-dir)",
-                    inv.data_dir.display()
-                );
+                eprintln!("no images in {} (capture one, or name another with --data-dir)", inv.data_dir.display());
             }
             if json {
                 print_json(&rows)?;
