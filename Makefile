@@ -10,6 +10,8 @@ TEST_PKGS  := curl busybox isc-dhcp-client iproute2 sqlite3 rsync acl attr libca
 # The boot environment: iPXE, QEMU (SeaBIOS with the iPXE NIC ROM, OVMF for UEFI) to boot it, the tools it carries, cpio to list it,
 # kmod (depmod) and binutils (objcopy) to build it.
 TEST_PKGS  += ipxe ipxe-qemu ovmf qemu-system-x86 fdisk xfsprogs dosfstools cpio kmod binutils mount procps
+# The layout replay tools the boot environment carries (md RAID, LVM, btrfs, UEFI boot entries).
+TEST_PKGS  += mdadm lvm2 btrfs-progs efibootmgr
 # A bootable Debian root for the standby tests, made once with debootstrap; man and
 # systemd-analyze check what `make install` writes.
 TEST_PKGS  += debootstrap man-db systemd

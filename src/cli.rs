@@ -545,7 +545,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let m = inv.manifest(&row).await?;
             let dd = inv.data_dir.clone();
             let t = Instant::now();
-            let opts = DeployOptions { quiet: cli.quiet || a.json, sync: !a.no_sync, counters: None };
+            let opts =
+                DeployOptions { quiet: cli.quiet || a.json, sync: !a.no_sync, counters: None, mount_points: vec![] };
             let target = a.target.clone();
             let stats = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let store = Store::open(&dd, LockMode::Shared)?;
@@ -579,10 +580,7 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
             let rows = inv.images().await?;
             if rows.is_empty() && !json {
                 // Most often the wrong data dir (`make run` uses images/): say which one this is.
-                eprintln!(
-                    "no images in {} (capture one, or name another with --data-dir)",
-                    inv.data_dir.display()
-                );
+                eprintln!("no images in {} (capture one, or name another with --data-dir)", inv.data_dir.display());
             }
             if json {
                 print_json(&rows)?;

@@ -44,12 +44,24 @@ pub struct DeployOptions {
     pub sync: bool,
     /// Counters updated as files finish.
     pub counters: Option<Arc<DeployCounters>>,
+    /// Directories under the target (relative, `var`, `boot/efi`) that exist already as
+    /// mount points of the new system's other filesystems: the target may hold them (and
+    /// their parents) and the image's directories there are written into them.
+    pub mount_points: Vec<String>,
 }
 
 impl Default for DeployOptions {
     fn default() -> Self {
-        DeployOptions { quiet: false, sync: true, counters: None }
+        DeployOptions { quiet: false, sync: true, counters: None, mount_points: vec![] }
     }
+}
+
+/// `path` (relative, as the manifest has it) is one of `mount_points` or a parent of one.
+fn on_mount_path(path: &[u8], mount_points: &[String]) -> bool {
+    mount_points.iter().any(|m| {
+        let m = m.trim_matches('/').as_bytes();
+        m == path || (m.len() > path.len() && m.starts_with(path) && m[path.len()] == b'/')
+    })
 }
 
 /// Counters of one deploy.
@@ -127,10 +139,12 @@ pub fn deploy(
     let terr = |source| DeployError::Target { path: target.into(), source };
     std::fs::create_dir_all(target).map_err(terr)?;
     let root = fsx::open_dir(target).map_err(terr)?;
-    if rustix::fs::Dir::read_from(&root)
-        .map_err(|e| terr(e.into()))?
-        .any(|e| e.is_ok_and(|e| !matches!(e.file_name().to_bytes(), b"." | b"..")))
-    {
+    if rustix::fs::Dir::read_from(&root).map_err(|e| terr(e.into()))?.any(|e| {
+        e.is_ok_and(|e| {
+            let n = e.file_name().to_bytes();
+            !matches!(n, b"." | b"..") && !on_mount_path(n, &opts.mount_points)
+        })
+    }) {
         return Err(DeployError::NotEmpty(target.into()));
     }
     let as_root = rustix::process::geteuid().is_root();
@@ -189,8 +203,12 @@ pub fn deploy(
                 let cn = fsx::cname(name).map_err(entry_err(e))?;
                 match &e.kind {
                     Kind::Dir => {
-                        rustix::fs::mkdirat(dir.as_fd(), cn.as_c_str(), Mode::from_raw_mode(0o700))
-                            .map_err(|x| entry_err(e)(errno(x)))?;
+                        match rustix::fs::mkdirat(dir.as_fd(), cn.as_c_str(), Mode::from_raw_mode(0o700)) {
+                            Ok(()) => {}
+                            // A mount point made for one of the new system's filesystems.
+                            Err(rustix::io::Errno::EXIST) if on_mount_path(&e.path, &opts.mount_points) => {}
+                            Err(x) => return Err(entry_err(e)(errno(x))),
+                        }
                         let fd = fsx::open_dir_at(dir.as_fd(), name).map_err(entry_err(e))?;
                         stack.push((&e.path, Arc::new(fd)));
                         dirs.push(idx);
@@ -343,4 +361,17 @@ fn write_file(src: &dyn ChunkSource, dir: BorrowedFd<'_>, e: &Entry, as_root: bo
         let _ = rustix::fs::unlinkat(dir, cn.as_c_str(), AtFlags::empty());
     }
     res
+}
+
+#[cfg(test)]
+mod mount_point_tests {
+    use super::on_mount_path;
+
+    #[test]
+    fn mount_points_and_their_parents() {
+        let m = vec!["var".to_string(), "/boot/efi".to_string()];
+        assert!(on_mount_path(b"var", &m) && on_mount_path(b"boot", &m) && on_mount_path(b"boot/efi", &m));
+        assert!(!on_mount_path(b"va", &m) && !on_mount_path(b"var/log", &m) && !on_mount_path(b"boot/grub", &m));
+        assert!(!on_mount_path(b"etc", &[]));
+    }
 }

@@ -59,6 +59,19 @@ pub async fn pull(
     quiet: bool,
     sync: bool,
 ) -> anyhow::Result<Pulled> {
+    let opts = DeployOptions { quiet, sync, counters: Some(counters), mount_points: vec![] };
+    pull_into(client, image, target, dep, opts).await
+}
+
+/// [`pull`] with every deploy option, such as a target that already holds mount points of
+/// the new system's other filesystems ([`DeployOptions::mount_points`]).
+pub async fn pull_into(
+    client: &Client,
+    image: &str,
+    target: PathBuf,
+    dep: Option<i64>,
+    opts: DeployOptions,
+) -> anyhow::Result<Pulled> {
     let (m, id, label) = client.manifest(image).await?;
     let src = RemoteSource::start(
         client.clone(),
@@ -67,7 +80,7 @@ pub async fn pull(
         PullOptions::default(),
         &tokio::runtime::Handle::current(),
     );
-    let opts = DeployOptions { quiet, sync, counters: Some(counters.clone()) };
+    let counters = opts.counters.clone().unwrap_or_default();
     let stop = tokio_util::sync::CancellationToken::new();
     let ticker = dep.map(|d| {
         let (client, counters, stop) = (client.clone(), counters.clone(), stop.clone());

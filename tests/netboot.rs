@@ -45,19 +45,49 @@ impl Net {
     }
 }
 
+/// At most this many QEMU VMs run at once (each wants a core under TCG; the test
+/// threads may be more).
+const QEMU_SLOTS: usize = 2;
+static RUNNING: (std::sync::Mutex<usize>, std::sync::Condvar) = (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// One of the [`QEMU_SLOTS`], given back on drop.
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let (m, cv) = &RUNNING;
+        let mut n = m.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= QEMU_SLOTS {
+            n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (m, cv) = &RUNNING;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        cv.notify_one();
+    }
+}
+
 /// A QEMU VM; killed on drop. Its serial console goes to a file.
 struct Vm {
     child: Child,
     console: PathBuf,
+    _slot: Slot,
 }
 
 impl Vm {
     fn console(&self) -> String {
-        let mut s = String::new();
+        // Firmware and GRUB menus write bytes that are not UTF-8.
+        let mut b = Vec::new();
         if let Ok(mut f) = std::fs::File::open(&self.console) {
-            let _ = f.read_to_string(&mut s);
+            let _ = f.read_to_end(&mut b);
         }
-        s
+        String::from_utf8_lossy(&b).into_owned()
     }
 }
 
@@ -79,12 +109,22 @@ enum Firmware {
 const MAC: &str = "52:54:00:be:ef:01";
 
 fn start_vm(sb: &Sandbox, net: &Net, fw: Firmware, disk: &Path, run: u32) -> Vm {
-    start_vm_with(sb, net, fw, &[disk], run, false)
+    start_vm_with(sb, net, fw, &[disk], run, false, false)
 }
 
 /// A VM with these disks; with `reboot`, a reboot restarts it (the firmware boots from
-/// the network again) instead of ending QEMU.
-fn start_vm_with(sb: &Sandbox, net: &Net, fw: Firmware, disks: &[&Path], run: u32, reboot: bool) -> Vm {
+/// the network again) instead of ending QEMU. With `nvram_order`, UEFI firmware follows
+/// its own BootOrder variable: QEMU names no boot device (OVMF would otherwise move every
+/// entry of the named NIC ahead of the rest on each boot, as no real firmware does).
+fn start_vm_with(
+    sb: &Sandbox,
+    net: &Net,
+    fw: Firmware,
+    disks: &[&Path],
+    run: u32,
+    reboot: bool,
+    nvram_order: bool,
+) -> Vm {
     let console = sb.path(&format!("console-{run}.log"));
     let mut args: Vec<String> = vec![
         "-accel".into(),
@@ -135,9 +175,11 @@ fn start_vm_with(sb: &Sandbox, net: &Net, fw: Firmware, disks: &[&Path], run: u3
                 format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             ]);
             // No option ROM: the firmware's own PXE runs and must fetch iPXE over TFTP.
-            args.extend(["-device".into(), format!("virtio-net-pci,netdev=n0,mac={MAC},romfile=,bootindex=1")]);
+            let index = if nvram_order { "" } else { ",bootindex=1" };
+            args.extend(["-device".into(), format!("virtio-net-pci,netdev=n0,mac={MAC},romfile={index}")]);
         }
     }
+    let slot = Slot::take();
     let child = ns_cmd(&net.ns, "qemu-system-x86_64")
         .args(&args)
         .stdin(Stdio::null())
@@ -145,7 +187,7 @@ fn start_vm_with(sb: &Sandbox, net: &Net, fw: Firmware, disks: &[&Path], run: u3
         .stderr(Stdio::null())
         .spawn()
         .expect("qemu");
-    Vm { child, console }
+    Vm { child, console, _slot: slot }
 }
 
 fn wait_for(what: &str, limit: Duration, vm: &mut Vm, mut ok: impl FnMut(&str) -> bool) {
@@ -338,12 +380,27 @@ impl NsServer {
     }
 }
 
+/// A standby deployed from the debootstrapped root and booted from its own disks to a
+/// login prompt, its own report read from the console.
+struct Standby {
+    sb: Sandbox,
+    _net: Net,
+    _srv: NsServer,
+    vm: Vm,
+    disks: Vec<PathBuf>,
+    /// The console up to the end of the deployed system's report.
+    console: String,
+    /// The report (`understudy-report: begin` to `end`).
+    report: String,
+}
+
 /// The admin's story end to end on one firmware: a real Debian root (kernel, GRUB, systemd)
-/// is captured, the boot environment is built from that root's own kernel, the standby
-/// network-boots, the agent lays out its disk, streams the image, installs GRUB and
-/// reboots; the server sends the next network boot to the disk, and the standby comes up
-/// from its own disk to a login prompt with its own name.
-fn standby_boots_its_own_disk(fw: Firmware) {
+/// is captured (with `layout` set as its recorded layout, if given), the boot environment
+/// is built from that root's own kernel, the standby network-boots with disks of these
+/// sizes, the agent lays out its disks, streams the image, installs GRUB and reboots; the
+/// server sends the next network boot to the disk, and the standby comes up from its own
+/// disk to a login prompt with its own name. Phase times are printed.
+fn deploy_standby(fw: Firmware, disk_sizes: &[u64], layout: Option<&str>) -> Standby {
     let sb = Sandbox::new();
     let net = Net::new();
     let root = standby_root();
@@ -354,12 +411,25 @@ fn standby_boots_its_own_disk(fw: Firmware) {
     sb.ok(&build_args(&k, &boot));
     let prep = t0.elapsed();
     let srv = serve_pxe(&sb, &net, fw, "console=ttyS0,115200");
-    let disk = sb.path("disk.img");
-    std::fs::File::create(&disk).unwrap().set_len(4 << 30).unwrap();
+    if let Some(l) = layout {
+        let f = sb.path("layout.json");
+        std::fs::write(&f, l).unwrap();
+        srv.ok(&sb, &["images", "layout", "head-a", "--from", f.to_str().unwrap()]);
+    }
+    let disks: Vec<PathBuf> = disk_sizes
+        .iter()
+        .enumerate()
+        .map(|(i, size)| {
+            let d = sb.path(&format!("disk{i}.img"));
+            std::fs::File::create(&d).unwrap().set_len(*size).unwrap();
+            d
+        })
+        .collect();
     srv.ok(&sb, &["nodes", "add", "vm", "--mac", MAC, "--ip", &net.ip(50), "--image", "head-a"]);
     let limit = Duration::from_secs(900);
     let t1 = Instant::now();
-    let mut vm = start_vm_with(&sb, &net, fw, &[&disk], 1, true);
+    let refs: Vec<&Path> = disks.iter().map(PathBuf::as_path).collect();
+    let mut vm = start_vm_with(&sb, &net, fw, &refs, 1, true, fw == Firmware::Uefi);
     wait_for("the agent", limit, &mut vm, |c| c.contains("understudy-agent: deployment"));
     let to_agent = t1.elapsed();
     wait_for("the agent's report", limit, &mut vm, |c| {
@@ -371,23 +441,39 @@ fn standby_boots_its_own_disk(fw: Firmware) {
     assert_eq!(deployment_status(&srv), ["done"]);
     wait_for("the deployed system's login prompt", limit, &mut vm, |c| c.contains("vm login:"));
     let login = t1.elapsed();
-    // It came up from its own disk: the server told its network boot so, no second
-    // deployment was made, and the system itself reports the disk it runs from.
-    let (_, ev) = srv.curl("GET", "/api/v1/events?kind=boot.local", None);
-    assert!(ev.contains("told to boot from its disk"), "{ev}");
+    // It came up from its own disk: the server told its network boot so (iPXE asks for a
+    // script and gets the local-boot one; UEFI firmware PXE gets an offer without a boot
+    // file and gives up), no second deployment was made, and the system itself reports
+    // the disk it runs from.
+    if fw == Firmware::Bios {
+        let (_, ev) = srv.curl("GET", "/api/v1/events?kind=boot.local", None);
+        assert!(ev.contains("told to boot from its disk"), "{ev}");
+    } else {
+        let con = vm.console();
+        let after = &con[con.find("understudy-agent: node vm deployed").unwrap()..];
+        let pxe = after.lines().any(|l| l.contains("BdsDxe: failed to load Boot") && l.contains("\"UEFI PXEv4"));
+        assert!(pxe, "the deployed node's PXE was not refused a boot file:\n{after}");
+    }
     assert_eq!(deployment_status(&srv), ["done"], "a deployed node must not start another deployment");
     wait_for("the system's own report", Duration::from_secs(120), &mut vm, |c| c.contains("understudy-report: end"));
-    let con = vm.console();
-    let report = &con[con.rfind("understudy-report: begin").unwrap()..];
+    let console = vm.console();
+    let report = console[console.rfind("understudy-report: begin").unwrap()..].to_string();
     assert!(report.starts_with("understudy-report: begin vm"), "{report}");
     assert!(report.contains("\"mountpoint\": \"/\""), "{report}");
     eprintln!(
-        "standby {fw:?}: capture + pxe build {:.0}s; power-on to agent {:.0}s, to deployed {:.0}s, to login {:.0}s",
+        "standby {fw:?} {} disk(s), {} layout: capture + pxe build {:.0}s; power-on to agent {:.0}s, to deployed {:.0}s, to login {:.0}s",
+        disks.len(),
+        if layout.is_some() { "recorded" } else { "default" },
         prep.as_secs_f64(),
         to_agent.as_secs_f64(),
         deployed.as_secs_f64(),
         login.as_secs_f64()
     );
+    Standby { sb, _net: net, _srv: srv, vm, disks, console, report }
+}
+
+fn standby_boots_its_own_disk(fw: Firmware) {
+    deploy_standby(fw, &[4 << 30], None);
 }
 
 /// Secure Boot on (OVMF's secure-boot build with Microsoft's keys): DHCP hands the firmware
@@ -415,7 +501,7 @@ fn secure_boot_pxe_boots_the_signed_chain_into_the_agent() {
     std::fs::File::create(&disk).unwrap().set_len(3 << 30).unwrap();
     srv.ok(&sb, &["nodes", "add", "vm", "--mac", MAC, "--ip", &net.ip(50), "--image", "head-a"]);
     let t = Instant::now();
-    let mut vm = start_vm_with(&sb, &net, fw, &[&disk], 1, false);
+    let mut vm = start_vm_with(&sb, &net, fw, &[&disk], 1, false, false);
     let limit = Duration::from_secs(600);
     wait_for("the agent's report", limit, &mut vm, |c| {
         c.contains("understudy-agent: node vm deployed") || c.contains("deploy failed")
@@ -442,4 +528,340 @@ fn bios_pxe_boots_into_the_agent_and_deploys() {
 #[test]
 fn uefi_pxe_boots_into_the_agent_and_deploys() {
     netboot(Firmware::Uefi);
+}
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// The recorded layout of a one-disk primary: GPT with a BIOS boot partition, an ext4
+/// root, a swap partition and /var on XFS growing over the rest; every identity given.
+fn one_disk_layout() -> String {
+    serde_json::json!({
+        "version": 1, "boot_mode": "bios", "bootloader": "grub-pc",
+        "items": [
+            {"type": "disk", "id": "sda", "size": 6 * GIB, "ptable": "gpt",
+             "ptable_id": "5C1D2E3F-0A1B-4C2D-8E3F-000000000A00", "grub_device": true},
+            {"type": "partition", "id": "sda1", "device": "sda", "number": 1, "start": MIB, "size": MIB,
+             "part_type": "21686148-6449-6E6F-744E-656564454649", "name": "bios",
+             "uuid": "5C1D2E3F-0A1B-4C2D-8E3F-000000000A01", "flags": ["bios_grub"]},
+            {"type": "partition", "id": "sda2", "device": "sda", "number": 2, "size": 3 * GIB,
+             "part_type": "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "name": "root",
+             "uuid": "5C1D2E3F-0A1B-4C2D-8E3F-000000000A02"},
+            {"type": "partition", "id": "sda3", "device": "sda", "number": 3, "size": 256 * MIB,
+             "part_type": "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "name": "swap",
+             "uuid": "5C1D2E3F-0A1B-4C2D-8E3F-000000000A03", "flags": ["swap"]},
+            {"type": "partition", "id": "sda4", "device": "sda", "number": 4, "size": 2 * GIB,
+             "part_type": "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "name": "var",
+             "uuid": "5C1D2E3F-0A1B-4C2D-8E3F-000000000A04", "grow": true},
+            {"type": "format", "id": "fs-root", "volume": "sda2", "fstype": "ext4",
+             "uuid": "0d5a3c2e-7b1f-4a6e-9c8d-1e2f3a4b5c01", "label": "rootfs"},
+            {"type": "format", "id": "fs-swap", "volume": "sda3", "fstype": "swap",
+             "uuid": "0d5a3c2e-7b1f-4a6e-9c8d-1e2f3a4b5c02", "label": "swap0"},
+            {"type": "format", "id": "fs-var", "volume": "sda4", "fstype": "xfs",
+             "uuid": "0d5a3c2e-7b1f-4a6e-9c8d-1e2f3a4b5c03", "label": "varfs"},
+            {"type": "mount", "id": "m-root", "device": "fs-root", "path": "/", "options": "errors=remount-ro"},
+            {"type": "mount", "id": "m-var", "device": "fs-var", "path": "/var", "options": "defaults"}
+        ]
+    })
+    .to_string()
+}
+
+/// The blkid line (of the deployed system's report) for filesystem `uuid` has this type
+/// and label.
+fn assert_blkid(report: &str, uuid: &str, ty: &str, label: Option<&str>) {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("/dev/") && l.contains(&format!(" UUID=\"{uuid}\"")))
+        .unwrap_or_else(|| panic!("no blkid line for UUID {uuid} in the report:\n{report}"));
+    assert!(line.contains(&format!("TYPE=\"{ty}\"")), "{line}");
+    if let Some(l) = label {
+        assert!(line.contains(&format!("LABEL=\"{l}\"")), "{line}");
+    }
+}
+
+fn sfdisk_json(disk: &Path) -> serde_json::Value {
+    let o = Command::new("sfdisk").args(["--json", disk.to_str().unwrap()]).output().unwrap();
+    serde_json::from_slice(&o.stdout).expect("partition table on the VM disk")
+}
+
+/// (byte offset, byte length) of partition `n` (1-based) of a raw disk image.
+fn part_range(table: &serde_json::Value, n: usize) -> (u64, u64) {
+    let p = &table["partitiontable"]["partitions"][n - 1];
+    (p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512)
+}
+
+fn read_at(file: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(file).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut buf = vec![0; len];
+    f.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// A filesystem inside a raw disk image mounted read-only at `dir`, its journal not
+/// replayed (`opts`: ext4 `noload`, XFS `norecovery`), so the host sees it as the agent
+/// left it plus what the deployed system checkpointed, and writes nothing; unmounted on
+/// drop.
+struct OffsetMount(PathBuf);
+
+impl OffsetMount {
+    fn new(file: &Path, offset: u64, size: u64, dir: &Path, opts: &str) -> OffsetMount {
+        std::fs::create_dir_all(dir).unwrap();
+        let o = Command::new("mount")
+            .args([
+                "-o",
+                &format!("ro,{opts},loop,offset={offset},sizelimit={size}"),
+                file.to_str().unwrap(),
+                dir.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mount at {offset}: {}", String::from_utf8_lossy(&o.stderr));
+        OffsetMount(dir.to_path_buf())
+    }
+}
+
+impl Drop for OffsetMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// What differs between the image's tree and the deployed one, leaving out what the agent
+/// gives the node (identity files, its GRUB menu and boot code) and what the deployed system
+/// changed by booting (logs, systemd's state, temporary files, directory times).
+fn tree_diff(image: &Path, deployed: &Path) -> String {
+    rsync_diff(
+        image,
+        deployed,
+        &[
+            "--omit-dir-times",
+            "--exclude=/etc/fstab",
+            "--exclude=/etc/hostname",
+            "--exclude=/etc/hosts",
+            "--exclude=/etc/machine-id",
+            "--exclude=/boot/grub/",
+            "--exclude=/tmp/",
+            "--exclude=/var/log/",
+            "--exclude=/var/tmp/",
+            "--exclude=/var/lib/systemd/",
+            "--exclude=/var/lib/dbus/machine-id",
+            "--exclude=/lost+found/",
+        ],
+    )
+}
+
+/// BIOS, one disk, a recorded layout with a swap partition and /var on XFS besides `/`:
+/// replayed with every recorded identity (GPT disk id, PARTUUIDs, filesystem UUIDs and
+/// labels), the image's fstab completed with the layout's mounts, and the system boots
+/// from its own disk to a login prompt with /var mounted.
+#[test]
+fn bios_recorded_layout_with_swap_and_var_boots_to_login() {
+    let st = deploy_standby(Firmware::Bios, &[6 * GIB], Some(&one_disk_layout()));
+    let r = &st.report;
+    assert_blkid(r, "0d5a3c2e-7b1f-4a6e-9c8d-1e2f3a4b5c01", "ext4", Some("rootfs"));
+    assert_blkid(r, "0d5a3c2e-7b1f-4a6e-9c8d-1e2f3a4b5c02", "swap", Some("swap0"));
+    assert_blkid(r, "0d5a3c2e-7b1f-4a6e-9c8d-1e2f3a4b5c03", "xfs", Some("varfs"));
+    assert!(r.contains("PARTUUID=\"5c1d2e3f-0a1b-4c2d-8e3f-000000000a02\""), "{r}");
+    assert!(r.contains("\"mountpoint\": \"/var\""), "/var is not mounted:\n{r}");
+    // The image's fstab named none of them: the agent added them, and said so.
+    assert!(st.console.contains("identity: /etc/fstab: added UUID=0d5a3c2e-7b1f-4a6e-9c8d-1e2f3a4b5c03 on /var (xfs)"));
+    assert!(st.console.contains("identity: /etc/fstab: added swap UUID=0d5a3c2e-7b1f-4a6e-9c8d-1e2f3a4b5c02"));
+    let Standby { vm, disks, .. } = st;
+    drop(vm);
+    let t = sfdisk_json(&disks[0]);
+    assert_eq!(t["partitiontable"]["id"], "5C1D2E3F-0A1B-4C2D-8E3F-000000000A00", "{t}");
+    let parts = t["partitiontable"]["partitions"].as_array().unwrap();
+    let uuids: Vec<&str> = parts.iter().map(|p| p["uuid"].as_str().unwrap()).collect();
+    assert_eq!(uuids, (1..=4).map(|i| format!("5C1D2E3F-0A1B-4C2D-8E3F-000000000A0{i}")).collect::<Vec<_>>());
+    // A disk of the recorded size: every partition where and as large as it was recorded
+    // (the free space after /var stays free).
+    let ranges: Vec<(u64, u64)> = (1..=4).map(|n| part_range(&t, n)).collect();
+    assert_eq!(
+        ranges,
+        [(MIB, MIB), (2 * MIB, 3 * GIB), (2 * MIB + 3 * GIB, 256 * MIB), (258 * MIB + 3 * GIB, 2 * GIB)]
+    );
+}
+
+/// The RAID1 + LVM layout captured on a two-disk VM (tests/fixtures/layout), with smaller
+/// LVs so that the test writes less: root 3 GiB, swap 256 MiB, var 1.5 GiB.
+fn raid_lvm_layout() -> serde_json::Value {
+    let path = format!("{}/tests/fixtures/layout/layout-raid1-lvm.json", env!("CARGO_MANIFEST_DIR"));
+    let mut l: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for it in l["items"].as_array_mut().unwrap() {
+        if it["type"] == "lvm_partition" {
+            it["size"] = match it["name"].as_str().unwrap() {
+                "root" => (3 * GIB).into(),
+                "swap" => (256 * MIB).into(),
+                _ => (1536 * MIB).into(),
+            };
+        }
+    }
+    l
+}
+
+/// BIOS, two virtio disks, md RAID1 with LVM on top (root ext4, var XFS, swap as LVs):
+/// replayed with the recorded md, VG, PV and LV UUIDs and filesystem identities, GRUB on
+/// both disks, and the system boots from them to a login prompt. Checked from the system's
+/// own report (mdstat, lvs, blkid) and from the host on the raw disk images: GRUB's boot
+/// code in both MBRs, the md superblock's array UUID on both members, the LVM metadata's
+/// UUIDs, and the deployed tree compared file by file with the image (the LVs are linear
+/// on one PV on a RAID1 member, so their filesystems sit at known offsets in each raw
+/// member and mount with a plain loop device: no md or dm needed on the host).
+#[test]
+fn bios_raid1_lvm_on_two_disks_boots_to_login() {
+    let l = raid_lvm_layout();
+    let st = deploy_standby(Firmware::Bios, &[20 * GIB, 20 * GIB], Some(&l.to_string()));
+    let r = &st.report;
+    let mdstat = r.lines().find(|l| l.starts_with("md") && l.contains(" : ")).unwrap_or_else(|| panic!("{r}"));
+    assert!(mdstat.contains("active raid1") && mdstat.contains("vda2[") && mdstat.contains("vdb2["), "{mdstat}");
+    for member in ["/dev/vda2:", "/dev/vdb2:"] {
+        let line = r.lines().find(|l| l.starts_with(member)).unwrap_or_else(|| panic!("no {member} in\n{r}"));
+        assert!(line.contains("UUID=\"3b4d0b4a-1c2b-8d9e-5f6a-7b8c9d0e1f2a\""), "{line}");
+        assert!(line.contains("TYPE=\"linux_raid_member\""), "{line}");
+    }
+    assert_blkid(r, "pV7Rk2-Yc3D-8fQe-Lm1N-4sTb-Hx9W-zJ0aUg", "LVM2_member", None);
+    assert_blkid(r, "6f1c8c47-2b8e-4d4a-9a51-2f0e7d6c5b01", "ext4", Some("root"));
+    assert_blkid(r, "8d2e6b10-4c3a-4f5e-9b7d-1a2c3e4f5a02", "xfs", Some("var"));
+    assert_blkid(r, "2b7c9e4d-5a6f-4e3b-8c1d-0e9f8a7b6c03", "swap", Some("swap"));
+    for lv in ["root", "swap", "var"] {
+        assert!(r.contains(&format!("\"lv_name\":\"{lv}\", \"vg_name\":\"vg0\"")), "no LV {lv} in the report:\n{r}");
+    }
+    assert!(r.contains("\"mountpoint\": \"/var\""), "/var is not mounted:\n{r}");
+    let Standby { sb, vm, disks, .. } = st;
+    drop(vm);
+
+    let items = l["items"].as_array().unwrap();
+    let md_uuid =
+        hex::decode(items.iter().find(|i| i["type"] == "raid").unwrap()["uuid"].as_str().unwrap().replace(':', ""))
+            .unwrap();
+    let vg = items.iter().find(|i| i["type"] == "lvm_volgroup").unwrap();
+    let (pe_start, extent) = (vg["devices"][0]["pe_start"].as_u64().unwrap(), vg["extent_size"].as_u64().unwrap());
+    let mut lv_at = std::collections::BTreeMap::new();
+    let mut next = 0;
+    for lv in items.iter().filter(|i| i["type"] == "lvm_partition") {
+        let size = lv["size"].as_u64().unwrap();
+        lv_at.insert(lv["name"].as_str().unwrap().to_string(), (next * extent, size));
+        next += size / extent;
+    }
+    let mut pv_start = 0;
+    for d in &disks {
+        let mbr = read_at(d, 0, 512);
+        assert_eq!(&mbr[510..], [0x55, 0xaa], "{}: no MBR boot signature", d.display());
+        assert!(mbr.windows(4).any(|w| w == b"GRUB"), "{}: no GRUB boot code in the MBR", d.display());
+        let (start, _) = part_range(&sfdisk_json(d), 2);
+        // md 1.2: the superblock 4 KiB into the member; set_uuid at 16, data_offset (in
+        // sectors) at 128.
+        let sb1 = read_at(d, start + 4096, 256);
+        assert_eq!(&sb1[..4], [0xfc, 0x4e, 0x2b, 0xa9], "{}: no md superblock", d.display());
+        assert_eq!(&sb1[16..32], &md_uuid[..], "{}: md array UUID", d.display());
+        pv_start = start + u64::from_le_bytes(sb1[128..136].try_into().unwrap()) * 512;
+        let meta = String::from_utf8_lossy(&read_at(d, pv_start, pe_start as usize)).into_owned();
+        for id in [vg["uuid"].as_str().unwrap(), vg["devices"][0]["uuid"].as_str().unwrap()]
+            .into_iter()
+            .chain(items.iter().filter(|i| i["type"] == "lvm_partition").map(|i| i["uuid"].as_str().unwrap()))
+        {
+            assert!(meta.contains(&format!("id = \"{id}\"")), "{}: LVM metadata lacks {id}", d.display());
+        }
+    }
+    // The tree, from the first member.
+    let t = Instant::now();
+    let mnt = sb.path("deployed");
+    let (root_off, root_size) = lv_at["root"];
+    let (var_off, var_size) = lv_at["var"];
+    let _root = OffsetMount::new(&disks[0], pv_start + pe_start + root_off, root_size, &mnt, "noload");
+    let _var = OffsetMount::new(&disks[0], pv_start + pe_start + var_off, var_size, &mnt.join("var"), "norecovery");
+    assert_eq!(tree_diff(&standby_root(), &mnt), "", "the deployed tree differs from the image");
+    eprintln!("raid1+lvm: host-side checks {:.0}s", t.elapsed().as_secs_f64());
+}
+
+/// UEFI (OVMF), the default layout: GRUB (shim and signed GRUB, as the image has them) on
+/// the ESP under EFI/debian and the removable path, a firmware entry right after the IPv4
+/// network entry, and the next boot reaches the disk right after PXEv4 gives up, without
+/// walking the IPv6 and HTTP entries, to a login prompt.
+#[test]
+fn uefi_standby_boots_its_own_disk_after_pxev4() {
+    let st = deploy_standby(Firmware::Uefi, &[4 << 30], None);
+    let con = &st.console;
+    let made = con
+        .lines()
+        .find_map(|l| l.split("bootloader: firmware entry Boot").nth(1))
+        .unwrap_or_else(|| panic!("the agent made no firmware entry:\n{con}"));
+    let num = &made[..4];
+    assert!(made.contains("\\EFI\\debian\\shimx64.efi"), "{made}");
+    let order = con
+        .lines()
+        .filter_map(|l| l.split("efibootmgr: BootOrder: ").nth(1))
+        .next_back()
+        .unwrap_or_else(|| panic!("{con}"));
+    let order: Vec<&str> = order.trim().split(',').collect();
+    let label = |n: &str| {
+        con.lines()
+            .filter_map(|l| l.split(&format!("efibootmgr: Boot{n}")).nth(1))
+            .next_back()
+            .unwrap_or_else(|| panic!("no entry {n}"))
+            .to_string()
+    };
+    assert!(label(order[0]).contains("PXEv4"), "{order:?}: {}", label(order[0]));
+    assert_eq!(order[1], num, "the new entry is not right after PXEv4: {order:?}");
+    assert!(label(num).contains("(understudy)"), "{}", label(num));
+    // The reboot: PXEv4 is told to boot locally (no boot file), then the firmware loads
+    // the new entry, before any IPv6 or HTTP attempt.
+    let after = &con[con.find("understudy-agent: node vm deployed").unwrap()..];
+    let loading = after.find(&format!("BdsDxe: loading Boot{num}")).unwrap_or_else(|| panic!("{after}"));
+    assert!(!after[..loading].contains("PXEv6") && !after[..loading].contains("HTTPv"), "{}", &after[..loading]);
+}
+
+/// A recorded layout needing 6 GiB on a 3 GiB disk: the agent refuses before writing
+/// anything, says what does not fit, the disk stays all zeros, the node is failed, and it
+/// can be redeployed.
+#[test]
+fn bios_disk_smaller_than_the_layout_is_refused_untouched() {
+    let sb = Sandbox::new();
+    let net = Net::new();
+    let k = debian_kernel();
+    let src = sb.path("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hostname"), "head-a\n").unwrap();
+    sb.ok(&["capture", "--name", "head-a", src.to_str().unwrap()]);
+    sb.ok(&build_args(&k, &sb.data().join("boot")));
+    let srv = serve_pxe(&sb, &net, Firmware::Bios, "console=ttyS0,115200 understudy.reboot=0 understudy.poweroff=1");
+    let f = sb.path("layout.json");
+    std::fs::write(&f, one_disk_layout()).unwrap();
+    srv.ok(&sb, &["images", "layout", "head-a", "--from", f.to_str().unwrap()]);
+    let disk = sb.path("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(3 << 30).unwrap();
+    srv.ok(&sb, &["nodes", "add", "vm", "--mac", MAC, "--ip", &net.ip(50), "--image", "head-a"]);
+    let t = Instant::now();
+    let mut vm = start_vm(&sb, &net, Firmware::Bios, &disk, 1);
+    wait_for("the agent's refusal", Duration::from_secs(600), &mut vm, |c| {
+        c.contains("deploy failed") || c.contains("node vm deployed")
+    });
+    let con = vm.console();
+    let line = con.lines().find(|l| l.contains("deploy failed")).unwrap_or_else(|| panic!("{con}"));
+    assert!(line.contains("does not fit this machine's disks, nothing was written"), "{line}");
+    assert!(line.contains("disk sda needs"), "{line}");
+    assert!(!con.contains("step 1:"), "a step ran:\n{con}");
+    eprintln!("too small: power-on to refusal {:.0}s", t.elapsed().as_secs_f64());
+    drop(vm);
+    assert_eq!(deployment_status(&srv), ["failed"]);
+    let (_, d) = srv.curl("GET", "/api/v1/deployments?node=vm", None);
+    assert!(d.contains("does not fit"), "the server was not told why: {d}");
+    let (_, node) = srv.curl("GET", "/api/v1/nodes/vm", None);
+    assert!(node.contains("\"state\":\"failed\""), "{node}");
+    // Untouched: every byte still zero.
+    let mut f = std::fs::File::open(&disk).unwrap();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|b| *b == 0), "the refused disk was written to");
+    }
+    // Retryable: a redeploy assigns the node again (its next network boot deploys).
+    srv.ok(&sb, &["nodes", "redeploy", "vm"]);
+    let (_, node) = srv.curl("GET", "/api/v1/nodes/vm", None);
+    assert!(node.contains("\"state\":\"assigned\""), "{node}");
 }

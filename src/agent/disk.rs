@@ -1,5 +1,5 @@
-//! Disk layout for a deploy: which disk, the GPT the agent writes, partition device names,
-//! and the commands that make it so. Decisions are plain functions; `apply` runs the tools.
+//! Disks for a deploy: the machine's block devices, partition device names, the default
+//! GPT, and running the tools. Decisions are plain functions.
 
 use std::path::Path;
 use std::process::Command;
@@ -149,73 +149,9 @@ pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
     run(cmd, None)
 }
 
-/// The partitions the install writes to. Loop devices made for them (see [`apply`]) are
-/// detached on drop, after the mounts above them are gone.
-#[derive(Debug)]
-pub struct Partitions {
-    /// EFI system partition device.
-    pub esp: String,
-    /// Root partition device.
-    pub root: String,
-    loops: Vec<String>,
-}
-
-impl Drop for Partitions {
-    fn drop(&mut self) {
-        for l in self.loops.drain(..) {
-            let _ = Command::new("losetup").args(["-d", &l]).status();
-        }
-    }
-}
-
-/// Partition `disk` and make the filesystems. Everything on it is lost.
-pub fn apply(disk: &str, fs: &Filesystems) -> anyhow::Result<Partitions> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::metadata(disk) {
-        Ok(m) if m.file_type().is_block_device() => {}
-        Ok(_) => anyhow::bail!("{disk} is not a block device"),
-        Err(e) => anyhow::bail!("disk {disk}: {e}"),
-    }
-    // Old signatures (RAID, LVM, filesystems) would confuse the kernel and mkfs.
-    if let Err(e) = run(Command::new("wipefs").args(["-a", "-q", disk]), None) {
-        tracing::warn!("wipefs: {e:#}");
-    }
-    run(Command::new("sfdisk").args(["--quiet", "--wipe", "always", disk]), Some(&sfdisk_script()))?;
-    let (esp, root) = (part_dev(disk, 2), part_dev(disk, 3));
-    let parts = if wait_for(&[&esp, &root]) {
-        Partitions { esp, root, loops: vec![] }
-    } else {
-        // A kernel without GPT support (some VM and custom boot kernels) shows no
-        // partitions: reach them through loop devices at the table's offsets instead.
-        tracing::warn!("the kernel shows no partitions on {disk}; mapping them with loop devices");
-        let out = Command::new("sfdisk").args(["--json", disk]).output()?;
-        let table = parse_table(&String::from_utf8_lossy(&out.stdout)).map_err(anyhow::Error::msg)?;
-        let mut p = Partitions { esp: String::new(), root: String::new(), loops: vec![] };
-        for (i, (start, size)) in table.iter().enumerate().skip(1).take(2) {
-            let o = Command::new("losetup")
-                .args(["-f", "--show", "-o", &start.to_string(), "--sizelimit", &size.to_string(), disk])
-                .output()?;
-            if !o.status.success() {
-                anyhow::bail!(
-                    "losetup for partition {} of {disk}: {}",
-                    i + 1,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-            }
-            p.loops.push(String::from_utf8_lossy(&o.stdout).trim().to_string());
-        }
-        if p.loops.len() != 2 {
-            anyhow::bail!("{disk}: the new partition table has {} partitions, expected 3", table.len());
-        }
-        (p.esp, p.root) = (p.loops[0].clone(), p.loops[1].clone());
-        p
-    };
-    run(
-        Command::new("mkfs.vfat").args(["-F", "32", "-n", "EFI", "-i", &fs.esp_id.replace('-', ""), &parts.esp]),
-        None,
-    )?;
-    run(Command::new("mkfs.ext4").args(["-F", "-q", "-L", "root", "-U", &fs.root_uuid, &parts.root]), None)?;
-    Ok(parts)
+/// Run a command with `input` on its standard input.
+pub fn run_with_input(cmd: &mut Command, input: Option<&str>) -> anyhow::Result<()> {
+    run(cmd, input)
 }
 
 /// Partitions as (byte offset, byte length) from `sfdisk --json`.
@@ -234,7 +170,7 @@ pub fn parse_table(json: &str) -> Result<Vec<(u64, u64)>, String> {
 }
 
 /// The kernel creates partition nodes on devtmpfs a moment after the table is re-read.
-fn wait_for(devs: &[&str]) -> bool {
+pub fn wait_for(devs: &[&str]) -> bool {
     for _ in 0..50 {
         if devs.iter().all(|d| Path::new(d).exists()) {
             return true;

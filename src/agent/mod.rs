@@ -1,10 +1,14 @@
 //! The installer that runs in the boot environment (`understudy agent`, started by the
 //! initramfs's /init): it reads its deployment from the kernel command line, tells the
-//! server it booted, lays out the disk, streams the image (every chunk verified), gives the
-//! node its own identity, installs the bootloader, reports the outcome and reboots.
+//! server it booted, plans the image's disk layout on this machine's disks (refusing before
+//! anything is written when it does not fit), replays it, streams the image (every chunk
+//! verified), gives the node its own identity, installs the bootloader, reports the outcome
+//! and reboots.
 
+pub mod boot;
 pub mod disk;
 pub mod identity;
+pub mod replay;
 
 use crate::deploy::DeployCounters;
 use crate::pull::report;
@@ -145,85 +149,96 @@ async fn install(
     opts: &AgentOptions,
 ) -> anyhow::Result<()> {
     let d: crate::wire::Deployment = client.get(&format!("/api/v1/deployments/{}", a.deployment)).await?;
-    let need = (d.bytes_total.max(0) as u64).saturating_mul(5) / 4 + (1 << 30);
-    let disk = match &a.disk {
-        Some(d) => d.clone(),
-        None => disk::choose_disk(&disk::list_disks(&opts.sys_block)?, need)?,
-    };
-    println!("understudy-agent: installing {} on {disk}", d.image);
-    report(client, a.deployment, Running, &format!("partitioning {disk}"), counters, None).await;
-    let fs = disk::Filesystems::random();
-    let parts = {
-        let (disk, fs) = (disk.clone(), fs.clone());
-        tokio::task::spawn_blocking(move || disk::apply(&disk, &fs)).await??
+    let fetched = replay::fetch(client, &d.image).await?;
+    let (layout, recorded) = replay::prepare(fetched, d.bytes_total.max(0) as u64);
+    let disks = disk::list_disks(&opts.sys_block)?;
+    let targets = replay::targets(&disks, a.disk.as_deref())?;
+    // Planned before anything is written: a layout that does not fit is refused here.
+    let plan = replay::make_plan(&layout, &targets, a.disk.is_some(), &opts.mount_dir, &d.image)?;
+    println!(
+        "understudy-agent: installing {} with its {} layout:\n{}",
+        d.image,
+        if recorded { "recorded" } else { "default" },
+        plan.render()
+    );
+    let targets_text = plan.disks.iter().map(|m| m.target.as_str()).collect::<Vec<_>>().join(", ");
+    report(client, a.deployment, Running, &format!("partitioning {targets_text}"), counters, None).await;
+    let mut rep = {
+        let (plan, layout, links) = (plan.clone(), layout.clone(), a.bootloader);
+        tokio::task::spawn_blocking(move || replay::run(&plan, &layout, links)).await??
     };
     let root = opts.mount_dir.clone();
-    let mut mounts = Mounts::default();
-    std::fs::create_dir_all(&root)?;
-    mounts.mount(&parts.root, &root, &[])?;
-    // mkfs.ext4 leaves an empty lost+found; the deploy wants an empty root (the image has its own).
-    let _ = std::fs::remove_dir(root.join("lost+found"));
-    let pulled =
-        crate::pull::pull(client, &d.image, root.clone(), Some(a.deployment), counters.clone(), true, true).await?;
+    // The other filesystems' mount points exist already; the image's directories there
+    // are written into them.
+    let mount_points: Vec<String> =
+        layout.mounts().iter().filter(|m| m.path != "/").map(|m| m.path.trim_start_matches('/').to_string()).collect();
+    let dopts =
+        crate::deploy::DeployOptions { quiet: true, sync: true, counters: Some(counters.clone()), mount_points };
+    let pulled = crate::pull::pull_into(client, &d.image, root.clone(), Some(a.deployment), dopts).await?;
     println!("understudy-agent: wrote {} files, {} bytes", pulled.stats.files, pulled.stats.bytes);
     report(client, a.deployment, Running, "identity", counters, None).await;
-    identity::apply(&root, &a.node, &fs, a.keep_ssh_keys)?;
-    if a.bootloader {
+    let source = if recorded {
+        identity::FstabSource::Recorded(&layout)
+    } else {
+        identity::FstabSource::Default(default_filesystems(&layout)?)
+    };
+    for line in identity::apply(&root, &a.node, &source, a.keep_ssh_keys)? {
+        println!("understudy-agent: identity: {line}");
+    }
+    let mut mounts = Mounts::default();
+    let wants_loader = layout.bootloader != crate::layout::doc::Bootloader::None;
+    if a.bootloader && wants_loader {
         report(client, a.deployment, Running, "bootloader", counters, None).await;
-        mounts.mount(&parts.esp, &root.join("boot/efi"), &[])?;
-        bootloader(&root, &disk, &mut mounts)?;
+        // The ESP, mounted now that the tree is written (see replay::Replay::deferred).
+        rep.mount_deferred()?;
+        let uefi = opts.efi_dir.is_dir();
+        for line in boot::install(&root, &plan, &layout, &rep, uefi, &mut mounts)? {
+            println!("understudy-agent: bootloader: {line}");
+        }
+    } else if a.bootloader {
+        println!("understudy-agent: the layout says bootloader none: no bootloader installed");
     }
     mounts.release()?;
+    rep.mounts.release()?;
     Ok(())
 }
 
-/// Install GRUB from the image itself (its version matches its kernel): for BIOS into the
-/// disk's BIOS boot partition, for UEFI as the removable-media loader, which firmware finds
-/// without NVRAM entries; then generate its menu.
-fn bootloader(root: &Path, disk: &str, mounts: &mut Mounts) -> anyhow::Result<()> {
-    let grub = ["usr/sbin/grub-install", "sbin/grub-install"].iter().find(|p| root.join(p).exists());
-    if grub.is_none() {
-        anyhow::bail!(
-            "the image has no grub-install: install grub in the primary, or boot with understudy.bootloader=none"
-        );
-    }
-    for d in ["dev", "proc", "sys", "run"] {
-        mounts.mount(&format!("/{d}"), &root.join(d), &["--bind"])?;
-    }
-    let chroot = || {
-        let mut c = Command::new("chroot");
-        c.arg(root);
-        c
+/// The identities the default layout's fstab is written with (`/` and the ESP).
+fn default_filesystems(layout: &crate::layout::doc::Layout) -> anyhow::Result<disk::Filesystems> {
+    let uuid_at = |path: &str| {
+        layout
+            .mounts()
+            .into_iter()
+            .find(|m| m.path == path)
+            .and_then(|m| layout.formats().find(|f| f.id == m.device))
+            .and_then(|f| f.uuid.clone())
     };
-    let efi = Path::new("/sys/firmware/efi").exists();
-    if efi {
-        disk::run_cmd(chroot().args([
-            "grub-install",
-            "--target=x86_64-efi",
-            "--efi-directory=/boot/efi",
-            "--removable",
-            "--no-nvram",
-        ]))?;
-    } else {
-        disk::run_cmd(chroot().args(["grub-install", "--target=i386-pc", disk]))?;
+    match (uuid_at("/"), uuid_at("/boot/efi")) {
+        (Some(root_uuid), Some(esp_id)) => Ok(disk::Filesystems { root_uuid, esp_id }),
+        _ => anyhow::bail!("the default layout has no / or /boot/efi filesystem with a UUID"),
     }
-    disk::run_cmd(chroot().args(["grub-mkconfig", "-o", "/boot/grub/grub.cfg"]))?;
-    Ok(())
 }
 
 /// Mounts made during the install, undone in reverse order (also on error).
 #[derive(Default)]
-struct Mounts(Vec<PathBuf>);
+pub struct Mounts(Vec<PathBuf>);
 
 impl Mounts {
-    fn mount(&mut self, src: &str, dir: &Path, opts: &[&str]) -> anyhow::Result<()> {
+    /// Mount `src` on `dir` (made if missing) with these extra `mount` arguments.
+    pub fn mount(&mut self, src: &str, dir: &Path, opts: &[&str]) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
         disk::run_cmd(Command::new("mount").args(opts).arg(src).arg(dir))?;
         self.0.push(dir.to_path_buf());
         Ok(())
     }
 
-    fn release(&mut self) -> anyhow::Result<()> {
+    /// Take over a mount made elsewhere.
+    pub fn push(&mut self, dir: PathBuf) {
+        self.0.push(dir);
+    }
+
+    /// Unmount everything, newest first; the first failure is returned.
+    pub fn release(&mut self) -> anyhow::Result<()> {
         let mut first_err = None;
         while let Some(d) = self.0.pop() {
             if let Err(e) = disk::run_cmd(Command::new("umount").arg(&d)) {
@@ -232,13 +247,18 @@ impl Mounts {
         }
         first_err.map_or(Ok(()), Err)
     }
+
+    /// Unmount everything lazily, ignoring errors (an error path must not leave the
+    /// target mounted).
+    pub fn release_quietly(&mut self) {
+        while let Some(d) = self.0.pop() {
+            let _ = Command::new("umount").arg("-l").arg(&d).status();
+        }
+    }
 }
 
 impl Drop for Mounts {
     fn drop(&mut self) {
-        while let Some(d) = self.0.pop() {
-            // Lazy: an error path must not leave the target mounted.
-            let _ = Command::new("umount").arg("-l").arg(&d).status();
-        }
+        self.release_quietly();
     }
 }

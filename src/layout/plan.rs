@@ -85,11 +85,18 @@ impl TargetDisk {
     /// size and sector size a layout can describe.
     pub fn usable(&self) -> bool {
         const SKIP: &[&str] = &["loop", "ram", "zram", "sr", "dm-", "md", "fd", "nbd"];
+        self.writable() && !SKIP.iter().any(|p| self.name.starts_with(p))
+    }
+
+    /// A disk that may be written when the admin named it (`understudy.disk=`): fixed and
+    /// writable, of a size and sector size a layout can describe, whatever kind of device
+    /// it is (a loop device in a test, say).
+    pub fn writable(&self) -> bool {
         !self.removable
             && !self.read_only
             && self.size <= super::doc::MAX_BYTES
             && matches!(self.sector_size, 512 | 1024 | 2048 | 4096)
-            && !SKIP.iter().any(|p| self.name.starts_with(p))
+            && self.size > 0
             && !self.name.contains("boot")
             && !self.name.contains("rpmb")
     }
@@ -295,8 +302,17 @@ fn what_holds(layout: &Layout, d: &Disk) -> String {
 
 /// Map recorded disks to target disks (see the module doc for the rule).
 pub fn map_disks(layout: &Layout, targets: &[TargetDisk]) -> Result<Vec<DiskMap>, PlanError> {
+    map_disks_where(layout, targets, TargetDisk::usable)
+}
+
+/// [`map_disks`] over the targets that `usable` accepts.
+fn map_disks_where(
+    layout: &Layout,
+    targets: &[TargetDisk],
+    usable: fn(&TargetDisk) -> bool,
+) -> Result<Vec<DiskMap>, PlanError> {
     let recorded: Vec<&Disk> = layout.disks().collect();
-    let mut free: Vec<&TargetDisk> = targets.iter().filter(|t| t.usable()).collect();
+    let mut free: Vec<&TargetDisk> = targets.iter().filter(|t| usable(t)).collect();
     free.sort_by(|a, b| a.name.cmp(&b.name));
     let usable_list = || {
         if free.is_empty() {
@@ -304,7 +320,7 @@ pub fn map_disks(layout: &Layout, targets: &[TargetDisk]) -> Result<Vec<DiskMap>
         } else {
             targets
                 .iter()
-                .filter(|t| t.usable())
+                .filter(|t| usable(t))
                 .map(|t| format!("{} {}", t.name, human(t.size)))
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -725,6 +741,21 @@ fn ordered_raids(layout: &Layout) -> Vec<&Raid> {
 
 /// Plan `layout` onto `targets`, mounting the new tree under `mount_dir`.
 pub fn plan(layout: &Layout, targets: &[TargetDisk], mount_dir: &str) -> Result<Plan, PlanError> {
+    plan_where(layout, targets, mount_dir, TargetDisk::usable)
+}
+
+/// [`plan`] onto disks the admin chose (`understudy.disk=`): every target that is
+/// [`TargetDisk::writable`] may be used, loop and other virtual devices included.
+pub fn plan_chosen(layout: &Layout, targets: &[TargetDisk], mount_dir: &str) -> Result<Plan, PlanError> {
+    plan_where(layout, targets, mount_dir, TargetDisk::writable)
+}
+
+fn plan_where(
+    layout: &Layout,
+    targets: &[TargetDisk],
+    mount_dir: &str,
+    usable: fn(&TargetDisk) -> bool,
+) -> Result<Plan, PlanError> {
     layout.validate()?;
     for it in &layout.items {
         if let Item::LvmPartition(l) = it
@@ -736,7 +767,7 @@ pub fn plan(layout: &Layout, targets: &[TargetDisk], mount_dir: &str) -> Result<
             });
         }
     }
-    let disks = map_disks(layout, targets)?;
+    let disks = map_disks_where(layout, targets, usable)?;
     let by_name: BTreeMap<String, &TargetDisk> = targets.iter().map(|t| (t.path(), t)).collect();
     let mut dev: BTreeMap<String, String> = BTreeMap::new();
     let mut size: BTreeMap<String, u64> = BTreeMap::new();
@@ -816,6 +847,10 @@ pub fn plan(layout: &Layout, targets: &[TargetDisk], mount_dir: &str) -> Result<
             &format!("--level={}", u8::from(r.level)),
             &format!("--raid-devices={}", r.devices.len()),
             &format!("--uuid={}", r.uuid),
+            // The members are new partitions: nothing on them is worth a resync, which
+            // would copy every block of the first member over the second while the image
+            // streams (and, on RAID1 of a just-zeroed disk, keep it busy for hours).
+            "--assume-clean",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -1181,7 +1216,7 @@ mod tests {
         let mdadm = a.iter().find(|s| s.starts_with("mdadm")).unwrap();
         assert_eq!(
             mdadm,
-            "mdadm --create /dev/md/0 --run --metadata=1.2 --level=1 --raid-devices=2 --uuid=3b4d0b4a:1c2b8d9e:5f6a7b8c:9d0e1f2a --homehost=head-a --name=0 /dev/vda2 /dev/vdb2"
+            "mdadm --create /dev/md/0 --run --metadata=1.2 --level=1 --raid-devices=2 --uuid=3b4d0b4a:1c2b8d9e:5f6a7b8c:9d0e1f2a --assume-clean --homehost=head-a --name=0 /dev/vda2 /dev/vdb2"
         );
         assert!(a.contains(
             &"pvcreate --yes --force --uuid pV7Rk2-Yc3D-8fQe-Lm1N-4sTb-Hx9W-zJ0aUg --restorefile /run/understudy/lvm/vg0.vg /dev/md/0"

@@ -103,8 +103,24 @@ pub const APPLETS: &[&str] = &[
     "zcat",
 ];
 
-/// The tools the agent calls, looked up on the host; a missing one is a warning.
-pub const TOOLS: &[&str] = &["sfdisk", "mkfs.ext4", "mkfs.xfs", "mkfs.vfat", "mkswap", "grub-install"];
+/// The tools the agent calls, looked up on the host; a missing one is a warning. Layout
+/// replay needs wipefs, mdadm (md RAID), lvm (LVM: one binary, its commands as
+/// subcommands), blockdev and the mkfs of each filesystem recorded; a UEFI boot entry needs
+/// efibootmgr.
+pub const TOOLS: &[&str] = &[
+    "sfdisk",
+    "wipefs",
+    "blockdev",
+    "mdadm",
+    "lvm",
+    "mkfs.ext4",
+    "mkfs.xfs",
+    "mkfs.vfat",
+    "mkfs.btrfs",
+    "mkswap",
+    "efibootmgr",
+    "grub-install",
+];
 
 /// Where a file's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
