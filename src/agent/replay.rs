@@ -83,15 +83,12 @@ pub fn targets(disks: &[BlockDev], only: Option<&str>) -> Result<Vec<TargetDisk>
 }
 
 /// The layout to replay: a recorded one as it is; the default layout (an imported image)
-/// sized for this image as the agent always sized its disk (the image and a quarter, plus
-/// 1 GiB, at least 2 GiB), so that it fits every disk an imported image was deployed on
-/// before layouts (the server's default adds 4 GiB, a fair size to plan for, not a
-/// minimum to refuse a smaller disk over). Filesystems without a UUID get a fresh one, so the agent
-/// knows every identity before mkfs.
+/// sized by [`crate::layout::doc::default_disk_size`], as the server's `nodes plan` sizes it,
+/// so every disk an imported image was deployed on before layouts still fits. Filesystems
+/// without a UUID get a fresh one, so the agent knows every identity before mkfs.
 pub fn prepare(mut l: ImageLayout, image_bytes: u64) -> (Layout, bool) {
     if !l.recorded {
-        let need = image_bytes.saturating_mul(5) / 4 + (1 << 30);
-        l.layout = default_layout(need.max(disk::MIN_DISK));
+        l.layout = default_layout(crate::layout::doc::default_disk_size(image_bytes));
     }
     l.layout.fill_missing_uuids(rand::random);
     (l.layout, l.recorded)

@@ -287,8 +287,8 @@ impl Inventory {
                     InventoryError::Db(crate::db::DbError::BadValue(format!("layout of {}: {e}", image.label())))
                 })?,
             ),
-            // Room for the image with a quarter to spare, and the usual minimum.
-            None => (false, default_layout((image.bytes.max(0) as u64).saturating_mul(5) / 4 + (4 << 30))),
+            // Sized as the agent sizes it, so `nodes plan` and the deploy agree on what fits.
+            None => (false, default_layout(crate::layout::doc::default_disk_size(image.bytes.max(0) as u64))),
         };
         Ok(ImageLayout { image: image.label(), recorded, layout })
     }

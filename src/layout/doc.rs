@@ -1532,6 +1532,13 @@ fn is_lvm_name(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || "+_.-".contains(c))
 }
 
+/// The disk size the default layout is planned with for an image of `image_bytes`: the
+/// image and a quarter, plus 1 GiB, at least 2 GiB (what the agent always needed). The
+/// server's `nodes plan` and the agent both use it, so they agree on what fits.
+pub fn default_disk_size(image_bytes: u64) -> u64 {
+    (image_bytes.saturating_mul(5) / 4 + (1 << 30)).max(2 << 30)
+}
+
 /// The layout an image imported from a tar gets: today's agent layout on one disk. GPT
 /// with a 1 MiB BIOS boot partition (GRUB on BIOS), a 256 MiB ESP (vfat, GRUB on UEFI),
 /// and an ext4 root that grows over the rest of the disk; GRUB for BIOS. Labels are the
