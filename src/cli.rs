@@ -380,6 +380,9 @@ pub enum ImagesCmd {
         /// Forget the recorded layout: the image deploys with the default layout.
         #[arg(long)]
         clear: bool,
+        /// Show it (what the command does without `--from` or `--clear`).
+        #[arg(long, conflicts_with_all = ["from", "clear"])]
+        show: bool,
         /// Print the layout document (JSON) instead of the table.
         #[arg(long)]
         json: bool,
@@ -635,7 +638,7 @@ async fn images_cmd(inv: &Inventory, cmd: ImagesCmd, quiet: bool) -> anyhow::Res
             }
             Ok(0)
         }
-        ImagesCmd::Layout { image, from, clear, json } => {
+        ImagesCmd::Layout { image, from, clear, json, .. } => {
             let l = match (from, clear) {
                 (Some(f), _) => inv.set_image_layout(&image, Some(read_layout(&f)?)).await?,
                 (None, true) => inv.set_image_layout(&image, None).await?,
@@ -1095,7 +1098,7 @@ async fn remote_cmd(client: &Client, cmd: Command, quiet: bool) -> anyhow::Resul
             }
             Ok(0)
         }
-        Command::Images(ImagesCmd::Layout { image, from, clear, json }) => {
+        Command::Images(ImagesCmd::Layout { image, from, clear, json, .. }) => {
             let path = format!("/api/v1/images/{}/layout", encode(&image));
             let l: crate::wire::ImageLayout = match (from, clear) {
                 (Some(f), _) => api.call(reqwest::Method::PUT, &path, Some(&read_layout(&f)?)).await?,

@@ -99,7 +99,22 @@ fn gc_waits_for_a_running_capture_and_keeps_its_data() {
     sb.ok(&["images", "delete", "old"]);
 
     let capture = sb.cmd(&["capture", "--name", "live", "-q", src.to_str().unwrap()]).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    // Start gc once the capture holds the store lock (a fixed sleep loses on a busy
+    // machine): util-linux's flock cannot take it exclusively then.
+    let lock = sb.data().join("store/lock");
+    let t = std::time::Instant::now();
+    while !lock.exists()
+        || std::process::Command::new("flock")
+            .args(["--nonblock", "--exclusive"])
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    {
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "the capture never took the store lock");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let gc = sb.cmd(&["images", "gc", "--json"]).env("RUST_LOG", "info").output().unwrap();
     let out = capture.wait_with_output().unwrap();
     assert!(out.status.success());

@@ -429,7 +429,7 @@ fn deploy_standby(fw: Firmware, disk_sizes: &[u64], layout: Option<&str>) -> Sta
     let limit = Duration::from_secs(900);
     let t1 = Instant::now();
     let refs: Vec<&Path> = disks.iter().map(PathBuf::as_path).collect();
-    let mut vm = start_vm_with(&sb, &net, fw, &refs, 1, true, fw == Firmware::Uefi);
+    let mut vm = start_vm_with(&sb, &net, fw, &refs, 1, true, fw != Firmware::Bios);
     wait_for("the agent", limit, &mut vm, |c| c.contains("understudy-agent: deployment"));
     let to_agent = t1.elapsed();
     wait_for("the agent's report", limit, &mut vm, |c| {
@@ -811,6 +811,21 @@ fn uefi_standby_boots_its_own_disk_after_pxev4() {
     let after = &con[con.find("understudy-agent: node vm deployed").unwrap()..];
     let loading = after.find(&format!("BdsDxe: loading Boot{num}")).unwrap_or_else(|| panic!("{after}"));
     assert!(!after[..loading].contains("PXEv6") && !after[..loading].contains("HTTPv"), "{}", &after[..loading]);
+}
+
+/// Secure Boot from network boot to the deployed disk: the signed chain (shim, GRUB, the
+/// signed kernel) deploys, the agent installs the image's own shim and signed GRUB with a
+/// firmware entry, and the standby boots its own disk to a login prompt with Secure Boot
+/// still on.
+#[test]
+fn secure_boot_standby_boots_its_own_disk_to_login() {
+    let st = deploy_standby(Firmware::SecureBoot, &[4 << 30], None);
+    let con = &st.console;
+    let deployed = con.find("understudy-agent: node vm deployed").unwrap();
+    assert!(con[..deployed].contains("Secure boot enabled"), "the boot environment ran without Secure Boot");
+    let after = &con[deployed..];
+    assert!(after.contains("Secure boot enabled"), "the deployed system booted without Secure Boot:\n{after}");
+    assert!(con.contains("\\EFI\\debian\\shimx64.efi"), "no firmware entry for the disk's shim:\n{con}");
 }
 
 /// A recorded layout needing 6 GiB on a 3 GiB disk: the agent refuses before writing
