@@ -248,45 +248,6 @@ fn remote_deploy_matches_local_and_the_cli_works_remotely() {
     assert!(err.contains("already belongs to node standby"), "{err}");
 }
 
-/// A TCP proxy that cuts each of the first `cuts` connections after `after` bytes
-/// from the server, to simulate dropped connections.
-fn flaky_proxy(upstream: String, after: usize, cuts: usize) -> String {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(client) = c else { continue };
-            let up = upstream.trim_start_matches("http://").to_string();
-            let Ok(server) = std::net::TcpStream::connect(&up) else { continue };
-            let cut = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < cuts;
-            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c2, &mut s2);
-            });
-            std::thread::spawn(move || {
-                let (mut server, mut client) = (server, client);
-                let mut sent = 0usize;
-                let mut buf = vec![0u8; 65536];
-                while let Ok(k) = server.read(&mut buf) {
-                    if k == 0 {
-                        break;
-                    }
-                    let k = if cut { k.min(after.saturating_sub(sent)) } else { k };
-                    if k == 0 || client.write_all(&buf[..k]).is_err() {
-                        break;
-                    }
-                    sent += k;
-                }
-                let _ = client.shutdown(std::net::Shutdown::Both);
-                let _ = server.shutdown(std::net::Shutdown::Both);
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
 #[test]
 fn remote_deploy_resumes_after_dropped_connections() {
     let sb = Sandbox::new();

@@ -293,6 +293,78 @@ fn agent_installs_on_a_loop_disk_with_the_nodes_own_identity() {
     assert!(!mnt.join("etc/ssh/ssh_host_ed25519_key").exists(), "the primary's host key was copied");
 }
 
+/// Run the agent for `cmdline` on a fresh 3 GiB loop disk; returns its output and success.
+fn run_agent(sb: &Sandbox, cmdline: &str, disk: &Loop) -> (bool, String) {
+    let file = sb.path("cmdline");
+    std::fs::write(&file, format!("{cmdline} understudy.bootloader=none\n")).unwrap();
+    let mnt = sb.path("target");
+    let o = sb
+        .cmd(&[
+            "agent",
+            "--cmdline",
+            file.to_str().unwrap(),
+            "--disk",
+            &disk.0,
+            "--mount-dir",
+            mnt.to_str().unwrap(),
+            "--no-reboot",
+        ])
+        .output()
+        .unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+/// The server's connections drop in the middle of the image stream: the agent resumes
+/// where it stopped and the deploy completes, every byte accounted for.
+#[test]
+fn agent_resumes_when_the_server_drops_its_connections() {
+    let sb = Sandbox::new();
+    let srv = setup(&sb, &sb.path("src"));
+    let (s, cmdline) = deploy_boot(&sb, &srv);
+    // Every early connection dies after 512 KiB of response: streams are cut mid-record.
+    let proxy = flaky_proxy(srv.url.clone(), 512 << 10, 6);
+    let cmdline = cmdline.replace(&format!("understudy.server={}", srv.url), &format!("understudy.server={proxy}"));
+    assert!(cmdline.contains(&proxy), "{cmdline}");
+    let disk = Loop::new(&sb.path("disk.img"), 3 << 30);
+    let (ok, out) = run_agent(&sb, &cmdline, &disk);
+    assert!(ok && out.contains("node standby deployed"), "agent failed: {out}");
+    assert!(out.contains("resuming chunk stream") || out.contains("interrupted"), "no connection was cut: {out}");
+    let dep = arg(&s, "understudy.deployment");
+    let (_, d) = srv.curl("GET", &format!("/api/v1/deployments/{dep}"), Some(&srv.token), None);
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    assert_eq!(d["status"], "done", "{d}");
+    assert_eq!(d["bytes_done"], d["bytes_total"]);
+    assert_eq!(node_state(&srv, "standby"), "deployed");
+}
+
+/// A chunk damaged in the server's store: the agent refuses it (every chunk is verified),
+/// the deployment fails with the reason, and the node can be redeployed once it is fixed.
+#[test]
+fn agent_refuses_a_corrupted_chunk_and_the_node_stays_redeployable() {
+    let sb = Sandbox::new();
+    let srv = setup(&sb, &sb.path("src"));
+    let packs: Vec<_> = std::fs::read_dir(sb.data().join("store/packs")).unwrap().map(|e| e.unwrap().path()).collect();
+    let pack = packs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(pack, &bytes).unwrap();
+    let (s, cmdline) = deploy_boot(&sb, &srv);
+    let disk = Loop::new(&sb.path("disk.img"), 3 << 30);
+    let (ok, out) = run_agent(&sb, &cmdline, &disk);
+    assert!(!ok && out.contains("deploy failed"), "a corrupt chunk was accepted: {out}");
+    assert_eq!(node_state(&srv, "standby"), "failed");
+    let dep = arg(&s, "understudy.deployment");
+    let (_, d) = srv.curl("GET", &format!("/api/v1/deployments/{dep}"), Some(&srv.token), None);
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    assert_eq!(d["status"], "failed", "{d}");
+    let why = d["error"].as_str().unwrap_or_default();
+    assert!(why.contains("match") || why.contains("corrupt") || why.contains("zstd"), "{why}");
+    let (code, body) = srv.curl("POST", "/api/v1/nodes/standby/redeploy", Some(&srv.token), None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(node_state(&srv, "standby"), "assigned");
+}
+
 #[test]
 fn agent_reports_a_failure_and_refuses_a_foreign_command_line() {
     let sb = Sandbox::new();
