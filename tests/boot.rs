@@ -221,25 +221,10 @@ fn agent_installs_on_a_loop_disk_with_the_nodes_own_identity() {
     let src = sb.path("src");
     let srv = setup(&sb, &src);
     let (s, cmdline) = deploy_boot(&sb, &srv);
-    let file = sb.path("cmdline");
-    std::fs::write(&file, format!("{cmdline} understudy.bootloader=none\n")).unwrap();
     let disk = Loop::new(&sb.path("disk.img"), 3 << 30);
     let mnt = sb.path("target");
-    let o = sb
-        .cmd(&[
-            "agent",
-            "--cmdline",
-            file.to_str().unwrap(),
-            "--disk",
-            &disk.0,
-            "--mount-dir",
-            mnt.to_str().unwrap(),
-            "--no-reboot",
-        ])
-        .output()
-        .unwrap();
-    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "agent failed: {out}");
+    let (ok, out) = run_agent(&sb, &cmdline, &disk);
+    assert!(ok, "agent failed: {out}");
     assert!(out.contains("node standby deployed"), "{out}");
     assert_eq!(node_state(&srv, "standby"), "deployed");
     // The boot environment reported what it found, the disk it installed on among them.
