@@ -315,24 +315,7 @@ fn netboot(fw: Firmware) {
     let p = &pt["partitiontable"]["partitions"][2];
     let (start, size) = (p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512);
     let mnt = sb.path("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let o = Command::new("mount")
-        .args([
-            "-o",
-            &format!("ro,loop,offset={start},sizelimit={size}"),
-            disk.to_str().unwrap(),
-            mnt.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "mount: {}", String::from_utf8_lossy(&o.stderr));
-    struct Umount(PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let m = Umount(mnt.clone());
+    let m = OffsetMount::new(&disk, start, size, &mnt, "");
     assert_eq!(rsync_diff(&src.join("srv"), &mnt.join("srv"), &[]), "");
     assert_eq!(std::fs::read_to_string(mnt.join("etc/hostname")).unwrap(), "vm\n");
     drop(m);
@@ -611,7 +594,7 @@ impl OffsetMount {
         let o = Command::new("mount")
             .args([
                 "-o",
-                &format!("ro,{opts},loop,offset={offset},sizelimit={size}"),
+                &format!("ro,{opts}{}loop,offset={offset},sizelimit={size}", if opts.is_empty() { "" } else { "," }),
                 file.to_str().unwrap(),
                 dir.to_str().unwrap(),
             ])
