@@ -12,7 +12,6 @@ pub mod stream;
 use crate::config::{BootConfig, HttpConfig};
 use crate::inventory::Inventory;
 use crate::store::IndexCache;
-use crate::store::manifest::Manifest;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -93,11 +92,6 @@ impl AppState {
     /// Data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.inv.data_dir.clone()
-    }
-
-    /// A manifest by image, cached by the inventory.
-    pub async fn manifest(&self, row: &crate::wire::Image) -> Result<Arc<Manifest>, ApiError> {
-        Ok(self.inv.manifest(row).await?)
     }
 }
 

@@ -66,7 +66,7 @@ async fn get_manifest(
 ) -> ApiResult<Response> {
     let row = st.inv.resolve(&image).await?;
     caller.image_content(&row.id)?;
-    let m = st.manifest(&row).await?;
+    let m = st.inv.manifest(&row).await?;
     let body = m.encode();
     st.metrics.bytes_served.fetch_add(body.len() as u64, Ordering::Relaxed);
     Ok((
@@ -92,7 +92,7 @@ async fn get_chunk(
     let row = st.inv.resolve(&image).await?;
     caller.image_content(&row.id)?;
     let id = parse_id(&id).ok_or_else(|| ApiError::not_found("no such chunk (ids are 64 hex digits)"))?;
-    let m = st.manifest(&row).await?;
+    let m = st.inv.manifest(&row).await?;
     if !m.chunk_refs().any(|(_, c)| c.id == id) {
         return Err(ApiError::not_found("no such chunk in this image"));
     }
@@ -121,7 +121,7 @@ async fn stream_chunks(
 ) -> ApiResult<Response> {
     let row = st.inv.resolve(&image).await?;
     caller.image_content(&row.id)?;
-    let m = st.manifest(&row).await?;
+    let m = st.inv.manifest(&row).await?;
     let have: HashSet<ChunkId> = parse_ids(&req.have, "have")?.into_iter().collect();
     let mut seen = HashSet::new();
     let in_image: Vec<ChunkId> = m.chunk_refs().map(|(_, c)| c.id).filter(|id| seen.insert(*id)).collect();

@@ -1,11 +1,9 @@
 //! The kernel command line of the boot environment: the contract between the boot script
-//! the server writes ([`render`]) and the agent that reads it ([`parse`]). One list of keys
-//! ([`KEYS`]), one renderer, one parser, so the two sides cannot drift apart.
+//! the server writes ([`render`]) and the agent that reads it ([`parse`]). One set of key
+//! constants, one renderer, one parser, so the two sides cannot drift apart.
 
 /// Keys the server sets: reserved, so the admin's extra arguments cannot override them.
 pub const RESERVED: &[&str] = &[SERVER, DEPLOYMENT, NODE, TOKEN];
-/// Every key the agent reads.
-pub const KEYS: &[&str] = &[SERVER, DEPLOYMENT, NODE, TOKEN, DISK, BOOTLOADER, KEEP_SSH_KEYS, REBOOT];
 
 /// Server base URL.
 pub const SERVER: &str = "understudy.server";
