@@ -458,10 +458,13 @@ impl Drop for Proc {
 fn service_crash_loop_restarts_then_escalates() {
     let net = Net::new();
     let (a, b) = keyed_sandboxes();
-    // A uniquely named copy of sleep is "the service" (a process check matches its name).
+    // A uniquely named symlink to sleep is "the service" (a process check matches its name,
+    // and the kernel names a process after the path it was started by). A symlink rather
+    // than a copy: a copy's write descriptor can leak into a child another test thread forks
+    // meanwhile, and exec then fails with ETXTBSY.
     let comm = format!("usfsv{}{}", std::process::id() % 100_000, net.n);
     let svc = a.path(&comm);
-    std::fs::copy("/bin/sleep", &svc).unwrap();
+    std::os::unix::fs::symlink("/bin/sleep", &svc).unwrap();
     let svc_s = svc.to_str().unwrap().to_string();
     let mut running = Proc(Command::new(&svc).arg("1000").spawn().unwrap());
     let restarts = a.path("restarts.log");
