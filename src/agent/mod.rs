@@ -8,6 +8,7 @@
 pub mod boot;
 pub mod disk;
 pub mod identity;
+pub mod nics;
 pub mod replay;
 
 use crate::deploy::DeployCounters;
@@ -36,6 +37,8 @@ pub struct AgentOptions {
     pub sys_block: PathBuf,
     /// Where UEFI firmware shows itself (absent under BIOS).
     pub efi_dir: PathBuf,
+    /// Where network interfaces are listed.
+    pub sys_net: PathBuf,
 }
 
 impl Default for AgentOptions {
@@ -47,6 +50,7 @@ impl Default for AgentOptions {
             no_reboot: false,
             sys_block: PathBuf::from("/sys/block"),
             efi_dir: PathBuf::from("/sys/firmware/efi"),
+            sys_net: PathBuf::from("/sys/class/net"),
         }
     }
 }
@@ -124,7 +128,11 @@ async fn report_hardware(client: &Client, a: &AgentArgs, opts: &AgentOptions) {
         }
     };
     let (firmware, secure_boot) = firmware(&opts.efi_dir);
-    let hw = crate::wire::Hardware { firmware, secure_boot, disks };
+    let nics = nics::list(&opts.sys_net).unwrap_or_else(|e| {
+        tracing::warn!("cannot list interfaces in {}: {e}", opts.sys_net.display());
+        Vec::new()
+    });
+    let hw = crate::wire::Hardware { firmware, secure_boot, disks, nics };
     let path = format!("/api/v1/deployments/{}/hardware", a.deployment);
     if let Err(e) = client.call::<_, serde_json::Value>(reqwest::Method::POST, &path, Some(&hw)).await {
         tracing::warn!("could not report the hardware: {e}");

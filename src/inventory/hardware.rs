@@ -70,11 +70,16 @@ mod tests {
             removable: false,
             read_only: false,
         };
-        let h = Hardware { firmware: Firmware::Uefi, secure_boot: false, disks: vec![disk("vda"), disk("vdb")] };
+        let h = Hardware {
+            firmware: Firmware::Uefi,
+            secure_boot: false,
+            disks: vec![disk("vda"), disk("vdb")],
+            nics: vec![],
+        };
         inv.report_hardware("n", Some(3), &h).await.unwrap();
         let r = inv.hardware("n").await.unwrap();
         assert_eq!((r.deployment, r.hardware), (Some(3), h));
-        let bad = Hardware { firmware: Firmware::Bios, secure_boot: false, disks: vec![disk("../sda")] };
+        let bad = Hardware { firmware: Firmware::Bios, secure_boot: false, disks: vec![disk("../sda")], nics: vec![] };
         let e = inv.report_hardware("n", None, &bad).await.unwrap_err();
         assert!(e.to_string().contains("not a kernel disk name"), "{e}");
         assert!(matches!(inv.hardware("nobody").await, Err(InventoryError::NotFound(_))));

@@ -711,7 +711,26 @@ pub struct Hardware {
     /// Its disks.
     #[schema(max_items = 256)]
     pub disks: Vec<Disk>,
+    /// Its Ethernet interfaces (physical ones: with a device behind them).
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub nics: Vec<Nic>,
 }
+
+/// An Ethernet interface the boot environment found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    /// Kernel name in the boot environment (`ens3`, `eth0`).
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,15}$")]
+    pub name: String,
+    /// Hardware address, lowercase colon form.
+    #[schema(value_type = MacAddr)]
+    pub mac: String,
+}
+
+/// Most interfaces a hardware report or a node's network identity may list.
+pub const NICS_MAX: usize = 64;
 
 /// A hardware report the server will not keep.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -747,6 +766,20 @@ impl Hardware {
                 return bad(format!("disk {}: model, serial or wwid too long", d.name));
             }
         }
+        if self.nics.len() > NICS_MAX {
+            return bad(format!("at most {NICS_MAX} interfaces"));
+        }
+        for n in &self.nics {
+            if !is_ifname(&n.name) {
+                return bad(format!(
+                    "interface name {:?} is not a kernel interface name (1-15 of A-Z a-z 0-9 . _ -)",
+                    n.name
+                ));
+            }
+            if n.mac.parse::<crate::netcfg::Mac>().is_err() {
+                return bad(format!("interface {}: {:?} is not a MAC address", n.name, n.mac));
+            }
+        }
         Ok(())
     }
 }
@@ -760,6 +793,146 @@ pub struct HardwareReport {
     pub deployment: Option<i64>,
     /// What was found.
     pub hardware: Hardware,
+}
+
+// ---------------------------------------------------------------- network identity
+
+/// Whether `s` can be a kernel interface name (1-15 of `A-Z a-z 0-9 . _ -`, not `.`/`..`).
+pub fn is_ifname(s: &str) -> bool {
+    (1..=15).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// One interface of a node's network identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetInterface {
+    /// Kernel name (`ens3`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,15}$")]
+    pub name: Option<String>,
+    /// Hardware address, when known (lowercase colon form once stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<MacAddr>)]
+    pub mac: Option<String>,
+    /// Static addresses with prefix (`10.0.0.2/24`), in order.
+    #[serde(default)]
+    #[schema(max_items = 16)]
+    pub addresses: Vec<String>,
+    /// Default gateway on this interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// DNS servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 8)]
+    pub dns: Vec<String>,
+    /// What the network is for: `private` (the cluster LAN), `public` (where the VIP lives)
+    /// or another network's name.
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,31}$")]
+    pub role: String,
+}
+
+impl NetInterface {
+    /// The interface as the network rewriters take it; an error says which field is wrong.
+    pub fn to_interface(&self) -> Result<crate::netcfg::Interface, crate::netcfg::NetcfgError> {
+        use crate::netcfg::{Interface, NetcfgError, Role as NetRole};
+        let value = |what: &'static str, v: &str| NetcfgError::Value { what, value: v.to_string() };
+        if let Some(n) = &self.name
+            && !is_ifname(n)
+        {
+            return Err(value("interface name (1-15 of A-Z a-z 0-9 . _ -)", n));
+        }
+        let mac = self.mac.as_deref().map(str::parse).transpose()?;
+        let addresses = self.addresses.iter().map(|a| a.parse()).collect::<Result<Vec<_>, _>>()?;
+        let gateway =
+            self.gateway.as_deref().map(|g| g.parse().map_err(|_| value("gateway address", g))).transpose()?;
+        let dns = self
+            .dns
+            .iter()
+            .map(|d| d.parse().map_err(|_| value("DNS server address", d)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let role = match self.role.as_str() {
+            "private" => NetRole::Private,
+            "public" => NetRole::Public,
+            r if !r.is_empty()
+                && r.len() <= 32
+                && r.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+                && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+            {
+                NetRole::Other(r.to_string())
+            }
+            r => return Err(value("network role (private, public, or a name of a-z 0-9 -)", r)),
+        };
+        Ok(Interface { name: self.name.clone(), mac, addresses, gateway, dns, role })
+    }
+
+    /// The wire form of a rewriter interface.
+    pub fn from_interface(i: &crate::netcfg::Interface) -> NetInterface {
+        use crate::netcfg::Role as NetRole;
+        NetInterface {
+            name: i.name.clone(),
+            mac: i.mac.map(|m| m.to_string()),
+            addresses: i.addresses.iter().map(|c| c.to_string()).collect(),
+            gateway: i.gateway.map(|g| g.to_string()),
+            dns: i.dns.iter().map(|d| d.to_string()).collect(),
+            role: match &i.role {
+                NetRole::Private => "private".into(),
+                NetRole::Public => "public".into(),
+                NetRole::Other(n) => n.clone(),
+            },
+        }
+    }
+}
+
+/// A node's network identity: what it is set to, and what `--from-primary` proposes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeNetwork {
+    /// Its interfaces.
+    #[schema(max_items = 64)]
+    pub interfaces: Vec<NetInterface>,
+    /// Deploy even when the image's network configuration cannot be fully rewritten (what was
+    /// left alone is reported).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What a deployed standby's agent applies to the written root: the primary's network
+/// identity, the node's, the VIPs it must never configure, and the standby's failover
+/// configuration. Served only to the deployment's own token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NetworkPlan {
+    /// The node.
+    pub node: String,
+    /// The primary's interfaces, as the server (running on the primary) sees them.
+    pub primary: Vec<NetInterface>,
+    /// The node's interfaces (MACs filled in from its hardware report where it had none).
+    pub standby: Vec<NetInterface>,
+    /// Failover VIPs (addresses without prefix).
+    pub vips: Vec<String>,
+    /// Go on when parts of the configuration could not be rewritten.
+    pub force: bool,
+    /// The standby's failover configuration, when the primary runs `[failover]` and the node
+    /// is a standby.
+    pub failover: Option<StandbyFailover>,
+    /// What the server decided and why, for the agent's log.
+    pub notes: Vec<String>,
+}
+
+/// The standby's side of the failover pair, written into its root by the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StandbyFailover {
+    /// The configuration file's text (`[failover]` only: role standby, its own name, the
+    /// channels' ends swapped).
+    pub config: String,
+    /// Where it goes inside the root (`/etc/understudy/understudy.toml`).
+    pub config_path: String,
+    /// The heartbeat key file's text (secret).
+    pub key: String,
+    /// Where the key goes inside the root (the data dir's key file).
+    pub key_path: String,
 }
 
 // ---------------------------------------------------------------- events, whoami
