@@ -15,10 +15,11 @@
 mod common;
 
 use common::netns::*;
+use common::qemu::*;
 use common::*;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A namespace holding the server side of a tap device the VM plugs into.
@@ -42,59 +43,6 @@ impl Net {
 
     fn ip(&self, last: u8) -> String {
         format!("10.{}.0.{last}", self.subnet)
-    }
-}
-
-/// At most this many QEMU VMs run at once (each wants a core under TCG; the test
-/// threads may be more).
-const QEMU_SLOTS: usize = 2;
-static RUNNING: (std::sync::Mutex<usize>, std::sync::Condvar) = (std::sync::Mutex::new(0), std::sync::Condvar::new());
-
-/// One of the [`QEMU_SLOTS`], given back on drop.
-struct Slot;
-
-impl Slot {
-    fn take() -> Slot {
-        let (m, cv) = &RUNNING;
-        let mut n = m.lock().unwrap_or_else(|e| e.into_inner());
-        while *n >= QEMU_SLOTS {
-            n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
-        }
-        *n += 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let (m, cv) = &RUNNING;
-        *m.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        cv.notify_one();
-    }
-}
-
-/// A QEMU VM; killed on drop. Its serial console goes to a file.
-struct Vm {
-    child: Child,
-    console: PathBuf,
-    _slot: Slot,
-}
-
-impl Vm {
-    fn console(&self) -> String {
-        // Firmware and GRUB menus write bytes that are not UTF-8.
-        let mut b = Vec::new();
-        if let Ok(mut f) = std::fs::File::open(&self.console) {
-            let _ = f.read_to_end(&mut b);
-        }
-        String::from_utf8_lossy(&b).into_owned()
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -179,30 +127,7 @@ fn start_vm_with(
             args.extend(["-device".into(), format!("virtio-net-pci,netdev=n0,mac={MAC},romfile={index}")]);
         }
     }
-    let slot = Slot::take();
-    let child = ns_cmd(&net.ns, "qemu-system-x86_64")
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu");
-    Vm { child, console, _slot: slot }
-}
-
-fn wait_for(what: &str, limit: Duration, vm: &mut Vm, mut ok: impl FnMut(&str) -> bool) {
-    let t = Instant::now();
-    loop {
-        let con = vm.console();
-        if ok(&con) {
-            return;
-        }
-        if let Ok(Some(st)) = vm.child.try_wait() {
-            panic!("VM exited ({st}) before {what}; console:\n{con}");
-        }
-        assert!(t.elapsed() < limit, "no {what} after {limit:?}; console:\n{con}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    Vm::spawn(&net.ns, &args, console)
 }
 
 fn deployment_status(srv: &NsServer) -> Vec<String> {
@@ -341,26 +266,6 @@ fn netboot(fw: Firmware) {
         assert!(!vm.console().contains("snponly.efi"), "a deployed node was given iPXE: {}", vm.console());
     }
     assert_eq!(deployment_status(&srv), ["done"], "a deployed node must not start another deployment");
-}
-
-/// The server plus the namespace its address lives in.
-struct NsServer {
-    srv: Server,
-    ns: String,
-}
-
-impl NsServer {
-    fn curl(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        self.srv.curl_in(Some(&self.ns), method, path, Some(&self.srv.token), body)
-    }
-
-    fn ok(&self, sb: &Sandbox, args: &[&str]) {
-        let mut c = ns_cmd(&self.ns, bin());
-        c.arg("--data-dir").arg(sb.data()).args(args);
-        c.args(["--server", &self.srv.url, "--token", &self.srv.token]);
-        let o = c.output().unwrap();
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    }
 }
 
 /// A standby deployed from the debootstrapped root and booted from its own disks to a
