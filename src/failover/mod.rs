@@ -60,8 +60,8 @@
 mod checks;
 pub mod config;
 pub mod garp;
-pub mod join;
 pub mod handle;
+pub mod join;
 pub mod link;
 pub mod machine;
 pub mod metrics;

@@ -22,7 +22,7 @@ mod tree;
 pub use error::{NetcfgError, SyntaxError, SyntaxKind};
 pub use model::{AddrFate, Cidr, Interface, InterfaceMap, Mac, Mapping, NodeIdentity, Role};
 pub use report::{Changes, FileReport, Note, Refusal, Report, Rewritten, Stack};
-pub use tree::rewrite_tree;
+pub use tree::{resolve as resolve_in_root, rewrite_tree};
 
 /// Rewrite one file's text for `stack` (the dispatcher `rewrite_tree` uses).
 pub fn rewrite_text(stack: Stack, text: &str, mapping: &Mapping) -> Result<Rewritten, SyntaxError> {
