@@ -240,12 +240,14 @@ fn image_path(what: &'static str, path: &str) -> Result<PathBuf, NetworkError> {
     Ok(PathBuf::from(format!("/{}", parts.join("/"))))
 }
 
-/// Make the image directory `dir` (absolute) exist, creating what is missing with `mode`;
-/// returns it on the installer's side.
+/// Make the image directory `dir` (absolute) exist, creating what is missing (`dir` itself with
+/// `mode`, its parents with 0755); returns it on the installer's side.
 fn ensure_dir(root: &Path, dir: &Path, mode: u32) -> Result<PathBuf, NetworkError> {
     let mut image = PathBuf::from("/");
     let mut host = root.to_path_buf();
-    for c in dir.components().filter(|c| matches!(c, std::path::Component::Normal(_))) {
+    let parts: Vec<_> = dir.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
+    for (i, c) in parts.iter().enumerate() {
+        let mode = if i + 1 == parts.len() { mode } else { 0o755 };
         image.push(c);
         host = match resolve_in_root(root, &image).map_err(NetworkError::Rewrite)? {
             Some(h) if h.is_dir() => h,
@@ -672,6 +674,7 @@ mod tests {
         assert_eq!(read(root, "/var/lib/understudy/failover.key"), f.key);
         assert_eq!(mode(&root.join("var/lib/understudy/failover.key")), 0o600);
         assert_eq!(mode(&root.join("var/lib/understudy")), 0o700);
+        assert_eq!(mode(&root.join("var/lib")), 0o755, "only the key's own directory is private");
         let link = root.join("etc/systemd/system/multi-user.target.wants/understudy.service");
         assert_eq!(fs::read_link(&link).unwrap(), Path::new("/usr/lib/systemd/system/understudy.service"));
         assert!(lines.iter().any(|l| l.contains("failover as head-b (Standby)")), "{lines:?}");
