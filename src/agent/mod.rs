@@ -195,7 +195,10 @@ async fn install(
         println!("understudy-agent: identity: {line}");
     }
     report(client, a.deployment, Running, "network", counters, None).await;
-    let net: crate::wire::NetworkPlan = client.get(&format!("/api/v1/deployments/{}/network", a.deployment)).await?;
+    let net: crate::wire::NetworkPlan = client
+        .get(&format!("/api/v1/deployments/{}/network", a.deployment))
+        .await
+        .context("fetching the deployment's network plan")?;
     for line in network::apply(&root, &net)? {
         println!("understudy-agent: network: {line}");
     }

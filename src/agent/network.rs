@@ -47,6 +47,18 @@ pub enum NetworkError {
     /// A VIP in the plan is not an address.
     #[error("the network plan's VIP {0:?} is not an IP address")]
     Vip(String),
+    /// The primary has a network identity and the node none: the clone would come up with the
+    /// primary's addresses.
+    #[error(
+        "node {node} has no network identity while the primary has {interfaces} interface(s): the clone would \
+         come up with the primary's addresses; give the node its own (`understudy nodes network {node} …`)"
+    )]
+    NoIdentity {
+        /// The node.
+        node: String,
+        /// How many interfaces the primary has.
+        interfaces: usize,
+    },
     /// The primary's and the node's identities do not pair up.
     #[error("the node's network identity does not fit the primary's: {0}")]
     Mapping(#[source] NetcfgError),
@@ -139,6 +151,8 @@ pub fn apply(root: &Path, plan: &NetworkPlan) -> Result<Vec<String>, NetworkErro
              left as it is"
                 .into(),
         );
+    } else if standby.interfaces.is_empty() {
+        return Err(NetworkError::NoIdentity { node: plan.node.clone(), interfaces: primary.interfaces.len() });
     } else {
         let mapping = Mapping::from_identities(&primary, &standby, vips).map_err(NetworkError::Mapping)?;
         let report = rewrite_tree(root, &mapping).map_err(NetworkError::Rewrite)?;
@@ -806,6 +820,11 @@ mod tests {
         let mut p = plan();
         p.standby.pop();
         assert!(matches!(apply(root, &p), Err(NetworkError::Mapping(_))));
+        let mut p = plan();
+        p.standby.clear();
+        let e = apply(root, &p).unwrap_err();
+        assert!(matches!(e, NetworkError::NoIdentity { interfaces: 2, .. }), "{e:?}");
+        assert!(e.to_string().contains("understudy nodes network head-b"), "{e}");
         assert_eq!(read(root, "/etc/systemd/network/10-private.network"), NETWORKD, "nothing rewritten");
     }
 }
