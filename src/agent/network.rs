@@ -472,7 +472,9 @@ fn enable_service(root: &Path) -> Result<Vec<String>, NetworkError> {
         let link_image = dir_image.join(UNIT);
         match link.symlink_metadata() {
             Ok(md) if md.file_type().is_symlink() => {
-                if fs::read_link(&link).map_err(io("readlink", &link))? == image_unit {
+                // The captured primary had it enabled already, perhaps through another of the
+                // unit's paths (/lib for /usr/lib): the same file is the same unit.
+                if resolve_in_root(root, &link_image).map_err(NetworkError::Rewrite)?.as_ref() == Some(&host_unit) {
                     lines.push(format!("{UNIT}: already enabled ({})", link_image.display()));
                     continue;
                 }
@@ -696,6 +698,30 @@ mod tests {
         // Again: idempotent.
         let again = apply(root, &p).unwrap();
         assert!(again.iter().any(|l| l.contains("already enabled")), "{again:?}");
+    }
+
+    #[test]
+    fn a_unit_the_primary_had_enabled_is_left_enabled_and_a_stale_link_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        bookworm(root);
+        let wants = root.join("etc/systemd/system/multi-user.target.wants");
+        fs::create_dir_all(&wants).unwrap();
+        symlink("/lib/systemd/system/understudy.service", wants.join("understudy.service")).unwrap();
+        let lines = apply(root, &failover_plan()).unwrap();
+        assert!(lines.iter().any(|l| l.contains("already enabled")), "{lines:?}");
+        assert_eq!(
+            fs::read_link(wants.join("understudy.service")).unwrap(),
+            Path::new("/lib/systemd/system/understudy.service")
+        );
+        fs::remove_file(wants.join("understudy.service")).unwrap();
+        symlink("/opt/gone.service", wants.join("understudy.service")).unwrap();
+        let lines = apply(root, &failover_plan()).unwrap();
+        assert!(lines.iter().any(|l| l.starts_with("understudy.service: enabled")), "{lines:?}");
+        assert_eq!(
+            fs::read_link(wants.join("understudy.service")).unwrap(),
+            Path::new("/usr/lib/systemd/system/understudy.service")
+        );
     }
 
     #[test]
