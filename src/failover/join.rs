@@ -179,6 +179,27 @@ pub fn standby_config(primary_toml: &str, standby_node: &str, mapping: &Mapping)
     Ok(Joined { text, notes })
 }
 
+/// Where the packaged unit reads the configuration (`packaging/understudy.service`).
+pub const STANDBY_CONFIG_PATH: &str = "/etc/understudy/understudy.toml";
+/// The packaged unit's `--data-dir`, which the configuration's `data_dir` overrides.
+pub const STANDBY_DATA_DIR: &str = "/var/lib/understudy";
+
+/// Where the standby's configuration and heartbeat key go inside its root, as
+/// [`crate::wire::StandbyFailover`] carries them: the packaged unit's configuration file, and
+/// the key file (`failover.key_file`) in the configuration's `data_dir` (default the unit's).
+pub fn standby_paths(joined: &Joined) -> Result<(String, String), JoinError> {
+    let cfg = Config::parse(&joined.text, Path::new(STANDBY_FILE)).map_err(JoinError::Result)?;
+    let Some(fo) = cfg.failover else { return Err(JoinError::NoFailover) };
+    let data_dir = cfg.data_dir.unwrap_or_else(|| STANDBY_DATA_DIR.into());
+    if !data_dir.is_absolute() {
+        return Err(JoinError::Shape {
+            what: format!("data_dir {:?} is relative: the standby's key file would have no fixed place", data_dir),
+        });
+    }
+    let key = data_dir.join(&fo.key_file);
+    Ok((STANDBY_CONFIG_PATH.to_string(), key.to_string_lossy().into_owned()))
+}
+
 /// Replace a string value, keeping the comments and spacing around the old one.
 fn set_str(t: &mut dyn TableLike, key: &str, new: &str) {
     match t.get_mut(key) {
@@ -340,6 +361,24 @@ interval = "5s"
         let peer_notes: Vec<&String> = j.notes.iter().filter(|n| n.contains("sends heartbeats")).collect();
         assert_eq!(peer_notes.len(), 1, "{:?}", j.notes);
         assert!(peer_notes[0].contains("\"public\" to 192.0.2.99") && peer_notes[0].contains("at 192.0.2.11"));
+    }
+
+    #[test]
+    fn paths_follow_data_dir_and_key_file() {
+        let j = standby_config(PRIMARY, "head-b", &mapping()).unwrap();
+        assert_eq!(
+            standby_paths(&j).unwrap(),
+            ("/etc/understudy/understudy.toml".into(), "/var/lib/understudy/failover.key".into())
+        );
+        let text = PRIMARY
+            .replace("data_dir = \"/var/lib/understudy\"", "data_dir = \"/srv/us\"")
+            .replace("key_file = \"failover.key\"", "key_file = \"keys/hb.key\"");
+        let j = standby_config(&text, "head-b", &mapping()).unwrap();
+        assert_eq!(standby_paths(&j).unwrap().1, "/srv/us/keys/hb.key");
+        let j = standby_config(&PRIMARY.replace("data_dir = \"/var/lib/understudy\"\n", ""), "b", &mapping()).unwrap();
+        assert_eq!(standby_paths(&j).unwrap().1, "/var/lib/understudy/failover.key");
+        let j = standby_config(&PRIMARY.replace("\"/var/lib/understudy\"", "\"rel\""), "b", &mapping()).unwrap();
+        assert!(matches!(standby_paths(&j), Err(JoinError::Shape { .. })));
     }
 
     #[test]
