@@ -10,7 +10,7 @@
 
 use crate::config::{Config, ConfigError};
 use crate::failover::packet::{KeyFileError, parse_key_file};
-use crate::netcfg::{Mac, Mapping, NetcfgError, NodeIdentity, Report, resolve_in_root, rewrite_tree};
+use crate::netcfg::{InterfaceMap, Mac, Mapping, NetcfgError, NodeIdentity, Report, resolve_in_root, rewrite_tree};
 use crate::wire::{NetInterface, NetworkPlan, StandbyFailover};
 use std::fs;
 use std::io::Write;
@@ -47,17 +47,18 @@ pub enum NetworkError {
     /// A VIP in the plan is not an address.
     #[error("the network plan's VIP {0:?} is not an IP address")]
     Vip(String),
-    /// The primary has a network identity and the node none: the clone would come up with the
-    /// primary's addresses.
+    /// The node has no network identity and the image configures the primary's addresses:
+    /// the clone would come up with them.
     #[error(
-        "node {node} has no network identity while the primary has {interfaces} interface(s): the clone would \
-         come up with the primary's addresses; give the node its own (`understudy nodes network {node} …`)"
+        "node {node} has no network identity, and the image configures the primary's addresses:\n  {}\nthe \
+         clone would come up with them; give the node its own (`understudy nodes network {node} --from-primary`)",
+        problems.join("\n  ")
     )]
     NoIdentity {
         /// The node.
         node: String,
-        /// How many interfaces the primary has.
-        interfaces: usize,
+        /// Each problem as `path:line: reason`.
+        problems: Vec<String>,
     },
     /// The primary's and the node's identities do not pair up.
     #[error("the node's network identity does not fit the primary's: {0}")]
@@ -151,14 +152,34 @@ pub fn apply(root: &Path, plan: &NetworkPlan) -> Result<Vec<String>, NetworkErro
              left as it is"
                 .into(),
         );
-    } else if standby.interfaces.is_empty() {
-        return Err(NetworkError::NoIdentity { node: plan.node.clone(), interfaces: primary.interfaces.len() });
     } else {
-        let mapping = Mapping::from_identities(&primary, &standby, vips).map_err(NetworkError::Mapping)?;
+        // Without an identity of its own the node gets none of the primary's addresses:
+        // an image configured by DHCP deploys as it is, one holding the primary's static
+        // addresses is refused below, address by address.
+        let unmapped = standby.interfaces.is_empty();
+        let mapping = if unmapped {
+            let interfaces = primary
+                .interfaces
+                .iter()
+                .map(|p| InterfaceMap { primary: p.clone(), standby_mac: None, standby_addresses: vec![] })
+                .collect();
+            let m = Mapping { interfaces, vips };
+            m.validate().map_err(NetworkError::Mapping)?;
+            lines.push(format!(
+                "node {} has no network identity: only the primary's addresses are looked for",
+                plan.node
+            ));
+            m
+        } else {
+            Mapping::from_identities(&primary, &standby, vips).map_err(NetworkError::Mapping)?
+        };
         let report = rewrite_tree(root, &mapping).map_err(NetworkError::Rewrite)?;
         let (summary, problems) = assess(&report, &mapping);
         lines.extend(summary);
         if !problems.is_empty() {
+            if !plan.force && unmapped {
+                return Err(NetworkError::NoIdentity { node: plan.node.clone(), problems });
+            }
             if !plan.force {
                 return Err(NetworkError::Refused { node: plan.node.clone(), problems });
             }
@@ -846,11 +867,19 @@ mod tests {
         let mut p = plan();
         p.standby.pop();
         assert!(matches!(apply(root, &p), Err(NetworkError::Mapping(_))));
+        // No identity of its own: an image holding the primary's static address is refused,
+        // naming the file; one without it deploys untouched.
         let mut p = plan();
         p.standby.clear();
         let e = apply(root, &p).unwrap_err();
-        assert!(matches!(e, NetworkError::NoIdentity { interfaces: 2, .. }), "{e:?}");
+        assert!(matches!(&e, NetworkError::NoIdentity { problems, .. } if !problems.is_empty()), "{e:?}");
         assert!(e.to_string().contains("understudy nodes network head-b"), "{e}");
+        assert!(e.to_string().contains("10-private.network"), "{e}");
         assert_eq!(read(root, "/etc/systemd/network/10-private.network"), NETWORKD, "nothing rewritten");
+        let dhcp = "[Match]\nName=en*\n\n[Network]\nDHCP=yes\n";
+        put(root, "/etc/systemd/network/10-private.network", dhcp);
+        let lines = apply(root, &p).unwrap();
+        assert!(lines.iter().any(|l| l.contains("no network identity")), "{lines:?}");
+        assert_eq!(read(root, "/etc/systemd/network/10-private.network"), dhcp);
     }
 }
