@@ -161,7 +161,12 @@ pub fn apply(root: &Path, plan: &NetworkPlan) -> Result<Vec<String>, NetworkErro
             let interfaces = primary
                 .interfaces
                 .iter()
-                .map(|p| InterfaceMap { primary: p.clone(), standby_mac: None, standby_addresses: vec![] })
+                .map(|p| InterfaceMap {
+                    primary: p.clone(),
+                    standby_mac: None,
+                    standby_addresses: vec![],
+                    standby_name: None,
+                })
                 .collect();
             let m = Mapping { interfaces, vips };
             m.validate().map_err(NetworkError::Mapping)?;

@@ -168,6 +168,19 @@ pub fn standby_config(primary_toml: &str, standby_node: &str, mapping: &Mapping)
         set_str(&mut **t, "peer", &primary.to_string());
     }
 
+    // The VIPs stay as they are, but on the standby's interface of the same network.
+    for t in vip_tables(failover)? {
+        let Some(iface) = t.get("interface").and_then(Item::as_str).map(str::to_string) else { continue };
+        let Some(to) = mapping.interface_name(&iface).filter(|n| *n != iface).map(str::to_string) else { continue };
+        set_str(&mut *t, "interface", &to);
+        if let Some(label) = t.get("label").and_then(Item::as_str).map(str::to_string)
+            && let Some(rest) = label.strip_prefix(&format!("{iface}:"))
+        {
+            set_str(&mut *t, "label", &format!("{to}:{rest}"));
+        }
+        notes.push(format!("a VIP on the primary's {iface} is raised on the standby's {to}"));
+    }
+
     let header = format!(
         "# The failover configuration of the standby {standby_node}, written when it was deployed from the\n\
          # primary {:?}'s: role standby, this node's name, each channel's local and peer swapped.\n\n",
@@ -216,18 +229,28 @@ fn set_str(t: &mut dyn TableLike, key: &str, new: &str) {
 
 /// The `[[failover.channel]]` tables (or `channel = [{ … }]` inline tables), in order.
 fn channel_tables(failover: &mut dyn TableLike) -> Result<Vec<&mut dyn TableLike>, JoinError> {
-    let shape = |what: &str| JoinError::Shape { what: what.to_string() };
+    sub_tables(failover, "channel")
+}
+
+/// The `[[failover.vip]]` tables, whichever TOML form they were written in.
+fn vip_tables(failover: &mut dyn TableLike) -> Result<Vec<&mut dyn TableLike>, JoinError> {
+    sub_tables(failover, "vip")
+}
+
+/// The tables of the list `failover.<key>`, as `[[…]]` or an inline array.
+fn sub_tables<'a>(failover: &'a mut dyn TableLike, key: &str) -> Result<Vec<&'a mut dyn TableLike>, JoinError> {
+    let shape = |what: String| JoinError::Shape { what };
     let mut out: Vec<&mut dyn TableLike> = Vec::new();
-    match failover.get_mut("channel") {
+    match failover.get_mut(key) {
         None => {}
         Some(Item::ArrayOfTables(a)) => out.extend(a.iter_mut().map(|t| t as &mut dyn TableLike)),
         Some(Item::Value(Value::Array(a))) => {
             for v in a.iter_mut() {
-                let t = v.as_inline_table_mut().ok_or_else(|| shape("a failover channel is not a table"))?;
+                let t = v.as_inline_table_mut().ok_or_else(|| shape(format!("a failover {key} is not a table")))?;
                 out.push(t);
             }
         }
-        Some(_) => return Err(shape("failover.channel is not a list of tables")),
+        Some(_) => return Err(shape(format!("failover.{key} is not a list of tables"))),
     }
     Ok(out)
 }
@@ -336,7 +359,9 @@ interval = "5s"
         // Unchanged: VIPs, tie-breaker, hooks, monitors, timings, priority, key file.
         assert_eq!(f.vips.len(), 1);
         assert_eq!(f.vips[0].address, "192.0.2.100/24");
-        assert_eq!(f.vips[0].label.as_deref(), Some("eth1:1"));
+        // On the standby's interface of the same network (ens4 where the primary has eth1).
+        assert_eq!((f.vips[0].interface.as_str(), f.vips[0].label.as_deref()), ("ens4", Some("ens4:1")));
+        assert!(j.notes.iter().any(|n| n.contains("primary's eth1 is raised on the standby's ens4")), "{:?}", j.notes);
         assert_eq!(f.tiebreaker, vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(f.start_hooks.len(), 1);
         assert_eq!(f.stop_hooks.len(), 1);
@@ -418,7 +443,8 @@ vip = [{ address = "192.0.2.100/24", interface = "eth1" }]
         let f = cfg.failover.unwrap();
         assert_eq!(f.channels[1].local.to_string(), "192.0.2.11");
         assert_eq!(f.channels[1].peer.to_string(), "192.0.2.10");
-        assert!(j.notes.is_empty(), "{:?}", j.notes);
+        assert_eq!(f.vips[0].interface, "ens4");
+        assert_eq!(j.notes.len(), 1, "only the VIP's interface: {:?}", j.notes);
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub(crate) mod tests {
                     },
                     standby_mac: mac("52:54:00:00:01:01"),
                     standby_addresses: vec![c("10.0.0.2/24"), c("fd00::2/64")],
+                    standby_name: Some("eth0".into()),
                 },
                 InterfaceMap {
                     primary: Interface {
@@ -71,6 +72,7 @@ pub(crate) mod tests {
                     },
                     standby_mac: mac("52:54:00:00:01:02"),
                     standby_addresses: vec![c("192.0.2.11/24")],
+                    standby_name: Some("eth1".into()),
                 },
             ],
             vips: vec!["192.0.2.100".parse().unwrap()],
