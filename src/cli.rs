@@ -12,7 +12,8 @@ use crate::remote::{Client, encode};
 use crate::store::{LockMode, Store};
 use crate::wire::{
     Collect, CollectState, Deployment, DeploymentCreate, DeploymentCreated, Discovered, Event, EventKind,
-    HardwareReport, Image, ImageDetail, Job, JobState, Node, NodeCreate, NodePatch, Page, ProgressStatus, WhoAmI,
+    HardwareReport, Image, ImageDetail, Job, JobState, NetInterface, Node, NodeCreate, NodeNetwork, NodePatch, Page,
+    ProgressStatus, WhoAmI,
 };
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -64,6 +65,10 @@ pub enum Command {
     /// Manage nodes (the standby and compute machines).
     #[command(subcommand)]
     Nodes(NodesCmd),
+    /// Make a standby: capture, find its MAC, register it with its own addresses, deploy it
+    /// by network boot, and wait until it joins failover (resumable; see `standby add --help`).
+    #[command(subcommand)]
+    Standby(StandbyCmd),
     /// Create and follow deployments.
     #[command(subcommand)]
     Deployments(DeploymentsCmd),
@@ -183,6 +188,44 @@ pub enum NodesCmd {
         /// standby or compute.
         #[arg(long, default_value = "standby")]
         role: String,
+        /// An interface of its network identity (repeatable):
+        /// `role=private,name=ens3,mac=M,address=10.0.0.2/24[,address=…][,gateway=G][,dns=D]`.
+        #[arg(long = "interface", value_name = "SPEC", conflicts_with = "from_primary")]
+        interfaces: Vec<String>,
+        /// Propose its network identity from the primary's (same networks, the next free
+        /// address on each, checked on the LAN) and set it.
+        #[arg(long)]
+        from_primary: bool,
+        /// Deploy even when the image's network configuration cannot be fully rewritten.
+        #[arg(long)]
+        force_network: bool,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or set a node's network identity: its interfaces, addresses, gateways and
+    /// networks (private, public, …), which the agent writes into the deployed system.
+    Network {
+        /// Node name.
+        name: String,
+        /// Replace its interfaces (repeatable; see `nodes add --interface`).
+        #[arg(long = "set", value_name = "SPEC", conflicts_with = "from_primary")]
+        set: Vec<String>,
+        /// Propose it from the primary's own networks and set it.
+        #[arg(long)]
+        from_primary: bool,
+        /// With --from-primary: show the proposal, change nothing.
+        #[arg(long, requires = "from_primary")]
+        dry_run: bool,
+        /// Deploy even when the image's network configuration cannot be fully rewritten.
+        #[arg(long, conflicts_with = "no_force")]
+        force: bool,
+        /// Stop forcing (the default).
+        #[arg(long)]
+        no_force: bool,
+        /// Do not ask the LAN (ARP/ND) whether the addresses are in use.
+        #[arg(long)]
+        no_probe: bool,
         /// JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -230,6 +273,10 @@ pub enum NodesCmd {
     Redeploy {
         /// Node name.
         name: String,
+        /// Deploy even when the image's network configuration cannot be fully rewritten
+        /// (sets the node's force flag; `nodes network NAME --no-force` clears it).
+        #[arg(long)]
+        force_network: bool,
     },
     /// Open the MAC collection window: PXE-booting machines are recorded as discovered.
     Collect {
@@ -263,6 +310,52 @@ pub enum NodesCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `standby` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StandbyCmd {
+    /// The whole flow on the primary, each step shown with its state and time: image
+    /// (capture of `/`, or --image), the standby's MAC (MAC collection until it PXE-boots, or
+    /// --mac), the node, its network identity (proposed from the primary's, checked,
+    /// confirmed), the deployment (network-boot it when asked), and its first heartbeats on
+    /// every failover channel; then the pair's status. After Ctrl-C, run it again: it
+    /// resumes from what the inventory holds.
+    Add(StandbyAddArgs),
+}
+
+/// `standby add` arguments.
+#[derive(Debug, Args)]
+pub struct StandbyAddArgs {
+    /// The standby's node name.
+    pub name: String,
+    /// Deploy this image (NAME, NAME@N or id) instead of capturing `/`.
+    #[arg(long, conflicts_with = "no_capture")]
+    pub image: Option<String>,
+    /// Use the newest image in the store instead of capturing `/`.
+    #[arg(long)]
+    pub no_capture: bool,
+    /// Name of the image captured from `/` [default: this host's name].
+    #[arg(long, value_name = "NAME")]
+    pub capture_name: Option<String>,
+    /// The standby's MAC (skips MAC collection).
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// Its network identity instead of the proposal (repeatable; see `nodes add --interface`).
+    #[arg(long = "interface", value_name = "SPEC")]
+    pub interfaces: Vec<String>,
+    /// Deploy even where the image's network configuration cannot be fully rewritten.
+    #[arg(long)]
+    pub force_network: bool,
+    /// Do not ask for confirmation (scripts).
+    #[arg(long, short)]
+    pub yes: bool,
+    /// One JSON object per line: `{step, n, state, detail, step_ms, elapsed_ms}` and notes.
+    #[arg(long)]
+    pub json: bool,
+    /// How long each waiting step (its PXE request, the deployment, the join) may take.
+    #[arg(long, default_value = "2h", value_parser = crate::config::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// `deployments` subcommands.
@@ -496,6 +589,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             unreachable!("handled above")
         }
         Command::Nodes(cmd) => nodes_cmd(&Api::local(inv), cmd).await,
+        Command::Standby(StandbyCmd::Add(a)) => {
+            standby_add(&Api::local(inv.clone()), Some(&inv), &cli.data_dir, a, cli.quiet).await
+        }
         Command::Deployments(cmd) => deployments_cmd(&Api::local(inv), cmd).await,
         Command::Events(a) => events_cmd(&Api::local(inv), a).await,
         Command::Capture(a) => {
@@ -857,6 +953,38 @@ impl Api {
     }
 }
 
+/// `--interface`/`--set` specs as wire interfaces.
+fn parse_specs(specs: &[String]) -> anyhow::Result<Vec<NetInterface>> {
+    specs
+        .iter()
+        .map(|s| {
+            NetInterface::parse_spec(s).map_err(|e| InventoryError::Invalid(format!("--interface {s:?}: {e}")).into())
+        })
+        .collect()
+}
+
+fn print_network(n: &NodeNetwork) {
+    if n.interfaces.is_empty() {
+        println!("no network identity (set one with --from-primary or --set)");
+        return;
+    }
+    println!("{:<10} {:<10} {:<18} {:<34} {:<16} DNS", "ROLE", "NAME", "MAC", "ADDRESSES", "GATEWAY");
+    for i in &n.interfaces {
+        println!(
+            "{:<10} {:<10} {:<18} {:<34} {:<16} {}",
+            i.role,
+            i.name.as_deref().unwrap_or("-"),
+            i.mac.as_deref().unwrap_or("-"),
+            if i.addresses.is_empty() { "-".to_string() } else { i.addresses.join(",") },
+            i.gateway.as_deref().unwrap_or("-"),
+            if i.dns.is_empty() { "-".to_string() } else { i.dns.join(",") },
+        );
+    }
+    if n.force {
+        println!("force: the next deploy goes on even where the network configuration cannot be rewritten");
+    }
+}
+
 fn print_nodes(nodes: &[Node]) {
     println!("{:<20} {:<8} {:<11} {:<20} {:<36} IPS", "NAME", "ROLE", "STATE", "IMAGE", "MACS");
     for n in nodes {
@@ -875,11 +1003,77 @@ fn print_nodes(nodes: &[Node]) {
 async fn nodes_cmd(api: &Api, cmd: NodesCmd) -> anyhow::Result<i32> {
     use reqwest::Method;
     match cmd {
-        NodesCmd::Add { name, macs, ips, image, role, json } => {
-            let n: Node = api
-                .call(Method::POST, "/api/v1/nodes", Some(&NodeCreate { name, role: Some(role), image, macs, ips }))
-                .await?;
-            if json { print_json(&n)? } else { print_nodes(&[n]) }
+        NodesCmd::Add { name, macs, ips, image, role, interfaces, from_primary, force_network, json } => {
+            let interfaces = parse_specs(&interfaces)?;
+            let create = NodeCreate { name: name.clone(), role: Some(role), image, macs, ips };
+            let n: Node = api.call(Method::POST, "/api/v1/nodes", Some(&create)).await?;
+            let path = format!("/api/v1/nodes/{}/network", encode(&name));
+            let net = if from_primary {
+                let p: NodeNetwork = api.get(&format!("{path}/proposal")).await?;
+                Some(NodeNetwork { force: force_network, ..p })
+            } else if !interfaces.is_empty() || force_network {
+                Some(NodeNetwork { interfaces, force: force_network })
+            } else {
+                None
+            };
+            if let Some(net) = net {
+                // The node and its identity go together: a refused identity takes the new
+                // node away again, so the command can simply be run again.
+                let set: anyhow::Result<NodeNetwork> = api.call(Method::PUT, &path, Some(&net)).await;
+                if let Err(e) = set {
+                    let _ = api
+                        .call::<(), serde_json::Value>(
+                            Method::DELETE,
+                            &format!("/api/v1/nodes/{}", encode(&name)),
+                            None,
+                        )
+                        .await;
+                    return Err(e.context(format!("node {name} not added")));
+                }
+            }
+            if json {
+                print_json(&n)?
+            } else {
+                print_nodes(&[n]);
+                if let Some(net) = api.get::<NodeNetwork>(&path).await.ok().filter(|n| !n.interfaces.is_empty()) {
+                    print_network(&net);
+                }
+            }
+        }
+        NodesCmd::Network { name, set, from_primary, dry_run, force, no_force, no_probe, json } => {
+            let path = format!("/api/v1/nodes/{}/network", encode(&name));
+            let probe = if no_probe { "?probe=false" } else { "" };
+            let cur: NodeNetwork = api.get(&path).await?;
+            let force = if force {
+                true
+            } else if no_force {
+                false
+            } else {
+                cur.force
+            };
+            let next = if from_primary {
+                let p: NodeNetwork = api.get(&format!("{path}/proposal{probe}")).await?;
+                Some(NodeNetwork { force, ..p })
+            } else if !set.is_empty() {
+                Some(NodeNetwork { interfaces: parse_specs(&set)?, force })
+            } else if force != cur.force {
+                Some(NodeNetwork { force, ..cur.clone() })
+            } else {
+                None
+            };
+            let shown = match next {
+                Some(n) if dry_run => n,
+                Some(n) => api.call(Method::PUT, &format!("{path}{probe}"), Some(&n)).await?,
+                None => cur,
+            };
+            if json {
+                print_json(&shown)?
+            } else {
+                if dry_run {
+                    println!("proposed for {name} (not set; run again without --dry-run to set it):");
+                }
+                print_network(&shown);
+            }
         }
         NodesCmd::List { json } => {
             let nodes: Vec<Node> = api.all("/api/v1/nodes").await?;
@@ -979,13 +1173,338 @@ async fn nodes_cmd(api: &Api, cmd: NodesCmd) -> anyhow::Result<i32> {
                 }
             }
         }
-        NodesCmd::Redeploy { name } => {
+        NodesCmd::Redeploy { name, force_network } => {
+            if force_network {
+                let path = format!("/api/v1/nodes/{}/network", encode(&name));
+                let cur: NodeNetwork = api.get(&path).await?;
+                let _: NodeNetwork = api
+                    .call(Method::PUT, &format!("{path}?probe=false"), Some(&NodeNetwork { force: true, ..cur }))
+                    .await?;
+            }
             let n: Node =
                 api.call::<(), Node>(Method::POST, &format!("/api/v1/nodes/{}/redeploy", encode(&name)), None).await?;
             print_nodes(&[n]);
         }
     }
     Ok(0)
+}
+
+/// Ask a yes/no question on the terminal (default yes); refuses without one.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Err(InventoryError::Invalid(format!("{question}: no terminal to ask on; pass --yes")).into());
+    }
+    print!("{question} [Y/n] ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(!matches!(line.trim(), "n" | "N" | "no" | "No"))
+}
+
+/// `standby add`, with Ctrl-C saying how to resume.
+async fn standby_add(
+    api: &Api,
+    inv: Option<&Inventory>,
+    data_dir: &std::path::Path,
+    a: StandbyAddArgs,
+    quiet: bool,
+) -> anyhow::Result<i32> {
+    let name = a.name.clone();
+    tokio::select! {
+        r = standby_steps(api, inv, data_dir, a, quiet) => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\ninterrupted; `understudy standby add {name}` resumes from here");
+            Ok(130)
+        }
+    }
+}
+
+async fn standby_steps(
+    api: &Api,
+    inv: Option<&Inventory>,
+    data_dir: &std::path::Path,
+    a: StandbyAddArgs,
+    quiet: bool,
+) -> anyhow::Result<i32> {
+    use crate::wizard::{DeployView, JoinView, Reporter, StepState as S};
+    use reqwest::Method;
+    let rep = Reporter::new(a.json);
+    let name = a.name.clone();
+    crate::inventory::names::check_node_name(&name).map_err(|e| InventoryError::Invalid(e.to_string()))?;
+    let node_path = format!("/api/v1/nodes/{}", encode(&name));
+    let existing: Option<Node> = match api.get::<Node>(&node_path).await {
+        Ok(n) => Some(n),
+        Err(e) if crate::error::kind_of(&e) == crate::error::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let poll = std::time::Duration::from_secs(1);
+
+    // 1. image
+    let t = Instant::now();
+    let image = if let Some(img) = existing.as_ref().and_then(|n| n.image.clone()) {
+        rep.step("image", S::Skipped, &format!("{img} (the node's)"), None);
+        img
+    } else if let Some(i) = &a.image {
+        let d: ImageDetail = api.get(&format!("/api/v1/images/{}", encode(i))).await?;
+        rep.step(
+            "image",
+            S::Done,
+            &format!("{} ({} files, {})", d.image.label(), d.image.files, human(d.image.bytes as u64)),
+            Some(t.elapsed()),
+        );
+        i.clone()
+    } else if a.no_capture {
+        let rows: Vec<Image> = api.all("/api/v1/images").await?;
+        let newest = rows.iter().max_by(|x, y| x.created.cmp(&y.created)).ok_or_else(|| {
+            InventoryError::NotFound("no image in the store: capture one, or drop --no-capture".into())
+        })?;
+        rep.step("image", S::Done, &format!("{} (the newest)", newest.label()), Some(t.elapsed()));
+        newest.label()
+    } else {
+        let Some(inv) = inv else {
+            bail!("capturing / runs on the primary against its data dir: omit --server, or pass --image");
+        };
+        let cname = match &a.capture_name {
+            Some(n) => n.clone(),
+            None => rustix::system::uname().nodename().to_string_lossy().into_owned(),
+        };
+        rep.step("image", S::Running, &format!("capturing / as {cname}"), None);
+        let opts = CaptureOptions {
+            excludes: vec![],
+            default_excludes: true,
+            one_file_system: true,
+            skip_unreadable: false,
+            skip_paths: vec![],
+            quiet: quiet || a.json,
+        };
+        let (row, _) = inv.capture(&cname, std::path::Path::new("/"), opts).await?;
+        rep.step(
+            "image",
+            S::Done,
+            &format!("captured {} ({} files, {})", row.label(), row.files, human(row.bytes as u64)),
+            Some(t.elapsed()),
+        );
+        row.label()
+    };
+
+    // 2. mac
+    let t = Instant::now();
+    let macs = match (&existing, &a.mac) {
+        (Some(n), _) if !n.macs.is_empty() => {
+            rep.step("mac", S::Skipped, &format!("{} (the node's)", n.macs.join(",")), None);
+            n.macs.clone()
+        }
+        (_, Some(m)) => {
+            rep.step("mac", S::Done, m, None);
+            vec![m.clone()]
+        }
+        _ => {
+            let since = crate::db::now();
+            let _: CollectState =
+                api.call(Method::POST, "/api/v1/discovered/collect", Some(&Collect { minutes: 60 })).await?;
+            rep.step("mac", S::Running, &format!("MAC collection open: network-boot {name} now (PXE)"), None);
+            let mut shown = std::collections::HashSet::new();
+            let found = loop {
+                let seen: Vec<Discovered> = api.all("/api/v1/discovered").await?;
+                for d in seen.iter().filter(|d| d.last_seen >= since && shown.insert(d.mac.clone())) {
+                    let owner = d.assigned_to.as_deref().map(|o| format!(" (node {o})")).unwrap_or_default();
+                    rep.note("mac", &format!("seen {} on {} ({}){owner}", d.mac, d.interface, d.vendor_class));
+                }
+                if let Some(d) = crate::wizard::new_mac(&seen, &since) {
+                    if a.yes || confirm(&format!("use {} for {name}?", d.mac))? {
+                        break d.mac.clone();
+                    }
+                    shown.clear();
+                }
+                if t.elapsed() > a.timeout {
+                    bail!("no new machine network-booted within {:?}; check its boot order, or pass --mac", a.timeout);
+                }
+                tokio::time::sleep(poll).await;
+            };
+            let _: CollectState =
+                api.call(Method::POST, "/api/v1/discovered/collect", Some(&Collect { minutes: 0 })).await?;
+            rep.step("mac", S::Done, &found, Some(t.elapsed()));
+            vec![found]
+        }
+    };
+
+    // 3. node
+    let t = Instant::now();
+    let node = match existing {
+        Some(n) => {
+            rep.step("node", S::Skipped, &format!("{} ({}, {})", n.name, n.role, n.state), None);
+            n
+        }
+        None => {
+            let body = NodeCreate {
+                name: name.clone(),
+                role: Some("standby".into()),
+                image: Some(image.clone()),
+                macs,
+                ips: vec![],
+            };
+            let n: Node = api.call(Method::POST, "/api/v1/nodes", Some(&body)).await?;
+            rep.step("node", S::Done, &format!("{} ({}, {})", n.name, n.role, n.state), Some(t.elapsed()));
+            n
+        }
+    };
+
+    // 4. network
+    let t = Instant::now();
+    let net_path = format!("{node_path}/network");
+    let cur: NodeNetwork = api.get(&net_path).await?;
+    if !cur.interfaces.is_empty() && a.interfaces.is_empty() && (cur.force || !a.force_network) {
+        rep.step("network", S::Skipped, &network_line(&cur), None);
+    } else {
+        let mut next = if a.interfaces.is_empty() {
+            rep.step("network", S::Running, "proposing from the primary's networks (probing the LAN)", None);
+            api.get::<NodeNetwork>(&format!("{net_path}/proposal")).await?
+        } else {
+            NodeNetwork { interfaces: parse_specs(&a.interfaces)?, force: false }
+        };
+        next.force = a.force_network;
+        if !a.json {
+            print_network(&next);
+        }
+        if !a.yes && !confirm(&format!("give {name} this network identity?"))? {
+            bail!(
+                "stopped before setting the network; set it with `understudy nodes network {name} --set …` and run again"
+            );
+        }
+        let set: NodeNetwork = api.call(Method::PUT, &net_path, Some(&next)).await?;
+        rep.step("network", S::Done, &network_line(&set), Some(t.elapsed()));
+    }
+
+    // 5. deploy
+    let t = Instant::now();
+    let mut state = node.state;
+    if state == crate::wire::NodeState::Failed {
+        let n: Node = api.call::<(), Node>(Method::POST, &format!("{node_path}/redeploy"), None).await?;
+        rep.note("deploy", "the last deployment failed: deploying again");
+        state = n.state;
+    }
+    if state == crate::wire::NodeState::Deployed {
+        rep.step("deploy", S::Skipped, "deployed", None);
+    } else {
+        rep.step(
+            "deploy",
+            S::Running,
+            &format!("network-boot {name} now; it installs {image} and reboots into its disk"),
+            None,
+        );
+        let bar = (!a.json && !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            if let Ok(st) = indicatif::ProgressStyle::with_template(
+                "{msg:24} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            ) {
+                b.set_style(st.progress_chars("=> "));
+            }
+            b
+        });
+        let mut last_phase = String::new();
+        loop {
+            let n: Node = api.get(&node_path).await?;
+            let ds: Vec<Deployment> = api.all(&format!("/api/v1/deployments?node={}", encode(&name))).await?;
+            let newest = ds.iter().max_by_key(|d| d.id);
+            match crate::wizard::deploy_view(&n, newest) {
+                DeployView::Done => break,
+                DeployView::Failed(why) => {
+                    if let Some(b) = &bar {
+                        b.abandon();
+                    }
+                    rep.step("deploy", S::Failed, &why, Some(t.elapsed()));
+                    bail!(
+                        "the deploy of {name} failed: {why}\n(fix it, then `understudy standby add {name}` deploys again)"
+                    );
+                }
+                DeployView::Running { phase, done, total } => {
+                    if let Some(b) = &bar {
+                        b.set_length(total);
+                        b.set_position(done);
+                        b.set_message(phase.clone());
+                    } else if phase != last_phase {
+                        rep.note("deploy", &format!("{phase}: {} of {}", human(done), human(total)));
+                    }
+                    last_phase = phase;
+                }
+                DeployView::WaitingForBoot => {}
+            }
+            if t.elapsed() > a.timeout {
+                bail!(
+                    "{name} was not deployed within {:?} (is it network-booting? see `understudy events --node {name}`)",
+                    a.timeout
+                );
+            }
+            tokio::time::sleep(poll).await;
+        }
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        rep.step("deploy", S::Done, "deployed; booting its own disk", Some(t.elapsed()));
+    }
+
+    // 6. join
+    let t = Instant::now();
+    let Some(mut s) = failover_status(api, data_dir).await? else {
+        rep.step("join", S::Skipped, "this primary runs no [failover]: nothing to join", None);
+        return Ok(0);
+    };
+    rep.step("join", S::Running, &format!("waiting for {name}'s heartbeats on {} channel(s)", s.channels.len()), None);
+    let mut last = None;
+    loop {
+        match crate::wizard::join_view(&s, &name) {
+            JoinView::Joined => break,
+            w @ JoinView::Waiting { .. } => {
+                if last.as_ref() != Some(&w) {
+                    if let JoinView::Waiting { up, total, peer } = &w {
+                        rep.note(
+                            "join",
+                            &format!("{up}/{total} channels up, peer {}", peer.as_deref().unwrap_or("not heard yet")),
+                        );
+                    }
+                    last = Some(w);
+                }
+            }
+        }
+        if t.elapsed() > a.timeout {
+            bail!("{name} did not join failover within {:?}; on it, see `journalctl -u understudy`", a.timeout);
+        }
+        tokio::time::sleep(poll).await;
+        s = failover_status(api, data_dir).await?.ok_or_else(|| anyhow::anyhow!("the failover status went away"))?;
+    }
+    rep.step("join", S::Done, &format!("{name} heard on every channel"), Some(t.elapsed()));
+    if a.json {
+        print_json(&s)?;
+    } else {
+        print!("{}", s.render_text());
+    }
+    Ok(0)
+}
+
+/// The primary's failover status: from the server, or (the in-process API runs no
+/// failover) from the local service's status file; `None` when no failover runs.
+async fn failover_status(api: &Api, data_dir: &std::path::Path) -> anyhow::Result<Option<crate::failover::Status>> {
+    match api.get::<crate::failover::Status>("/api/v1/failover").await {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if crate::error::kind_of(&e) == crate::error::ErrorKind::NotFound => {
+            if data_dir.as_os_str().is_empty() {
+                return Ok(None);
+            }
+            let f = data_dir.join(crate::failover::status::STATUS_FILE);
+            Ok(std::fs::read_to_string(&f).ok().and_then(|text| serde_json::from_str(&text).ok()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// One line for a network identity.
+fn network_line(n: &NodeNetwork) -> String {
+    n.interfaces
+        .iter()
+        .map(|i| format!("{} {} {}", i.role, i.name.as_deref().unwrap_or("-"), i.addresses.join(",")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn print_deployments(ds: &[Deployment]) {
@@ -1064,6 +1583,7 @@ async fn remote_cmd(client: &Client, cmd: Command, quiet: bool) -> anyhow::Resul
     let api = Api::Remote(client.clone());
     match cmd {
         Command::Nodes(c) => nodes_cmd(&api, c).await,
+        Command::Standby(StandbyCmd::Add(a)) => standby_add(&api, None, std::path::Path::new(""), a, quiet).await,
         Command::Deployments(c) => deployments_cmd(&api, c).await,
         Command::Events(a) => events_cmd(&api, a).await,
         Command::Images(ImagesCmd::List { json }) => {
@@ -1291,6 +1811,8 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
     };
     let data_dir = cfg.data_dir.clone().unwrap_or_else(|| data_dir_flag.to_path_buf());
     let inv = Inventory::open(&data_dir).await.with_context(|| format!("opening data dir {}", data_dir.display()))?;
+    // The node network rules read the primary's networks and [failover] from this file.
+    inv.set_serve_config(config).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     {
         let shutdown = shutdown.clone();

@@ -27,3 +27,4 @@ pub mod remote;
 pub mod store;
 pub mod tftp;
 pub mod wire;
+pub mod wizard;

@@ -2,12 +2,13 @@
 //! initramfs's /init): it reads its deployment from the kernel command line, tells the
 //! server it booted, plans the image's disk layout on this machine's disks (refusing before
 //! anything is written when it does not fit), replays it, streams the image (every chunk
-//! verified), gives the node its own identity, installs the bootloader, reports the outcome
-//! and reboots.
+//! verified), gives the node its own identity and network configuration (and a standby its
+//! side of the failover pair), installs the bootloader, reports the outcome and reboots.
 
 pub mod boot;
 pub mod disk;
 pub mod identity;
+pub mod network;
 pub mod nics;
 pub mod replay;
 
@@ -192,6 +193,14 @@ async fn install(
     };
     for line in identity::apply(&root, &a.node, &source, a.keep_ssh_keys)? {
         println!("understudy-agent: identity: {line}");
+    }
+    report(client, a.deployment, Running, "network", counters, None).await;
+    let net: crate::wire::NetworkPlan = client
+        .get(&format!("/api/v1/deployments/{}/network", a.deployment))
+        .await
+        .context("fetching the deployment's network plan")?;
+    for line in network::apply(&root, &net)? {
+        println!("understudy-agent: network: {line}");
     }
     let mut mounts = Mounts::default();
     let wants_loader = layout.bootloader != crate::layout::doc::Bootloader::None;

@@ -15,6 +15,7 @@ mod dhcp;
 mod events;
 mod hardware;
 mod images;
+mod network;
 mod nodes;
 
 pub use deployments::{DeploymentRecord, NewDeployment, ProgressUpdate, Supersede};
@@ -22,6 +23,7 @@ pub use dhcp::{DiscoveredRecord, LeaseRecord, Reservation};
 pub use events::{EventFilter, EventRecord};
 pub use hardware::HardwareRecord;
 pub use images::{ImageRecord, NewImage};
+pub use network::{AddressOwner, InterfaceRecord};
 pub use nodes::NodeRecord;
 
 use sqlx::SqlitePool;
@@ -119,7 +121,22 @@ impl Db {
 
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::Db;
+    use super::{Db, NodeRecord};
+    use crate::wire::{NodeState, Role};
+
+    /// A discovered standby with these MACs and IPs.
+    pub fn node(name: &str, macs: &[&str], ips: &[&str]) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            role: Role::Standby,
+            image: None,
+            state: NodeState::Discovered,
+            macs: macs.iter().map(|s| s.to_string()).collect(),
+            ips: ips.iter().map(|s| s.to_string()).collect(),
+            created: String::new(),
+            updated: String::new(),
+        }
+    }
 
     /// A database in a fresh temporary directory (kept alive by the returned guard).
     pub async fn db() -> (Db, tempfile::TempDir) {

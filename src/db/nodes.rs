@@ -120,10 +120,14 @@ impl Db {
             sqlx::query("INSERT INTO node_macs (mac, node) VALUES (?, ?)").bind(m).bind(name).execute(&mut *tx).await?;
         }
         for ip in ips {
-            if let Some((owner,)) = sqlx::query_as::<_, (String,)>("SELECT node FROM node_ips WHERE ip = ?")
-                .bind(ip)
-                .fetch_optional(&mut *tx)
-                .await?
+            if let Some((owner,)) = sqlx::query_as::<_, (String,)>(
+                "SELECT node FROM node_ips WHERE ip = ? UNION SELECT node FROM node_if_addrs WHERE ip = ? AND node != ?",
+            )
+            .bind(ip)
+            .bind(ip)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
             {
                 return Err(DbError::Conflict(format!("IP {ip} is already reserved for node {owner}")));
             }
@@ -220,22 +224,9 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-    use super::NodeRecord;
-    use crate::db::{DbError, LeaseRecord, testing::db};
-    use crate::wire::{LeaseState, NodeState, Role};
-
-    fn node(name: &str, macs: &[&str], ips: &[&str]) -> NodeRecord {
-        NodeRecord {
-            name: name.into(),
-            role: Role::Standby,
-            image: None,
-            state: NodeState::Discovered,
-            macs: macs.iter().map(|s| s.to_string()).collect(),
-            ips: ips.iter().map(|s| s.to_string()).collect(),
-            created: String::new(),
-            updated: String::new(),
-        }
-    }
+    use crate::db::testing::{db, node};
+    use crate::db::{DbError, LeaseRecord};
+    use crate::wire::{LeaseState, NodeState};
 
     #[tokio::test]
     async fn addresses_belong_to_one_node_and_conflicts_change_nothing() {

@@ -8,7 +8,7 @@
 //!   the key file, and the replay guard;
 //! - [`machine`]: the state machine, `step(state, event, now) -> (state, actions)`;
 //! - [`monitor`]: the service-monitor policy (thresholds, restart budget, escalation);
-//! - [`config`]: the `[failover]` section;
+//! - [`config`]: the `[failover]` section; [`join`]: the standby's derived from the primary's;
 //! - [`garp`] and [`link`]: the gratuitous-ARP schedule and per-channel bookkeeping;
 //! - [`metrics`]: a [`Status`] rendered in the Prometheus text format;
 //! - `sim` (tests only): the machine pair under a simulated clock and network.
@@ -61,6 +61,7 @@ mod checks;
 pub mod config;
 pub mod garp;
 pub mod handle;
+pub mod join;
 pub mod link;
 pub mod machine;
 pub mod metrics;

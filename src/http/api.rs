@@ -7,8 +7,8 @@ use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::inventory::EventQuery as Filter;
 use crate::wire::{
     CallerRole, Collect, CollectState, Deleted, Deployment, DeploymentCreate, DeploymentCreated, Discovered, Event,
-    Hardware, HardwareReport, Image, ImageDetail, ImageLayout, Job, JobKind, JobState, Lease, Node, NodeCreate,
-    NodePatch, NodePlan, Page, Progress, WhoAmI,
+    Hardware, HardwareReport, Image, ImageDetail, ImageLayout, Job, JobKind, JobState, Lease, NetworkPlan, Node,
+    NodeCreate, NodeNetwork, NodePatch, NodePlan, Page, Progress, WhoAmI,
 };
 use axum::Json;
 use axum::extract::State;
@@ -41,6 +41,9 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(report_progress))
         .routes(routes!(report_hardware))
         .routes(routes!(node_hardware))
+        .routes(routes!(get_network, put_network))
+        .routes(routes!(propose_network))
+        .routes(routes!(deployment_network))
         .routes(routes!(list_events))
         .routes(routes!(whoami))
         .routes(routes!(list_discovered))
@@ -378,6 +381,69 @@ async fn report_hardware(
 async fn node_plan(State(st): St, caller: Caller, ApiPath(name): ApiPath<String>) -> ApiResult<Json<NodePlan>> {
     caller.read(st.cfg.public_reads)?;
     Ok(Json(st.inv.node_plan(&name).await?))
+}
+
+/// Whether to probe the LAN (ARP/ND) for the addresses.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProbeQuery {
+    /// Ask the LAN whether an address answers (default true); false skips it (the address
+    /// is still checked against the primary, DHCP, other nodes and leases).
+    pub probe: Option<bool>,
+}
+
+/// A node's network identity: its interfaces, addresses, gateways, DNS and networks' roles.
+#[utoipa::path(get, path = "/api/v1/nodes/{name}/network", tag = "nodes", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+    responses((status = 200, body = NodeNetwork), (status = 404, body = ErrorBody)))]
+async fn get_network(State(st): St, caller: Caller, ApiPath(name): ApiPath<String>) -> ApiResult<Json<NodeNetwork>> {
+    caller.read(st.cfg.public_reads)?;
+    Ok(Json(st.inv.network(&name).await?))
+}
+
+/// Set a node's network identity (replaces it). Refused: an address the primary holds (its
+/// own, a VIP, the DHCP server's or pool's), one another node holds or is leased to another
+/// machine, one answering on the LAN from a MAC that is not the node's.
+#[utoipa::path(put, path = "/api/v1/nodes/{name}/network", tag = "nodes", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"), ProbeQuery),
+    request_body = NodeNetwork,
+    responses((status = 200, body = NodeNetwork), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn put_network(
+    State(st): St,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProbeQuery>,
+    ApiJson(n): ApiJson<NodeNetwork>,
+) -> ApiResult<Json<NodeNetwork>> {
+    caller.admin()?;
+    Ok(Json(st.inv.set_network(&name, n, q.probe.unwrap_or(true)).await?))
+}
+
+/// The network identity proposed for a node from the primary's own (same networks, the next
+/// free address on each); nothing is changed.
+#[utoipa::path(get, path = "/api/v1/nodes/{name}/network/proposal", tag = "nodes", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"), ProbeQuery),
+    responses((status = 200, body = NodeNetwork), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn propose_network(
+    State(st): St,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProbeQuery>,
+) -> ApiResult<Json<NodeNetwork>> {
+    // Probing sends packets on the LAN: only the admin asks for it.
+    caller.admin()?;
+    Ok(Json(st.inv.propose_network(&name, q.probe.unwrap_or(true)).await?))
+}
+
+/// What the deployment's agent rewrites in the written root: the primary's and the node's
+/// network identities, the VIPs, and the standby's failover configuration with its key
+/// (that deployment's token, or the admin).
+#[utoipa::path(get, path = "/api/v1/deployments/{id}/network", tag = "deployments", params(("id" = i64, Path)),
+    responses((status = 200, body = NetworkPlan), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn deployment_network(State(st): St, caller: Caller, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<NetworkPlan>> {
+    match &caller {
+        Caller::Deploy(d) if d.id == id => {}
+        Caller::Deploy(_) => return Err(ApiError::forbidden("this token belongs to another deployment")),
+        _ => caller.admin()?,
+    }
+    Ok(Json(st.inv.network_plan(id).await?))
 }
 
 /// A node's hardware as its boot environment last reported it.

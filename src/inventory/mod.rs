@@ -17,6 +17,7 @@ pub mod dhcp;
 pub mod hardware;
 pub mod images;
 pub mod names;
+pub mod network;
 pub mod nodes;
 pub mod rules;
 pub mod tokens;

@@ -12,9 +12,11 @@ pub mod ifcfg;
 pub mod ifupdown;
 pub mod ini;
 pub mod keyfile;
+pub mod live;
 pub mod model;
 pub mod netplan;
 pub mod networkd;
+pub mod probe;
 pub mod report;
 mod text;
 mod tree;
@@ -22,7 +24,7 @@ mod tree;
 pub use error::{NetcfgError, SyntaxError, SyntaxKind};
 pub use model::{AddrFate, Cidr, Interface, InterfaceMap, Mac, Mapping, NodeIdentity, Role};
 pub use report::{Changes, FileReport, Note, Refusal, Report, Rewritten, Stack};
-pub use tree::rewrite_tree;
+pub use tree::{resolve as resolve_in_root, rewrite_tree};
 
 /// Rewrite one file's text for `stack` (the dispatcher `rewrite_tree` uses).
 pub fn rewrite_text(stack: Stack, text: &str, mapping: &Mapping) -> Result<Rewritten, SyntaxError> {
@@ -57,6 +59,7 @@ pub(crate) mod tests {
                     },
                     standby_mac: mac("52:54:00:00:01:01"),
                     standby_addresses: vec![c("10.0.0.2/24"), c("fd00::2/64")],
+                    standby_name: Some("eth0".into()),
                 },
                 InterfaceMap {
                     primary: Interface {
@@ -69,6 +72,7 @@ pub(crate) mod tests {
                     },
                     standby_mac: mac("52:54:00:00:01:02"),
                     standby_addresses: vec![c("192.0.2.11/24")],
+                    standby_name: Some("eth1".into()),
                 },
             ],
             vips: vec!["192.0.2.100".parse().unwrap()],

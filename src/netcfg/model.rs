@@ -126,6 +126,9 @@ pub struct InterfaceMap {
     pub standby_mac: Option<Mac>,
     /// The standby's addresses, paired by position with `primary.addresses`.
     pub standby_addresses: Vec<Cidr>,
+    /// The standby's kernel name for the interface, when known (the VIP's `interface`
+    /// follows it).
+    pub standby_name: Option<String>,
 }
 
 /// The primary→standby mapping a rewrite applies.
@@ -187,6 +190,7 @@ impl Mapping {
                 primary: p.clone(),
                 standby_mac: s.mac,
                 standby_addresses: s.addresses.clone(),
+                standby_name: s.name.clone(),
             });
         }
         let m = Mapping { interfaces, vips };
@@ -220,6 +224,11 @@ impl Mapping {
             }
         }
         Ok(())
+    }
+
+    /// The standby's name for the primary's interface `name`, when the mapping knows it.
+    pub fn interface_name(&self, name: &str) -> Option<&str> {
+        self.interfaces.iter().find(|m| m.primary.name.as_deref() == Some(name)).and_then(|m| m.standby_name.as_deref())
     }
 
     /// Whether `ip` is a failover VIP.

@@ -22,7 +22,7 @@ const UDEV_RULES: &str = "/etc/udev/rules.d/70-persistent-net.rules";
 /// Resolve `image_path` (absolute inside the image) under `root` the way a chroot would: a
 /// symlink's absolute target is taken inside the root and `..` stops at the root, so nothing
 /// outside `root` is ever reached. None when the path does not exist.
-fn resolve(root: &Path, image_path: &Path) -> Result<Option<PathBuf>, NetcfgError> {
+pub fn resolve(root: &Path, image_path: &Path) -> Result<Option<PathBuf>, NetcfgError> {
     let mut todo: VecDeque<OsString> = VecDeque::new();
     let push_front = |todo: &mut VecDeque<OsString>, p: &Path| {
         let comps: Vec<OsString> = p

@@ -230,6 +230,8 @@ pub enum EventKind {
     NodeUpdate,
     /// A node was deleted.
     NodeDelete,
+    /// A node's network identity was set.
+    NodeNetwork,
     /// A deployment was created.
     DeployCreate,
     /// A deployment moved to a status (`deploy.running`, `deploy.done`, `deploy.failed`).
@@ -267,6 +269,7 @@ impl EventKind {
             NodeCreate => "node.create",
             NodeUpdate => "node.update",
             NodeDelete => "node.delete",
+            NodeNetwork => "node.network",
             DeployCreate => "deploy.create",
             Deploy(s) => match s {
                 DeploymentStatus::Pending => "deploy.pending",
@@ -304,6 +307,7 @@ impl EventKind {
         EventKind::NodeCreate,
         EventKind::NodeUpdate,
         EventKind::NodeDelete,
+        EventKind::NodeNetwork,
         EventKind::DeployCreate,
         EventKind::Deploy(DeploymentStatus::Pending),
         EventKind::Deploy(DeploymentStatus::Running),
@@ -868,6 +872,38 @@ impl NetInterface {
         Ok(Interface { name: self.name.clone(), mac, addresses, gateway, dns, role })
     }
 
+    /// Parse the command line's form: `role=private,name=ens3,mac=52:54:00:00:01:01,
+    /// address=10.0.0.2/24,address=fd00::2/64,gateway=10.0.0.254,dns=10.0.0.254` (keys in
+    /// any order; `address` and `dns` repeat; `role` is required).
+    pub fn parse_spec(spec: &str) -> Result<NetInterface, String> {
+        let mut i =
+            NetInterface { name: None, mac: None, addresses: vec![], gateway: None, dns: vec![], role: String::new() };
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                format!("{part:?}: expected KEY=VALUE (keys: role, name, mac, address, gateway, dns)")
+            })?;
+            let v = v.trim().to_string();
+            let once = |slot: &mut Option<String>, key: &str| {
+                if slot.replace(v.clone()).is_some() { Err(format!("{key} given twice")) } else { Ok(()) }
+            };
+            match k.trim() {
+                "role" if i.role.is_empty() => i.role = v,
+                "role" => return Err("role given twice".into()),
+                "name" => once(&mut i.name, "name")?,
+                "mac" => once(&mut i.mac, "mac")?,
+                "gateway" => once(&mut i.gateway, "gateway")?,
+                "address" | "addr" => i.addresses.push(v),
+                "dns" => i.dns.push(v),
+                other => return Err(format!("unknown key {other:?} (keys: role, name, mac, address, gateway, dns)")),
+            }
+        }
+        if i.role.is_empty() {
+            return Err(format!("{spec:?}: role= is required (private, public, or a network name)"));
+        }
+        i.to_interface().map_err(|e| e.to_string())?;
+        Ok(i)
+    }
+
     /// The wire form of a rewriter interface.
     pub fn from_interface(i: &crate::netcfg::Interface) -> NetInterface {
         use crate::netcfg::Role as NetRole;
@@ -1021,6 +1057,32 @@ pub struct Discovered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_specs_parse_or_say_why() {
+        let i = NetInterface::parse_spec(
+            "role=private, name=ens3,mac=52:54:00:00:01:01,address=10.0.0.2/24,address=fd00::2/64,gateway=10.0.0.254,dns=10.0.0.254",
+        )
+        .unwrap();
+        assert_eq!(i.name.as_deref(), Some("ens3"));
+        assert_eq!(i.addresses, ["10.0.0.2/24", "fd00::2/64"]);
+        assert_eq!(i.to_interface().unwrap().role, crate::netcfg::Role::Private);
+        let back = NetInterface::from_interface(&i.to_interface().unwrap());
+        assert_eq!(back, i);
+        for (bad, why) in [
+            ("name=ens3", "role= is required"),
+            ("role=private,colour=red", "unknown key"),
+            ("role=private,mac", "KEY=VALUE"),
+            ("role=private,name=a,name=b", "twice"),
+            ("role=private,address=10.0.0.2", "address with prefix"),
+            ("role=private,mac=52:54", "MAC"),
+            ("role=Private", "network role"),
+            ("role=private,gateway=x", "gateway"),
+        ] {
+            let e = NetInterface::parse_spec(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn closed_sets_round_trip_and_explain() {

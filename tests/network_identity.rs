@@ -1,0 +1,190 @@
+//! A node's network identity through the real binary, in a namespace lab: the primary runs
+//! `serve` with DHCP on its private LAN and `[failover]` with a VIP on its public LAN; a
+//! neighbour on the private LAN holds an address (it answers ARP). A standby's identity is
+//! proposed from the primary's (the neighbour's address skipped), clashing addresses are
+//! refused with the reason, and the deployment's agent gets its network plan, with the
+//! standby's failover configuration and key, only with that deployment's token.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
+
+mod common;
+
+use common::netns::{Netns, ns_cmd, ns_sh};
+use common::*;
+use serde_json::Value;
+use std::process::Output;
+
+struct Lab {
+    _net: Netns,
+    ns: String,
+    s: u8,
+    sb: Sandbox,
+    srv: Server,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let mut net = Netns::new("nid");
+        let s = net.subnet;
+        let ns = net.add("primary");
+        let nb = net.add("neighbour");
+        let cl = net.add("client");
+        net.veth(&ns, "ens3", &nb, "eth0");
+        net.veth(&ns, "ens4", &cl, "eth0");
+        net.addr(&ns, "ens3", &format!("10.{s}.1.1/24"));
+        net.addr(&ns, "ens4", &format!("10.{s}.2.1/24"));
+        net.addr(&nb, "eth0", &format!("10.{s}.1.2/24"));
+        net.addr(&cl, "eth0", &format!("10.{s}.2.2/24"));
+        ns_sh(&ns, &format!("ip route add default via 10.{s}.2.254 dev ens4 onlink"));
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.data()).unwrap();
+        sb.ok(&["failover", "keygen", sb.data().join("failover.key").to_str().unwrap()]);
+        let cfg = sb.path("serve.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {data:?}\n[http]\nlisten = \"127.0.0.1:0\"\n\
+                 [dhcp]\ninterface = \"ens3\"\nserver_ip = \"10.{s}.1.1\"\nsubnet = \"10.{s}.1.0/24\"\n\
+                 range = \"10.{s}.1.100-10.{s}.1.150\"\n\
+                 [failover]\nnode = \"head-a\"\nrole = \"primary\"\n\
+                 # the standby's addresses, as the admin planned them\n\
+                 [[failover.channel]]\nname = \"private\"\nlocal = \"10.{s}.1.1\"\npeer = \"10.{s}.1.3\"\n\
+                 [[failover.channel]]\nname = \"public\"\nlocal = \"10.{s}.2.1\"\npeer = \"10.{s}.2.3\"\n\
+                 [[failover.vip]]\naddress = \"10.{s}.2.100/24\"\ninterface = \"ens4\"\n",
+                data = sb.data().to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let mut cmd = ns_cmd(&ns, bin());
+        cmd.args(["serve", "--config", cfg.to_str().unwrap()]);
+        let srv = Server::start_cmd(&sb, &mut cmd);
+        Lab { _net: net, ns, s, sb, srv }
+    }
+
+    /// The CLI against the server, run inside the primary's namespace.
+    fn cli(&self, args: &[&str]) -> Output {
+        ns_cmd(&self.ns, bin())
+            .args([
+                "--data-dir",
+                self.sb.data().to_str().unwrap(),
+                "--server",
+                &self.srv.url,
+                "--token",
+                &self.srv.token,
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Refused with `code`; returns stderr.
+    fn refused(&self, args: &[&str], code: i32) -> String {
+        let o = self.cli(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        err
+    }
+
+    fn curl(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        self.srv.curl_in(Some(&self.ns), method, path, token, None)
+    }
+}
+
+#[test]
+fn identities_are_proposed_checked_and_planned_for_the_agent() {
+    let lab = Lab::new();
+    let s = lab.s;
+    let src = lab.sb.path("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/hostname"), "head-a\n").unwrap();
+    lab.sb.ok(&["capture", "--name", "head-a", src.to_str().unwrap()]);
+
+    // Proposed from the primary: the same two networks, the next free address on each (the
+    // neighbour answers ARP for .2 on the private LAN, the client holds .2 on the public).
+    lab.ok(&["nodes", "add", "standby", "--mac", "52:54:00:00:01:01", "--image", "head-a", "--from-primary"]);
+    let net: Value = serde_json::from_str(&lab.ok(&["nodes", "network", "standby", "--json"])).unwrap();
+    let ifs = net["interfaces"].as_array().unwrap();
+    assert_eq!(ifs.len(), 2, "{net}");
+    let private = ifs.iter().find(|i| i["role"] == "private").unwrap();
+    let public = ifs.iter().find(|i| i["role"] == "public").unwrap();
+    assert_eq!(private["name"], "ens3");
+    assert_eq!(private["addresses"], serde_json::json!([format!("10.{s}.1.3/24")]), "{net}");
+    assert_eq!(private["mac"], "52:54:00:00:01:01", "the MAC it network-boots with is the private one");
+    assert_eq!(public["addresses"], serde_json::json!([format!("10.{s}.2.3/24")]), "{net}");
+    assert_eq!(public["gateway"], format!("10.{s}.2.254"));
+    let shown = lab.ok(&["nodes", "network", "standby"]);
+    assert!(shown.contains(&format!("10.{s}.1.3/24")) && shown.contains("public"), "{shown}");
+
+    // Clashes are refused with the reason; the node is not left half-made.
+    let add = |addr: String| {
+        let spec = format!("role=private,name=ens3,address={addr}");
+        lab.refused(&["nodes", "add", "other", "--interface", &spec], 4)
+    };
+    assert!(add(format!("10.{s}.1.1/24")).contains("primary's own address"));
+    assert!(add(format!("10.{s}.1.2/24")).contains("in use on the LAN"));
+    assert!(add(format!("10.{s}.1.120/24")).contains("DHCP pool"));
+    assert!(add(format!("10.{s}.1.3/24")).contains("belongs to node standby"));
+    let vip =
+        lab.refused(&["nodes", "add", "other", "--interface", &format!("role=public,address=10.{s}.2.100/24")], 4);
+    assert!(vip.contains("VIP"), "{vip}");
+    let bad = lab.refused(&["nodes", "add", "other", "--interface", "role=private,address=10.0.0.1"], 2);
+    assert!(bad.contains("address with prefix"), "{bad}");
+    assert!(lab.refused(&["nodes", "show", "other"], 3).contains("no node other"));
+    // A free address by hand is kept; without probing nothing is sent, the rest still checked.
+    lab.ok(&[
+        "nodes",
+        "add",
+        "other",
+        "--image",
+        "head-a",
+        "--interface",
+        &format!("role=private,name=ens3,address=10.{s}.1.9/24"),
+    ]);
+    lab.refused(
+        &["nodes", "network", "other", "--no-probe", "--set", &format!("role=private,address=10.{s}.1.3/24")],
+        4,
+    );
+    let ev = lab.ok(&["events", "--kind", "node.network"]);
+    assert!(ev.contains(&format!("node standby network: private 10.{s}.1.3/24")), "{ev}");
+
+    // The agent's network plan: only that deployment's token (or the admin) reads it.
+    let created: Value =
+        serde_json::from_str(&lab.ok(&["deployments", "create", "--node", "standby", "--json"])).unwrap();
+    let id = created["deployment"]["id"].as_i64().unwrap();
+    let token = created["token"].as_str().unwrap();
+    let other: Value = serde_json::from_str(&lab.ok(&["deployments", "create", "--node", "other", "--json"])).unwrap();
+    let path = format!("/api/v1/deployments/{id}/network");
+    assert_eq!(lab.curl("GET", &path, None).0, 401);
+    assert_eq!(lab.curl("GET", &path, Some(other["token"].as_str().unwrap())).0, 403);
+    let (code, body) = lab.curl("GET", &path, Some(token));
+    assert_eq!(code, 200, "{body}");
+    let plan: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(plan["vips"], serde_json::json!([format!("10.{s}.2.100")]));
+    let primary = plan["primary"].as_array().unwrap();
+    assert!(
+        primary.iter().any(|i| i["name"] == "ens4"
+            && i["role"] == "public"
+            && i["addresses"] == serde_json::json!([format!("10.{s}.2.1/24")])),
+        "the primary's public interface without its VIP: {plan}"
+    );
+    assert!(primary.iter().any(|i| i["name"] == "ens3" && i["role"] == "private"), "{plan}");
+    assert_eq!(plan["standby"].as_array().unwrap().len(), 2);
+    let f = &plan["failover"];
+    assert_eq!(f["config_path"], "/etc/understudy/understudy.toml");
+    let key = std::fs::read_to_string(lab.sb.data().join("failover.key")).unwrap();
+    assert_eq!(f["key"].as_str().unwrap(), key, "the standby gets the pair's key");
+    let cfg: toml::Value = toml::from_str(f["config"].as_str().unwrap()).unwrap();
+    let fo = &cfg["failover"];
+    assert_eq!(fo["role"].as_str(), Some("standby"));
+    assert_eq!(fo["node"].as_str(), Some("standby"));
+    let ch = fo["channel"].as_array().unwrap();
+    assert_eq!(ch[0]["local"].as_str(), Some(format!("10.{s}.1.3").as_str()));
+    assert_eq!(ch[0]["peer"].as_str(), Some(format!("10.{s}.1.1").as_str()));
+    assert_eq!(ch[1]["local"].as_str(), Some(format!("10.{s}.2.3").as_str()));
+    assert!(cfg.get("dhcp").is_none() && cfg.get("http").is_none(), "the standby runs only [failover]: {cfg}");
+}
