@@ -3,7 +3,12 @@
 //! channels with a VIP on its public NIC) is captured as an image that looks like the real
 //! primary's disk (understudy installed, its configuration, its systemd-networkd files
 //! matching its NICs by MAC); a two-NIC standby VM is deployed from it by network boot
-//! through the admin's CLI and boots from its own disk.
+//! through the admin's CLI (`nodes add` with the standby's network identity), boots from
+//! its own disk with its own addresses (the agent rewrote the networkd files and wrote the
+//! standby's failover configuration and key, and enabled the unit), and its understudy
+//! joins: the primary's `failover status` shows the peer up on both channels. Then the
+//! primary is crashed (links down, SIGKILL) and the client reaches the VIP at the VM's
+//! public MAC. Each phase's time is printed.
 //!
 //! Lab (every link inside namespaces this test creates):
 //! - `sw`: the switch, two bridges that nothing routes between: `brpriv`, the cluster's
@@ -85,9 +90,13 @@ impl Lab {
         ns_out(ns, &["cat", &format!("/sys/class/net/{ifc}/address")]).trim().to_string()
     }
 
-    /// Ping the VIP from the client once; the MAC its neighbour table then holds for it.
+    /// Ping the VIP from the client once; when it answered, the MAC the client's
+    /// neighbour table holds for it.
     fn client_sees_vip_at(&self) -> Option<String> {
-        let _ = ns_cmd(&self.c, "ping").args(["-c1", "-W1", &self.vip()]).output();
+        let ping = ns_cmd(&self.c, "ping").args(["-c1", "-W1", &self.vip()]).output().ok()?;
+        if !ping.status.success() {
+            return None;
+        }
         let v: serde_json::Value =
             serde_json::from_str(&ns_out(&self.c, &["ip", "-j", "neigh", "show", &self.vip()])).ok()?;
         v.as_array()?.iter().find_map(|e| e["lladdr"].as_str().map(String::from))
@@ -150,9 +159,10 @@ fn primary_config(lab: &Lab) -> String {
 }
 
 /// A oneshot unit's script that reports the booted system's links and IPv4 addresses on
-/// the console once systemd-networkd is done with every Ethernet link (configured, or
-/// unmanaged when no .network file matches it; at most 60 s), and whether the installed
-/// understudy runs.
+/// the console once systemd-networkd is done with every Ethernet link (an IPv4 address
+/// set, or unmanaged when no .network file matches it; at most 60 s), and whether the
+/// installed understudy runs. It runs before the serial getty, whose hangup of the
+/// console would cut it off.
 const NET_REPORT: &str = r#"#!/bin/sh
 n=0
 while [ $n -lt 60 ]; do
@@ -160,7 +170,10 @@ while [ $n -lt 60 ]; do
     for d in /sys/class/net/*; do
         [ -e "$d/device" ] && [ "$(cat "$d/type")" = 1 ] || continue
         st=$(sed -n 's/^ADMIN_STATE=//p' "/run/systemd/netif/links/$(cat "$d/ifindex")" 2>/dev/null)
-        case "$st" in configured|unmanaged|failed|linger) ;; *) pending=1 ;; esac
+        case "$st" in
+            configured|unmanaged|failed|linger) ;;
+            *) ip -4 -o addr show dev "${d##*/}" scope global | grep -q inet || pending=1 ;;
+        esac
     done
     [ $pending = 0 ] && break
     n=$((n + 1))
@@ -174,6 +187,7 @@ for d in /sys/class/net/*; do
     echo "understudy-net: link $i $(cat "$d/address") networkd=${st:-none} addr=$(ip -4 -o addr show dev "$i" scope global | awk '{printf "%s,", $4}')"
 done
 echo "understudy-net: $(/usr/local/bin/understudy --version 2>&1 | head -n1)"
+echo "understudy-net: units $(systemctl is-active systemd-networkd-wait-online.service understudy.service | tr '\n' ' ')"
 echo "understudy-net: end"
 "#;
 
@@ -220,7 +234,7 @@ fn primary_root(sb: &Sandbox, lab: &Lab, config: &str) -> PathBuf {
     w(
         "/etc/systemd/system/understudy-net-report.service",
         "[Unit]\nDescription=Report this system's links and addresses on the console (understudy tests)\n\
-         After=systemd-networkd.service\n[Service]\nType=oneshot\nStandardOutput=tty\nTTYPath=/dev/ttyS0\n\
+         After=systemd-networkd.service\nBefore=serial-getty@ttyS0.service\n[Service]\nType=oneshot\nStandardOutput=tty\nTTYPath=/dev/ttyS0\n\
          ExecStart=/usr/local/sbin/understudy-net-report\n[Install]\nWantedBy=multi-user.target\n",
         0o644,
     );
@@ -284,10 +298,11 @@ fn links(report: &str) -> Vec<(String, String, String, Vec<String>)> {
         .collect()
 }
 
-/// The admin's story on the primary, from capture to a standby booted from its own disk,
-/// and what the network saw of it.
+/// The admin's story on the primary, from capture to a standby booted from its own disk
+/// with its own addresses and joined on both channels, what the network saw of it, and
+/// the standby taking the VIP when the primary dies.
 #[test]
-fn standby_deployed_by_network_boot_comes_up_on_its_own_disk_without_the_primarys_addresses() {
+fn standby_deployed_by_network_boot_joins_on_both_channels_and_takes_over_the_vip() {
     let t0 = Instant::now();
     let sb = Sandbox::new();
     let lab = Lab::new();
@@ -299,13 +314,13 @@ fn standby_deployed_by_network_boot_comes_up_on_its_own_disk_without_the_primary
     let k = kernel_in(&root, Some(debian_kernel().busybox), "`make standby-root`");
     sb.ok(&build_args(&k, &sb.data().join("boot")));
     std::fs::remove_dir_all(&root).unwrap();
+    let key = sb.data().join("failover.key");
+    sb.ok(&["failover", "keygen", key.to_str().unwrap()]);
     let pxe = sb.data().join("pxe");
     std::fs::create_dir_all(&pxe).unwrap();
     for f in ["undionly.kpxe", "ipxe.efi", "snponly.efi"] {
         std::fs::copy(Path::new("/usr/lib/ipxe").join(f), pxe.join(f)).expect("iPXE binaries (package ipxe)");
     }
-    let key = sb.data().join("failover.key");
-    sb.ok(&["failover", "keygen", key.to_str().unwrap()]);
     let prep = t0.elapsed();
 
     // The primary runs the service as its unit would.
@@ -333,7 +348,30 @@ fn standby_deployed_by_network_boot_comes_up_on_its_own_disk_without_the_primary
     lab.watch_vm_frames();
 
     // The admin's step: the standby, by its private MAC, to get the image.
-    srv.ok(&sb, &["nodes", "add", NODE, "--mac", MAC_PRIV, "--ip", &format!("10.{}.0.50", lab.n), "--image", "head-a"]);
+    let (ifc_priv, ifc_pub) = (
+        format!("role=private,name=ens3,mac={MAC_PRIV},address={}/24", lab.standby(0)),
+        format!("role=public,name=ens4,mac={MAC_PUB},address={}/24", lab.standby(1)),
+    );
+    let boot_ip = format!("10.{}.0.50", lab.n);
+    let added = srv.ok(
+        &sb,
+        &[
+            "nodes",
+            "add",
+            NODE,
+            "--mac",
+            MAC_PRIV,
+            "--ip",
+            &boot_ip,
+            "--image",
+            "head-a",
+            "--interface",
+            &ifc_priv,
+            "--interface",
+            &ifc_pub,
+        ],
+    );
+    eprintln!("{added}");
     let disk = sb.path("disk.img");
     std::fs::File::create(&disk).unwrap().set_len(4 << 30).unwrap();
     let limit = Duration::from_secs(600);
@@ -374,6 +412,38 @@ fn standby_deployed_by_network_boot_comes_up_on_its_own_disk_without_the_primary
         }
     }
 
+    // Its own addresses, on the NICs they belong to, and on the wire.
+    let addrs: Vec<(&str, Vec<String>)> = links.iter().map(|(n, _, _, a)| (n.as_str(), a.clone())).collect();
+    assert_eq!(
+        addrs,
+        [("ens3", vec![format!("{}/24", lab.standby(0))]), ("ens4", vec![format!("{}/24", lab.standby(1))])],
+        "{report}"
+    );
+
+    // The standby's understudy joins by itself: the primary hears it on both channels.
+    let t2 = Instant::now();
+    let joined = |st: &serde_json::Value| {
+        st["peer"] == NODE
+            && st["channels"].as_array().is_some_and(|c| c.len() == 2 && c.iter().all(|c| c["up"] == true))
+    };
+    loop {
+        let st = status();
+        if joined(&st) {
+            break;
+        }
+        assert!(
+            t2.elapsed() < Duration::from_secs(120),
+            "the standby never joined on both channels: {st}\nconsole:\n{}",
+            vm.console()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let join = t2.elapsed();
+    let st = status();
+    let names: Vec<&str> = st["channels"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["private", "public"], "{st}");
+    assert!(lab.counted("own") > 0, "the standby's own addresses were never seen on the wire");
+
     // What the primary saw of the VM: its frames, none claiming the primary's addresses.
     assert!(lab.counted("seen") > 0, "the counters never saw the VM");
     assert_eq!(lab.counted("claims"), 0, "the VM used an address of the primary or the VIP");
@@ -388,12 +458,33 @@ fn standby_deployed_by_network_boot_comes_up_on_its_own_disk_without_the_primary
     // The primary still holds the VIP alone.
     assert_eq!(lab.client_sees_vip_at().as_deref(), Some(primary_pub_mac.as_str()));
     assert_eq!(status()["holding"], true);
+
+    // The primary dies: links dark, the service killed. The client reaches the VIP at the
+    // standby's public NIC (its gratuitous ARP corrects the client's cache).
+    let NsServer { srv: mut primary, .. } = srv;
+    sh(&format!("ip -n {0} link set ens3 down && ip -n {0} link set ens4 down", lab.p));
+    let _ = primary.child.kill();
+    let _ = primary.child.wait();
+    let t3 = Instant::now();
+    while lab.client_sees_vip_at().as_deref() != Some(MAC_PUB) {
+        assert!(
+            t3.elapsed() < Duration::from_secs(60),
+            "the client does not reach the VIP at the standby ({:?}); console:\n{}",
+            lab.client_sees_vip_at(),
+            vm.console()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let takeover = t3.elapsed();
     eprintln!(
-        "standby join: capture + pxe build {:.0}s; power-on to deployed {:.0}s; deployed to booted disk's report {:.0}s",
+        "standby join: capture + pxe build {:.0}s; deploy (power-on to deployed) {:.0}s; boot (to the booted \
+         disk's network report) {:.0}s; join (peer up on both channels) {:.1}s; takeover (crash to the client \
+         reaching the VIP at the standby) {:.1}s",
         prep.as_secs_f64(),
         deploy.as_secs_f64(),
-        boot.as_secs_f64()
+        boot.as_secs_f64(),
+        join.as_secs_f64(),
+        takeover.as_secs_f64()
     );
     drop(vm);
-    drop(srv);
 }
