@@ -191,13 +191,41 @@ echo "understudy-net: units $(systemctl is-active systemd-networkd-wait-online.s
 echo "understudy-net: end"
 "#;
 
+/// A writable view of a directory tree that leaves it untouched (overlayfs: the changes
+/// go to `upper` beside it), so the cached root is not copied; unmounted on drop.
+struct Overlay {
+    merged: PathBuf,
+}
+
+impl Overlay {
+    fn new(lower: &Path, dir: &Path) -> Overlay {
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        let o = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged).output().unwrap();
+        assert!(o.status.success(), "mount overlay: {}", String::from_utf8_lossy(&o.stderr));
+        Overlay { merged }
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let ok = Command::new("umount").arg(&self.merged).status().is_ok_and(|s| s.success());
+        if !ok {
+            // Busy (a tool still inside it): detach now, gone once it lets go.
+            let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+        }
+    }
+}
+
 /// The primary's disk as a directory: the cached Debian root with understudy installed as
 /// `make install` would (binary, unit not enabled, the primary's configuration) and the
 /// primary's network configuration as systemd-networkd files matching its NICs by MAC.
-fn primary_root(sb: &Sandbox, lab: &Lab, config: &str) -> PathBuf {
-    let root = sb.path("primary-root");
-    let o = Command::new("cp").arg("-a").arg(standby_root()).arg(&root).output().unwrap();
-    assert!(o.status.success(), "cp -a: {}", String::from_utf8_lossy(&o.stderr));
+fn primary_root(sb: &Sandbox, lab: &Lab, config: &str) -> Overlay {
+    let ov = Overlay::new(&standby_root(), &sb.path("primary"));
+    let root = ov.merged.clone();
     let w = |p: &str, text: &str, mode: u32| {
         let f = root.join(p.trim_start_matches('/'));
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
@@ -243,7 +271,7 @@ fn primary_root(sb: &Sandbox, lab: &Lab, config: &str) -> PathBuf {
         root.join("etc/systemd/system/multi-user.target.wants/understudy-net-report.service"),
     )
     .unwrap();
-    root
+    ov
 }
 
 /// The standby VM: BIOS (SeaBIOS, the private NIC's iPXE ROM first), the private NIC at
@@ -309,11 +337,12 @@ fn standby_deployed_by_network_boot_joins_on_both_channels_and_takes_over_the_vi
     let config = primary_config(&lab);
 
     // The primary's disk, captured; the boot environment from its own kernel.
-    let root = primary_root(&sb, &lab, &config);
+    let primary = primary_root(&sb, &lab, &config);
+    let root = primary.merged.clone();
     sb.ok(&["capture", "--name", "head-a", root.to_str().unwrap()]);
     let k = kernel_in(&root, Some(debian_kernel().busybox), "`make standby-root`");
     sb.ok(&build_args(&k, &sb.data().join("boot")));
-    std::fs::remove_dir_all(&root).unwrap();
+    drop(primary);
     let key = sb.data().join("failover.key");
     sb.ok(&["failover", "keygen", key.to_str().unwrap()]);
     let pxe = sb.data().join("pxe");
