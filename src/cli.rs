@@ -1306,7 +1306,7 @@ async fn standby_steps(
             rep.step("mac", S::Running, &format!("MAC collection open: network-boot {name} now (PXE)"), None);
             let mut shown = std::collections::HashSet::new();
             let found = loop {
-                let seen: Vec<Discovered> = api.all("/api/v1/discovered").await?;
+                let seen: Vec<Discovered> = api.get("/api/v1/discovered").await?;
                 for d in seen.iter().filter(|d| d.last_seen >= since && shown.insert(d.mac.clone())) {
                     let owner = d.assigned_to.as_deref().map(|o| format!(" (node {o})")).unwrap_or_default();
                     rep.note("mac", &format!("seen {} on {} ({}){owner}", d.mac, d.interface, d.vendor_class));
