@@ -236,6 +236,9 @@ fn an_unparsable_network_configuration_is_refused_unless_forced() {
     let (ok, out) = deploy();
     assert!(ok, "forced deploy failed: {out}");
     assert!(out.contains("forced") && out.contains("01-primary.yaml"), "{out}");
+    // This image carries no understudy: its failover configuration is written, and a note
+    // says nothing will run it (no unit enabled).
+    assert!(out.contains("the image has no understudy binary or unit"), "{out}");
     let node: Value = serde_json::from_str(&lab.ok(&["nodes", "show", "standby", "--json"])).unwrap();
     assert_eq!(node["state"], "deployed");
 }
