@@ -1019,7 +1019,9 @@ async fn nodes_cmd(api: &Api, cmd: NodesCmd) -> anyhow::Result<i32> {
             if let Some(net) = net {
                 // The node and its identity go together: a refused identity takes the new
                 // node away again, so the command can simply be run again.
-                let set: anyhow::Result<NodeNetwork> = api.call(Method::PUT, &path, Some(&net)).await;
+                // A proposal was probed a moment ago: no second round of ARP.
+                let put = if from_primary { format!("{path}?probe=false") } else { path.clone() };
+                let set: anyhow::Result<NodeNetwork> = api.call(Method::PUT, &put, Some(&net)).await;
                 if let Err(e) = set {
                     let _ = api
                         .call::<(), serde_json::Value>(
@@ -1306,7 +1308,7 @@ async fn standby_steps(
             rep.step("mac", S::Running, &format!("MAC collection open: network-boot {name} now (PXE)"), None);
             let mut shown = std::collections::HashSet::new();
             let found = loop {
-                let seen: Vec<Discovered> = api.all("/api/v1/discovered").await?;
+                let seen: Vec<Discovered> = api.get("/api/v1/discovered").await?;
                 for d in seen.iter().filter(|d| d.last_seen >= since && shown.insert(d.mac.clone())) {
                     let owner = d.assigned_to.as_deref().map(|o| format!(" (node {o})")).unwrap_or_default();
                     rep.note("mac", &format!("seen {} on {} ({}){owner}", d.mac, d.interface, d.vendor_class));
@@ -1372,7 +1374,9 @@ async fn standby_steps(
                 "stopped before setting the network; set it with `understudy nodes network {name} --set …` and run again"
             );
         }
-        let set: NodeNetwork = api.call(Method::PUT, &net_path, Some(&next)).await?;
+        // A proposal set at once was probed a moment ago; after a question, probe again.
+        let put = if a.interfaces.is_empty() && a.yes { format!("{net_path}?probe=false") } else { net_path.clone() };
+        let set: NodeNetwork = api.call(Method::PUT, &put, Some(&next)).await?;
         rep.step("network", S::Done, &network_line(&set), Some(t.elapsed()));
     }
 

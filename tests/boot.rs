@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::disk::{Loop, Mount};
 use common::*;
 use std::process::Command;
 
@@ -181,40 +182,6 @@ fn scripts_follow_the_node_state_and_tokens_guard_the_boot_files() {
     assert_eq!(srv.curl("GET", &format!("{url}?attempt=x"), None, None).0, 400);
 }
 
-/// Loop device with partition scanning, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn new(file: &std::path::Path, size: u64) -> Loop {
-        let f = std::fs::File::create(file).unwrap();
-        f.set_len(size).unwrap();
-        let o = Command::new("losetup").args(["-f", "--show", "-P", file.to_str().unwrap()]).output().unwrap();
-        assert!(o.status.success(), "losetup: {}", String::from_utf8_lossy(&o.stderr));
-        Loop(String::from_utf8_lossy(&o.stdout).trim().to_string())
-    }
-}
-
-impl Loop {
-    /// Partition `n` (1-based) of this disk through its own loop device: works whether or
-    /// not the kernel scans partition tables (this machine's does not).
-    fn part(&self, table: &serde_json::Value, n: usize) -> Loop {
-        let p = &table["partitiontable"]["partitions"][n - 1];
-        let (start, size) = (p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512);
-        let o = Command::new("losetup")
-            .args(["-f", "--show", "-o", &start.to_string(), "--sizelimit", &size.to_string(), &self.0])
-            .output()
-            .unwrap();
-        assert!(o.status.success());
-        Loop(String::from_utf8_lossy(&o.stdout).trim().to_string())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
 #[test]
 fn agent_installs_on_a_loop_disk_with_the_nodes_own_identity() {
     let sb = Sandbox::new();
@@ -258,15 +225,7 @@ fn agent_installs_on_a_loop_disk_with_the_nodes_own_identity() {
     assert!(!mnt.join("etc").exists(), "the agent left the target mounted");
 
     // The tree: the image, except for the node's identity.
-    std::fs::create_dir_all(&mnt).unwrap();
-    assert!(Command::new("mount").args([&rootp.0, mnt.to_str().unwrap()]).status().unwrap().success());
-    struct Umount(std::path::PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _m = Umount(mnt.clone());
+    let _m = Mount::new(&rootp.0, &mnt);
     let diff = rsync_diff(&src, &mnt, &["--exclude=/etc/", "--exclude=/boot/", "--exclude=/lost+found/"]);
     assert_eq!(diff, "", "deployed tree differs");
     let fstab = std::fs::read_to_string(mnt.join("etc/fstab")).unwrap();

@@ -188,3 +188,57 @@ fn identities_are_proposed_checked_and_planned_for_the_agent() {
     assert_eq!(ch[1]["local"].as_str(), Some(format!("10.{s}.2.3").as_str()));
     assert!(cfg.get("dhcp").is_none() && cfg.get("http").is_none(), "the standby runs only [failover]: {cfg}");
 }
+
+/// An image whose network configuration cannot be parsed: the agent refuses it, naming the
+/// file and what to do; forced (`nodes redeploy --force-network`), it deploys and reports
+/// what it left alone.
+#[test]
+fn an_unparsable_network_configuration_is_refused_unless_forced() {
+    let lab = Lab::new();
+    let s = lab.s;
+    let src = lab.sb.path("src");
+    std::fs::create_dir_all(src.join("etc/netplan")).unwrap();
+    std::fs::write(src.join("etc/hostname"), "head-a\n").unwrap();
+    std::fs::write(
+        src.join("etc/netplan/01-primary.yaml"),
+        format!("network:\n  ethernets:\n    ens3: {{addresses: [10.{s}.1.1/24\n"),
+    )
+    .unwrap();
+    lab.sb.ok(&["capture", "--name", "head-a", src.to_str().unwrap()]);
+    let boot = lab.sb.data().join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::write(boot.join("vmlinuz"), noise(200_000, 1)).unwrap();
+    std::fs::write(boot.join("initramfs.img"), noise(300_000, 2)).unwrap();
+    let mac = "52:54:00:00:01:01";
+    lab.ok(&["nodes", "add", "standby", "--mac", mac, "--ip", "127.0.0.1", "--image", "head-a", "--from-primary"]);
+    let disk = common::disk::Loop::new(&lab.sb.path("disk.img"), 3 << 30);
+    let deploy = || {
+        let (code, script) = lab.curl("GET", &format!("/boot/{mac}.ipxe"), None);
+        assert_eq!(code, 200, "{script}");
+        let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap_or_else(|| panic!("{script}"));
+        let cmdline = kernel.split_once(' ').unwrap().1.split(" || ").next().unwrap().to_string();
+        let file = lab.sb.path("cmdline");
+        std::fs::write(&file, format!("{cmdline} understudy.bootloader=none\n")).unwrap();
+        let o = ns_cmd(&lab.ns, bin())
+            .args(["agent", "--cmdline", file.to_str().unwrap(), "--disk", &disk.0, "--no-reboot"])
+            .args(["--mount-dir", lab.sb.path("target").to_str().unwrap()])
+            .output()
+            .unwrap();
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    let (ok, out) = deploy();
+    assert!(!ok, "{out}");
+    assert!(out.contains("/etc/netplan/01-primary.yaml") && out.contains("--force"), "{out}");
+    let node: Value = serde_json::from_str(&lab.ok(&["nodes", "show", "standby", "--json"])).unwrap();
+    assert_eq!(node["state"], "failed");
+    lab.ok(&["nodes", "redeploy", "standby", "--force-network"]);
+    assert!(lab.ok(&["nodes", "network", "standby"]).contains("force:"));
+    let (ok, out) = deploy();
+    assert!(ok, "forced deploy failed: {out}");
+    assert!(out.contains("forced") && out.contains("01-primary.yaml"), "{out}");
+    // This image carries no understudy: its failover configuration is written, and a note
+    // says nothing will run it (no unit enabled).
+    assert!(out.contains("the image has no understudy binary or unit"), "{out}");
+    let node: Value = serde_json::from_str(&lab.ok(&["nodes", "show", "standby", "--json"])).unwrap();
+    assert_eq!(node["state"], "deployed");
+}

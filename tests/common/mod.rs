@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 #![allow(dead_code)]
 
+pub mod disk;
 pub mod netns;
 pub mod qemu;
 
