@@ -17,7 +17,7 @@ TEST_PKGS  += mdadm lvm2 btrfs-progs efibootmgr
 TEST_PKGS  += debootstrap man-db systemd
 BENCH_PKGS := $(TEST_PKGS) debootstrap casync kea-admin kea-dhcp4-server dnsmasq-base jq time tftpd-hpa keepalived
 
-.PHONY: all build run test bench deps bench-deps fmt lint clean fuzz-api fuzz pxe-binaries pxe-kernel standby-root install deb
+.PHONY: all build run test bench demo deps bench-deps fmt lint clean fuzz-api fuzz pxe-binaries pxe-kernel standby-root install deb
 
 # iPXE binaries served over TFTP/HTTP, from Debian's ipxe package (gitignored in pxe/).
 PXE_BINARIES := pxe/undionly.kpxe pxe/ipxe.efi pxe/snponly.efi
@@ -73,6 +73,15 @@ bench-deps:
 test: deps pxe-kernel standby-root pxe-binaries
 	UNDERSTUDY_TEST_KERNEL=$(PXE_KERNEL)/root UNDERSTUDY_TEST_STANDBY_ROOT=$(STANDBY_ROOT)/root \
 		$(CARGO) test --locked --no-fail-fast -- --test-threads=4
+
+# The showcase: a namespace lab with a primary (a capture of a small Debian with understudy
+# installed), `understudy standby add` against a QEMU VM that network-boots, each step's
+# state and time, the pair's failover status, then the primary crashed and the VIP
+# answering from the standby. About 4 minutes under TCG (the test build is shared with
+# `make test`).
+demo: deps pxe-kernel standby-root pxe-binaries
+	UNDERSTUDY_DEMO=1 UNDERSTUDY_TEST_KERNEL=$(PXE_KERNEL)/root UNDERSTUDY_TEST_STANDBY_ROOT=$(STANDBY_ROOT)/root \
+		$(CARGO) test --locked --test standby_join -- --nocapture --test-threads=1
 
 bench: bench-deps build pxe-kernel standby-root
 	UNDERSTUDY_BIN=$(BIN) ./benches/store.sh

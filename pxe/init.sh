@@ -16,10 +16,11 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 exec </dev/console >/dev/console 2>&1
 say "starting on $(uname -r)"
 
-SERVER= SHELL_WANTED=0 POWEROFF=0 DHCP_TRIES=20
+SERVER= SHELL_WANTED=0 POWEROFF=0 DHCP_TRIES=20 BOOT_MAC=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         understudy.server=*) SERVER=${arg#*=} ;;
+        understudy.mac=*) BOOT_MAC=${arg#*=} ;;
         understudy.shell=1) SHELL_WANTED=1 ;;
         understudy.poweroff=1) POWEROFF=1 ;;
         understudy.dhcp_tries=*) DHCP_TRIES=${arg#*=} ;;
@@ -44,14 +45,23 @@ sleep 1
 # Network: DHCP on every Ethernet interface at once (a NIC without a cable must not
 # hold up the one with the server behind it). udhcpc stays in the foreground until it
 # has a lease (or gives up, -n), then forks a daemon that renews it during the deploy.
+# When the server said which NIC this machine booted from (understudy.mac), only that
+# one is waited for: the others (a public LAN without DHCP) come up in the background.
+BOOT_PID=
 for dev in /sys/class/net/*; do
     i=${dev##*/}
     [ "$(cat "$dev/type" 2>/dev/null)" = 1 ] || continue
     ip link set "$i" up
-    say "DHCP on $i ($(cat "$dev/address"))"
+    mac=$(cat "$dev/address")
+    say "DHCP on $i ($mac)"
     udhcpc -i "$i" -s /etc/udhcpc.script -t "$DHCP_TRIES" -T 2 -n >/dev/null 2>&1 || say "no DHCP answer on $i" &
+    [ -n "$BOOT_MAC" ] && [ "$mac" = "$BOOT_MAC" ] && BOOT_PID=$!
 done
-wait
+if [ -n "$BOOT_PID" ]; then
+    wait "$BOOT_PID"
+else
+    wait
+fi
 ip -4 -o addr show 2>/dev/null | while read -r _ i _ a _; do say "address $a on $i"; done
 
 say "$(/bin/understudy --version 2>&1 || echo '/bin/understudy does not run')"

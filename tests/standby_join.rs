@@ -149,7 +149,7 @@ fn primary_config(lab: &Lab) -> String {
          [dhcp]\ninterface = \"ens3\"\nserver_ip = \"10.{n}.0.1\"\nsubnet = \"10.{n}.0.0/24\"\n\
          range = \"10.{n}.0.100-10.{n}.0.150\"\n\
          [tftp]\nlisten = \"10.{n}.0.1:69\"\n\
-         [boot]\ncmdline = \"console=ttyS0,115200 understudy.dhcp_tries=5\"\nretry_interval = \"2s\"\n\
+         [boot]\ncmdline = \"console=ttyS0,115200\"\nretry_interval = \"2s\"\n\
          [failover]\nnode = \"head-a\"\nrole = \"primary\"\nkey_file = \"failover.key\"\n\
          interval = \"200ms\"\ndead_time = \"3s\"\n\
          [[failover.channel]]\nname = \"private\"\nlocal = \"10.{n}.0.1\"\npeer = \"10.{n}.0.2\"\n\
@@ -376,31 +376,42 @@ fn standby_deployed_by_network_boot_joins_on_both_channels_and_takes_over_the_vi
     }
     lab.watch_vm_frames();
 
-    // The admin's step: the standby, by its private MAC, to get the image.
+    // The admin's one command: the standby by its private MAC, its own addresses, the image.
+    // It runs while the VM network-boots and ends once the standby's heartbeats arrive on
+    // both channels. `make demo` shows its output as it goes.
+    let demo = std::env::var_os("UNDERSTUDY_DEMO").is_some();
     let (ifc_priv, ifc_pub) = (
         format!("role=private,name=ens3,mac={MAC_PRIV},address={}/24", lab.standby(0)),
         format!("role=public,name=ens4,mac={MAC_PUB},address={}/24", lab.standby(1)),
     );
-    let boot_ip = format!("10.{}.0.50", lab.n);
-    let added = srv.ok(
-        &sb,
-        &[
-            "nodes",
-            "add",
-            NODE,
-            "--mac",
-            MAC_PRIV,
-            "--ip",
-            &boot_ip,
-            "--image",
-            "head-a",
-            "--interface",
-            &ifc_priv,
-            "--interface",
-            &ifc_pub,
-        ],
-    );
-    eprintln!("{added}");
+    let wiz_out = sb.path("standby-add.out");
+    let mut wizard = ns_cmd(&lab.p, bin());
+    wizard
+        .arg("--data-dir")
+        .arg(sb.data())
+        .args(["--server", &srv.srv.url, "--token", &srv.srv.token])
+        .args(["standby", "add", NODE, "--image", "head-a", "--mac", MAC_PRIV, "--yes", "--timeout", "15m"])
+        .args(["--interface", &ifc_priv, "--interface", &ifc_pub]);
+    if demo {
+        println!(
+            "\n$ understudy standby add {NODE} --image head-a --mac {MAC_PRIV} --interface {ifc_priv} --interface {ifc_pub}"
+        );
+    } else {
+        wizard.arg("--json").stdout(std::fs::File::create(&wiz_out).unwrap());
+    }
+    let mut wizard = Bg(wizard.stderr(std::fs::File::create(sb.path("standby-add.err")).unwrap()).spawn().unwrap());
+    let t = Instant::now();
+    // The VM is switched on once the node and its addresses are in (its first PXE request
+    // then gets the deploy script).
+    while !srv.curl("GET", &format!("/api/v1/nodes/{NODE}/network"), None).1.contains(&lab.standby(1)) {
+        assert!(t.elapsed() < Duration::from_secs(60), "standby add did not register the node");
+        assert!(
+            wizard.0.try_wait().unwrap().is_none(),
+            "standby add ended early: {}",
+            std::fs::read_to_string(sb.path("standby-add.err")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let disk = sb.path("disk.img");
     std::fs::File::create(&disk).unwrap().set_len(4 << 30).unwrap();
     let limit = Duration::from_secs(600);
@@ -468,6 +479,24 @@ fn standby_deployed_by_network_boot_joins_on_both_channels_and_takes_over_the_vi
         std::thread::sleep(Duration::from_millis(500));
     }
     let join = t2.elapsed();
+    // The wizard saw it too, and ended with the pair's status.
+    let t = Instant::now();
+    while wizard.0.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(30), "standby add did not end after the join");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ended = wizard.0.wait().unwrap();
+    assert!(ended.success(), "standby add failed: {}", std::fs::read_to_string(sb.path("standby-add.err")).unwrap());
+    if !demo {
+        let out = std::fs::read_to_string(&wiz_out).unwrap();
+        for step in ["image", "mac", "node", "network", "deploy", "join"] {
+            let seen = out
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|v| v["step"] == step && (v["state"] == "done" || v["state"] == "skipped"));
+            assert!(seen, "standby add did not report {step}:\n{out}");
+        }
+    }
     let st = status();
     let names: Vec<&str> = st["channels"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["private", "public"], "{st}");
@@ -505,6 +534,14 @@ fn standby_deployed_by_network_boot_joins_on_both_channels_and_takes_over_the_vi
         std::thread::sleep(Duration::from_millis(200));
     }
     let takeover = t3.elapsed();
+    if demo {
+        println!(
+            "\nthe primary died (links down, SIGKILL); the client on the public LAN reaches the VIP {} at {} (the standby's public NIC) after {:.1} s",
+            lab.vip(),
+            MAC_PUB,
+            takeover.as_secs_f64()
+        );
+    }
     eprintln!(
         "standby join: capture + pxe build {:.0}s; deploy (power-on to deployed) {:.0}s; boot (to the booted \
          disk's network report) {:.0}s; join (peer up on both channels) {:.1}s; takeover (crash to the client \

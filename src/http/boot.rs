@@ -217,7 +217,8 @@ async fn script(
         Err(e) => return Err(e.into()),
     };
     let (d, token) = (t.deployment, t.token);
-    let cmdline = cmdline::render(&st.boot.cmdline, &server, d.id, &n.name, &token).map_err(ApiError::internal)?;
+    let cmdline =
+        cmdline::render(&st.boot.cmdline, &server, d.id, &n.name, &token, &mac).map_err(ApiError::internal)?;
     let kernel_url = flavor.boot_file_url(KERNEL, &token);
     let initrd_url = flavor.boot_file_url(INITRAMFS, &token);
     let (id, secs) = (d.id.to_string(), st.boot.retry_interval.as_secs().to_string());

@@ -3,7 +3,7 @@
 //! constants, one renderer, one parser, so the two sides cannot drift apart.
 
 /// Keys the server sets: reserved, so the admin's extra arguments cannot override them.
-pub const RESERVED: &[&str] = &[SERVER, DEPLOYMENT, NODE, TOKEN];
+pub const RESERVED: &[&str] = &[SERVER, DEPLOYMENT, NODE, TOKEN, BOOT_MAC];
 
 /// Server base URL.
 pub const SERVER: &str = "understudy.server";
@@ -13,6 +13,9 @@ pub const DEPLOYMENT: &str = "understudy.deployment";
 pub const NODE: &str = "understudy.node";
 /// Deployment token.
 pub const TOKEN: &str = "understudy.token";
+/// The MAC the machine network-booted from: the boot environment waits for DHCP on that
+/// NIC only (the others come up in the background).
+pub const BOOT_MAC: &str = "understudy.mac";
 /// Target disk (`/dev/...`).
 pub const DISK: &str = "understudy.disk";
 /// `none` (or another no) skips the bootloader.
@@ -105,10 +108,20 @@ fn check_node(node: &str) -> Result<(), CmdlineError> {
 
 /// The kernel command line of the deploy environment: the admin's `extra` arguments, then
 /// the server's keys (which the agent reads last-wins, so they cannot be overridden).
-pub fn render(extra: &str, server: &str, deployment: i64, node: &str, token: &str) -> Result<String, CmdlineError> {
+pub fn render(
+    extra: &str,
+    server: &str,
+    deployment: i64,
+    node: &str,
+    token: &str,
+    mac: &str,
+) -> Result<String, CmdlineError> {
     check_server_url(server)?;
     check_node(node)?;
     check_token(token)?;
+    if mac.parse::<crate::netcfg::Mac>().is_err() {
+        return Err(CmdlineError::Invalid(format!("boot MAC {mac:?} is not a MAC address")));
+    }
     if deployment < 1 {
         return Err(CmdlineError::Invalid(format!("deployment {deployment} is not a positive number")));
     }
@@ -116,7 +129,7 @@ pub fn render(extra: &str, server: &str, deployment: i64, node: &str, token: &st
     if !s.is_empty() {
         s.push(' ');
     }
-    s.push_str(&format!("{SERVER}={server} {DEPLOYMENT}={deployment} {NODE}={node} {TOKEN}={token}"));
+    s.push_str(&format!("{SERVER}={server} {DEPLOYMENT}={deployment} {NODE}={node} {TOKEN}={token} {BOOT_MAC}={mac}"));
     Ok(s)
 }
 
@@ -171,26 +184,29 @@ mod tests {
         assert_eq!((b.disk.as_deref(), b.bootloader, b.reboot, b.deployment), (Some("/dev/vdb"), false, false, 9));
     }
 
+    const M: &str = "52:54:00:12:34:56";
+
     #[test]
     fn render_and_parse_agree() {
-        let line = render(" console=ttyS0 ", "http://h:8080", 3, "standby", "t0k3n").unwrap();
+        let line = render(" console=ttyS0 ", "http://h:8080", 3, "standby", "t0k3n", M).unwrap();
         assert_eq!(
             line,
-            "console=ttyS0 understudy.server=http://h:8080 understudy.deployment=3 understudy.node=standby understudy.token=t0k3n"
+            "console=ttyS0 understudy.server=http://h:8080 understudy.deployment=3 understudy.node=standby understudy.token=t0k3n understudy.mac=52:54:00:12:34:56"
         );
         let a = parse(&line).unwrap();
         assert_eq!(
             (a.server.as_str(), a.deployment, a.node.as_str(), a.token.as_str()),
             ("http://h:8080", 3, "standby", "t0k3n")
         );
-        assert!(render("", "http://h", 3, "n", "t").unwrap().starts_with("understudy.server="));
+        assert!(render("", "http://h", 3, "n", "t", M).unwrap().starts_with("understudy.server="));
         // The server's keys come last, so extra arguments naming them lose.
-        let a = parse(&render("understudy.node=evil", "http://h", 3, "n", "t").unwrap()).unwrap();
+        let a = parse(&render("understudy.node=evil", "http://h", 3, "n", "t", M).unwrap()).unwrap();
         assert_eq!(a.node, "n");
-        assert!(render("", "ftp://h", 3, "n", "t").is_err());
-        assert!(render("", "http://h", 0, "n", "t").is_err());
-        assert!(render("", "http://h", 3, "../n", "t").is_err());
-        assert!(render("", "http://h", 3, "n", "t;reboot").is_err());
+        assert!(render("", "ftp://h", 3, "n", "t", M).is_err());
+        assert!(render("", "http://h", 0, "n", "t", M).is_err());
+        assert!(render("", "http://h", 3, "../n", "t", M).is_err());
+        assert!(render("", "http://h", 3, "n", "t;reboot", M).is_err());
+        assert!(render("", "http://h", 3, "n", "t", "52:54:00:12:34; reboot").is_err());
     }
 
     #[test]
