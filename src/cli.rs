@@ -83,6 +83,9 @@ pub enum Command {
     /// Network boot: build the boot environment (kernel + initramfs with the agent).
     #[command(subcommand)]
     Pxe(PxeCmd),
+    /// Disk layouts of this machine.
+    #[command(subcommand)]
+    Layout(LayoutCmd),
     /// Write the man pages and shell completions (for packaging; `make install` runs it).
     #[command(hide = true)]
     Generate {
@@ -107,6 +110,22 @@ pub struct AgentCmdArgs {
     /// Stay up after the install instead of rebooting.
     #[arg(long)]
     pub no_reboot: bool,
+}
+
+/// `layout` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LayoutCmd {
+    /// The layout `capture` records for a mounted root, probed now from this machine's disks
+    /// (partition tables, md RAID, LVM, filesystems, swap, boot mode, bootloader); nothing is
+    /// stored.
+    Probe {
+        /// The mounted root.
+        #[arg(default_value = "/")]
+        root: PathBuf,
+        /// The layout document (JSON) instead of the tree.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `pxe` subcommands.
@@ -567,6 +586,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             return Ok(0);
         }
         Command::Pxe(PxeCmd::Build(a)) => return pxe_build_cmd(&cli.data_dir, a).await,
+        Command::Layout(LayoutCmd::Probe { root, json }) => {
+            let l = tokio::task::spawn_blocking(move || crate::layout::probe::probe(&root)).await??;
+            if json {
+                print_json(&l)?;
+            } else {
+                print!("{}", l.render());
+            }
+            return Ok(0);
+        }
         Command::Generate { out } => {
             generate(&out)?;
             return Ok(0);
@@ -585,6 +613,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         | Command::Failover(_)
         | Command::Agent(_)
         | Command::Pxe(_)
+        | Command::Layout(_)
         | Command::Generate { .. } => {
             unreachable!("handled above")
         }
@@ -1680,6 +1709,7 @@ async fn remote_cmd(client: &Client, cmd: Command, quiet: bool) -> anyhow::Resul
         | Command::Failover(_)
         | Command::Agent(_)
         | Command::Pxe(_)
+        | Command::Layout(_)
         | Command::Generate { .. } => {
             unreachable!("handled before")
         }

@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::disk::Overlay;
 use common::netns::*;
 use common::qemu::*;
 use common::*;
@@ -83,6 +84,9 @@ fn start_vm_with(
         "none".into(),
         "-serial".into(),
         format!("file:{}", console.display()),
+        // ttyS1: a clean channel for what the deployed system reports as data.
+        "-serial".into(),
+        format!("file:{}", sb.path(&format!("ttyS1-{run}.log")).display()),
         "-netdev".into(),
         format!("tap,id=n0,ifname={},script=no,downscript=no", net.tap),
     ];
@@ -280,7 +284,17 @@ struct Standby {
     console: String,
     /// The report (`understudy-report: begin` to `end`).
     report: String,
+    /// The tree that was captured (the cached root, or an overlay over it).
+    image: PathBuf,
+    _overlay: Option<Overlay>,
 }
+
+/// The layout `capture` would record, as the deployed system probes it itself
+/// (`understudy layout probe / --json`, written to its second serial port at boot).
+const PROBE_UNIT: &str = "[Unit]\nDescription=Probe this system's disk layout as capture does (understudy tests)\n\
+    After=local-fs.target\n[Service]\nType=oneshot\n\
+    ExecStart=/bin/sh -c '/usr/local/bin/understudy layout probe / --json >/dev/ttyS1 2>&1; echo understudy-probe: end >/dev/ttyS1'\n\
+    [Install]\nWantedBy=multi-user.target\n";
 
 /// The admin's story end to end on one firmware: a real Debian root (kernel, GRUB, systemd)
 /// is captured (with `layout` set as its recorded layout, if given), the boot environment
@@ -288,12 +302,29 @@ struct Standby {
 /// sizes, the agent lays out its disks, streams the image, installs GRUB and reboots; the
 /// server sends the next network boot to the disk, and the standby comes up from its own
 /// disk to a login prompt with its own name. Phase times are printed.
-fn deploy_standby(fw: Firmware, disk_sizes: &[u64], layout: Option<&str>) -> Standby {
+fn deploy_standby(fw: Firmware, disk_sizes: &[u64], layout: Option<&str>, probe: bool) -> Standby {
     let sb = Sandbox::new();
     let net = Net::new();
-    let root = standby_root();
+    let mut root = standby_root();
     let k = kernel_in(&root, Some(debian_kernel().busybox), "`make standby-root`");
     let t0 = Instant::now();
+    // With `probe`, the image carries understudy and a unit that probes the booted
+    // system's layout as capture would.
+    let overlay = probe.then(|| {
+        let ov = Overlay::new(&root, &sb.path("image"));
+        install_understudy(&ov.merged);
+        let unit = ov.merged.join("etc/systemd/system/understudy-probe.service");
+        std::fs::write(&unit, PROBE_UNIT).unwrap();
+        std::os::unix::fs::symlink(
+            "/etc/systemd/system/understudy-probe.service",
+            ov.merged.join("etc/systemd/system/multi-user.target.wants/understudy-probe.service"),
+        )
+        .unwrap();
+        ov
+    });
+    if let Some(ov) = &overlay {
+        root = ov.merged.clone();
+    }
     sb.ok(&["capture", "--name", "head-a", root.to_str().unwrap()]);
     let boot = sb.data().join("boot");
     sb.ok(&build_args(&k, &boot));
@@ -357,11 +388,11 @@ fn deploy_standby(fw: Firmware, disk_sizes: &[u64], layout: Option<&str>) -> Sta
         deployed.as_secs_f64(),
         login.as_secs_f64()
     );
-    Standby { sb, _net: net, _srv: srv, vm, disks, console, report }
+    Standby { sb, _net: net, _srv: srv, vm, disks, console, report, image: root, _overlay: overlay }
 }
 
 fn standby_boots_its_own_disk(fw: Firmware) {
-    deploy_standby(fw, &[4 << 30], None);
+    deploy_standby(fw, &[4 << 30], None, false);
 }
 
 /// Secure Boot on (OVMF's secure-boot build with Microsoft's keys): DHCP hands the firmware
@@ -536,6 +567,10 @@ fn tree_diff(image: &Path, deployed: &Path) -> String {
             "--exclude=/var/lib/systemd/",
             "--exclude=/var/lib/dbus/machine-id",
             "--exclude=/lost+found/",
+            // LVM writes its metadata backups when a command first reads a VG that has none
+            // (the layout probe's `vgs` does, at boot).
+            "--exclude=/etc/lvm/backup/",
+            "--exclude=/etc/lvm/archive/",
         ],
     )
 }
@@ -546,7 +581,7 @@ fn tree_diff(image: &Path, deployed: &Path) -> String {
 /// from its own disk to a login prompt with /var mounted.
 #[test]
 fn bios_recorded_layout_with_swap_and_var_boots_to_login() {
-    let st = deploy_standby(Firmware::Bios, &[6 * GIB], Some(&one_disk_layout()));
+    let st = deploy_standby(Firmware::Bios, &[6 * GIB], Some(&one_disk_layout()), false);
     let r = &st.report;
     assert_blkid(r, "0d5a3c2e-7b1f-4a6e-9c8d-1e2f3a4b5c01", "ext4", Some("rootfs"));
     assert_blkid(r, "0d5a3c2e-7b1f-4a6e-9c8d-1e2f3a4b5c02", "swap", Some("swap0"));
@@ -574,6 +609,43 @@ fn bios_recorded_layout_with_swap_and_var_boots_to_login() {
 
 /// The RAID1 + LVM layout captured on a two-disk VM (tests/fixtures/layout), with smaller
 /// LVs so that the test writes less: root 3 GiB, swap 256 MiB, var 1.5 GiB.
+/// What identifies a layout, item by item, independent of the ids and order a probe picks:
+/// partition tables, partitions, arrays, volume groups, logical volumes, filesystems and
+/// mount points with their UUIDs, labels, levels and sizes.
+fn layout_signature(l: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_ascii_lowercase).unwrap_or_else(|| v.to_string());
+    l["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| match i["type"].as_str().unwrap() {
+            "disk" => format!("disk {} {} {}", s(&i["ptable"]), s(&i["ptable_id"]), i["size"]),
+            "partition" => format!(
+                "partition {} {} {} {} {}",
+                i["number"],
+                s(&i["part_type"]),
+                s(&i["uuid"]),
+                s(&i["name"]),
+                i["size"]
+            ),
+            "raid" => format!(
+                "raid {} {} {} {}",
+                i["level"],
+                s(&i["uuid"]),
+                s(&i["metadata"]),
+                i["devices"].as_array().map_or(0, Vec::len)
+            ),
+            "lvm_volgroup" => {
+                format!("vg {} {} {} {}", s(&i["name"]), s(&i["uuid"]), i["extent_size"], s(&i["devices"][0]["uuid"]))
+            }
+            "lvm_partition" => format!("lv {} {} {} {}", s(&i["name"]), s(&i["uuid"]), i["size"], s(&i["kind"])),
+            "format" => format!("fs {} {} {}", s(&i["fstype"]), s(&i["uuid"]), s(&i["label"])),
+            "mount" => format!("mount {}", s(&i["path"])),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
 fn raid_lvm_layout() -> serde_json::Value {
     let path = format!("{}/tests/fixtures/layout/layout-raid1-lvm.json", env!("CARGO_MANIFEST_DIR"));
     let mut l: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -600,7 +672,7 @@ fn raid_lvm_layout() -> serde_json::Value {
 #[test]
 fn bios_raid1_lvm_on_two_disks_boots_to_login() {
     let l = raid_lvm_layout();
-    let st = deploy_standby(Firmware::Bios, &[20 * GIB, 20 * GIB], Some(&l.to_string()));
+    let st = deploy_standby(Firmware::Bios, &[20 * GIB, 20 * GIB], Some(&l.to_string()), true);
     let r = &st.report;
     let mdstat = r.lines().find(|l| l.starts_with("md") && l.contains(" : ")).unwrap_or_else(|| panic!("{r}"));
     assert!(mdstat.contains("active raid1") && mdstat.contains("vda2[") && mdstat.contains("vdb2["), "{mdstat}");
@@ -617,7 +689,24 @@ fn bios_raid1_lvm_on_two_disks_boots_to_login() {
         assert!(r.contains(&format!("\"lv_name\":\"{lv}\", \"vg_name\":\"vg0\"")), "no LV {lv} in the report:\n{r}");
     }
     assert!(r.contains("\"mountpoint\": \"/var\""), "/var is not mounted:\n{r}");
-    let Standby { sb, vm, disks, .. } = st;
+
+    // Capture's own probe on the real md and LVM (this host's kernel has neither): run by
+    // the deployed system at boot, it finds the layout it was deployed with.
+    let probed_file = st.sb.path("ttyS1-1.log");
+    let t = Instant::now();
+    let probed = loop {
+        let text = std::fs::read_to_string(&probed_file).unwrap_or_default().replace('\r', "");
+        if let Some(json) = text.strip_suffix("understudy-probe: end\n") {
+            break json.to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(180), "no layout probe from the VM:\n{text}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let probed: serde_json::Value =
+        serde_json::from_str(&probed).unwrap_or_else(|e| panic!("the VM's layout probe is not JSON ({e}):\n{probed}"));
+    assert_eq!(layout_signature(&probed), layout_signature(&l), "probed:\n{probed:#}");
+    assert_eq!((probed["boot_mode"].as_str(), probed["bootloader"].as_str()), (Some("bios"), Some("grub-pc")));
+    let Standby { sb, vm, disks, image, _overlay, .. } = st;
     drop(vm);
 
     let items = l["items"].as_array().unwrap();
@@ -660,7 +749,7 @@ fn bios_raid1_lvm_on_two_disks_boots_to_login() {
     let (var_off, var_size) = lv_at["var"];
     let _root = OffsetMount::new(&disks[0], pv_start + pe_start + root_off, root_size, &mnt, "noload");
     let _var = OffsetMount::new(&disks[0], pv_start + pe_start + var_off, var_size, &mnt.join("var"), "norecovery");
-    assert_eq!(tree_diff(&standby_root(), &mnt), "", "the deployed tree differs from the image");
+    assert_eq!(tree_diff(&image, &mnt), "", "the deployed tree differs from the image");
     eprintln!("raid1+lvm: host-side checks {:.0}s", t.elapsed().as_secs_f64());
 }
 
@@ -670,7 +759,7 @@ fn bios_raid1_lvm_on_two_disks_boots_to_login() {
 /// walking the IPv6 and HTTP entries, to a login prompt.
 #[test]
 fn uefi_standby_boots_its_own_disk_after_pxev4() {
-    let st = deploy_standby(Firmware::Uefi, &[4 << 30], None);
+    let st = deploy_standby(Firmware::Uefi, &[4 << 30], None, false);
     let con = &st.console;
     let made = con
         .lines()
@@ -707,7 +796,7 @@ fn uefi_standby_boots_its_own_disk_after_pxev4() {
 /// still on.
 #[test]
 fn secure_boot_standby_boots_its_own_disk_to_login() {
-    let st = deploy_standby(Firmware::SecureBoot, &[4 << 30], None);
+    let st = deploy_standby(Firmware::SecureBoot, &[4 << 30], None, false);
     let con = &st.console;
     let deployed = con.find("understudy-agent: node vm deployed").unwrap();
     assert!(con[..deployed].contains("Secure boot enabled"), "the boot environment ran without Secure Boot");

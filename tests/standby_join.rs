@@ -25,10 +25,11 @@
 
 mod common;
 
+use common::disk::Overlay;
 use common::netns::*;
 use common::qemu::*;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -191,35 +192,6 @@ echo "understudy-net: units $(systemctl is-active systemd-networkd-wait-online.s
 echo "understudy-net: end"
 "#;
 
-/// A writable view of a directory tree that leaves it untouched (overlayfs: the changes
-/// go to `upper` beside it), so the cached root is not copied; unmounted on drop.
-struct Overlay {
-    merged: PathBuf,
-}
-
-impl Overlay {
-    fn new(lower: &Path, dir: &Path) -> Overlay {
-        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
-        for d in [&upper, &work, &merged] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-        let o = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged).output().unwrap();
-        assert!(o.status.success(), "mount overlay: {}", String::from_utf8_lossy(&o.stderr));
-        Overlay { merged }
-    }
-}
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        let ok = Command::new("umount").arg(&self.merged).status().is_ok_and(|s| s.success());
-        if !ok {
-            // Busy (a tool still inside it): detach now, gone once it lets go.
-            let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
-        }
-    }
-}
-
 /// The primary's disk as a directory: the cached Debian root with understudy installed as
 /// `make install` would (binary, unit not enabled, the primary's configuration) and the
 /// primary's network configuration as systemd-networkd files matching its NICs by MAC.
@@ -232,15 +204,7 @@ fn primary_root(sb: &Sandbox, lab: &Lab, config: &str) -> Overlay {
         std::fs::write(&f, text).unwrap();
         std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
     };
-    // The test's own binary, without its debug information (as `pxe build` does).
-    std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
-    let o = Command::new("objcopy")
-        .arg("--strip-debug")
-        .arg(bin())
-        .arg(root.join("usr/local/bin/understudy"))
-        .output()
-        .expect("objcopy (package binutils)");
-    assert!(o.status.success(), "objcopy: {}", String::from_utf8_lossy(&o.stderr));
+    install_understudy(&root);
     let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/understudy.service"))
         .unwrap()
         .replace("@BINDIR@", "/usr/local/bin");

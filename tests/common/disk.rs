@@ -60,3 +60,34 @@ impl Drop for Mount {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// A writable view of a directory tree that leaves it untouched (overlayfs: the changes
+/// go to `upper` beside it), so the cached root is not copied; unmounted on drop.
+pub struct Overlay {
+    /// The merged view.
+    pub merged: PathBuf,
+}
+
+impl Overlay {
+    /// `lower` seen writable at `dir/merged` (changes in `dir/upper`).
+    pub fn new(lower: &Path, dir: &Path) -> Overlay {
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        let o = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged).output().unwrap();
+        assert!(o.status.success(), "mount overlay: {}", String::from_utf8_lossy(&o.stderr));
+        Overlay { merged }
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let ok = Command::new("umount").arg(&self.merged).status().is_ok_and(|s| s.success());
+        if !ok {
+            // Busy (a tool still inside it): detach now, gone once it lets go.
+            let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+        }
+    }
+}

@@ -473,3 +473,16 @@ pub fn flaky_proxy(upstream: String, after: usize, cuts: usize) -> String {
     });
     format!("http://{addr}")
 }
+
+/// Install the binary under test into a root at `/usr/local/bin/understudy`, without its
+/// debug information (as `pxe build` does), for images that carry understudy.
+pub fn install_understudy(root: &Path) {
+    std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
+    let o = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(bin())
+        .arg(root.join("usr/local/bin/understudy"))
+        .output()
+        .expect("objcopy (package binutils)");
+    assert!(o.status.success(), "objcopy: {}", String::from_utf8_lossy(&o.stderr));
+}
