@@ -788,6 +788,25 @@ fn uefi_standby_boots_its_own_disk_after_pxev4() {
     let after = &con[con.find("understudy-agent: node vm deployed").unwrap()..];
     let loading = after.find(&format!("BdsDxe: loading Boot{num}")).unwrap_or_else(|| panic!("{after}"));
     assert!(!after[..loading].contains("PXEv6") && !after[..loading].contains("HTTPv"), "{}", &after[..loading]);
+
+    // Redeployed (same NVRAM): the firmware's PXEv4 gets a deployment again, and the agent
+    // replaces its entry instead of adding a second one.
+    let Standby { sb, _net: net, _srv: srv, vm, disks, .. } = st;
+    drop(vm);
+    srv.ok(&sb, &["nodes", "redeploy", "vm"]);
+    let refs: Vec<&Path> = disks.iter().map(PathBuf::as_path).collect();
+    let mut vm = start_vm_with(&sb, &net, Firmware::Uefi, &refs, 2, true, true);
+    wait_for("the second deploy", Duration::from_secs(900), &mut vm, |c| {
+        c.contains("understudy-agent: node vm deployed") || c.contains("deploy failed")
+    });
+    let con = vm.console();
+    assert!(con.contains("understudy-agent: node vm deployed"), "console:\n{con}");
+    let ours: Vec<&str> = con
+        .lines()
+        .filter(|l| l.contains("understudy-agent: efibootmgr: Boot") && l.contains("(understudy)"))
+        .collect();
+    assert_eq!(ours.len(), 1, "one entry for the deployed system after a redeploy: {ours:?}\n{con}");
+    assert!(con.contains(&format!("--bootnum {num} --delete-bootnum")), "the old entry {num} was not replaced:\n{con}");
 }
 
 /// Secure Boot from network boot to the deployed disk: the signed chain (shim, GRUB, the
