@@ -188,7 +188,7 @@ impl Jobs {
     /// The `n` most recent jobs, newest first (the console's jobs table).
     pub(crate) fn recent(&self, n: usize) -> Vec<Job> {
         let mut v: Vec<Job> = self.map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        v.sort_by(|a, b| b.id.cmp(&a.id));
+        v.sort_by_key(|j| std::cmp::Reverse(j.id));
         v.truncate(n);
         v
     }

@@ -166,19 +166,17 @@ impl Admin {
     }
 }
 
-fn console_of(parts: &Parts) -> Result<Arc<Console>, Response> {
-    parts
-        .extensions
-        .get::<Arc<Console>>()
-        .cloned()
-        .ok_or_else(|| ApiError::internal("console state missing").into_response())
+fn console_of(parts: &Parts) -> Option<Arc<Console>> {
+    parts.extensions.get::<Arc<Console>>().cloned()
 }
 
 impl FromRequestParts<Arc<AppState>> for Admin {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, _: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let console = console_of(parts)?;
+        let Some(console) = console_of(parts) else {
+            return Err(ApiError::internal("console state missing").into_response());
+        };
         let found = cookie(&parts.headers, COOKIE).and_then(|id| {
             let mut s = console.sessions();
             let sess = s.get(id, Instant::now())?;
@@ -561,9 +559,8 @@ impl Feed {
                 _ = self.st.shutdown.cancelled() => return None,
                 _ = tokio::time::sleep(EVENT_POLL) => {}
             }
-            if self.console.sessions().get(&self.session, Instant::now()).is_none() {
-                return None;
-            }
+            // The session ended (logout, expiry): so does its stream.
+            self.console.sessions().get(&self.session, Instant::now())?;
             self.tick += 1;
             match self.st.inv.events(&EventQuery::default(), 50, 0).await {
                 Ok(p) => {
