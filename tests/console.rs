@@ -218,6 +218,34 @@ fn login_sessions_csrf_escaping_and_logout() {
     assert!(!home.body.contains("<script>alert"), "{}", home.body);
     assert!(!home.body.contains("<b>x</b>"), "{}", home.body);
 
+    // Deployments: the progress a deploy client reports, then its error, as text.
+    let did = serde_json::from_str::<Value>(&srv.curl("GET", "/api/v1/deployments", Some(&srv.token), None).1).unwrap()
+        ["items"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let total = serde_json::from_str::<Value>(
+        &srv.curl("GET", &format!("/api/v1/deployments/{did}"), Some(&srv.token), None).1,
+    )
+    .unwrap()["bytes_total"]
+        .as_i64()
+        .unwrap();
+    assert!(total > 0);
+    let progress = |body: String| {
+        let (s, b) = srv.curl("POST", &format!("/api/v1/deployments/{did}/progress"), Some(&dtok), Some(&body));
+        assert_eq!(s, 200, "{b}");
+    };
+    progress(json!({"status": "running", "phase": "chunks", "bytes_done": total / 2}).to_string());
+    let deps = curl(&format!("{url}/console/deployments"), "GET", &["-H", &jar]);
+    let pct = (total / 2) * 100 / total;
+    assert!(deps.body.contains(&format!(r#"<progress max="100" value="{pct}""#)), "{}", deps.body);
+    assert!(deps.body.contains("chunks") && deps.body.contains("running"), "{}", deps.body);
+    progress(
+        json!({"status": "failed", "phase": "chunks", "bytes_done": total / 2, "error": "<b>disk</b> gone"})
+            .to_string(),
+    );
+    let deps = curl(&format!("{url}/console/deployments"), "GET", &["-H", &jar]);
+    assert!(deps.body.contains(r#"<pre class="error">&lt;b&gt;disk&lt;/b&gt; gone</pre>"#), "{}", deps.body);
+
     // The other pages render for the session.
     for p in ["/console/images", "/console/deployments", "/console/failover"] {
         let r = curl(&format!("{url}{p}"), "GET", &["-H", &jar]);

@@ -331,8 +331,22 @@ async fn nodes_page(State(st): St, admin: Admin) -> Response {
         let mut image_names: Vec<String> = images.into_iter().map(|i| i.name).collect();
         image_names.sort();
         image_names.dedup();
+        let nodes = st.inv.nodes(1000, 0).await?.items;
+        let mut addresses = std::collections::HashMap::new();
+        for n in &nodes {
+            let mut a = n.ips.clone();
+            for i in st.inv.network(&n.name).await?.interfaces {
+                // A reserved IP and the same address with its prefix are one address.
+                let host = |x: &str| x.split('/').next().unwrap_or_default().to_string();
+                let fresh: Vec<String> =
+                    i.addresses.into_iter().filter(|x| !a.iter().any(|y| host(y) == host(x))).collect();
+                a.extend(fresh);
+            }
+            addresses.insert(n.name.clone(), a);
+        }
         Ok::<_, InventoryError>(pages::Nodes {
-            nodes: st.inv.nodes(1000, 0).await?.items,
+            nodes,
+            addresses,
             collecting: st.inv.collecting(time::OffsetDateTime::now_utc().unix_timestamp()).await?,
             discovered: st.inv.discovered().await?,
             image_names,
@@ -593,4 +607,162 @@ async fn events(State(st): St, admin: Admin) -> Response {
     let feed = Feed { st, console: admin.console.clone(), session: admin.id.clone(), last_id, tick: 0, started: false };
     let stream = futures_util::stream::unfold(feed, Feed::next);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failover::Status;
+    use crate::failover::handle::{self, ServiceEnd};
+    use tower::ServiceExt;
+
+    struct App {
+        _dir: tempfile::TempDir,
+        router: Router,
+        token: String,
+    }
+
+    async fn app(failover: Option<crate::failover::Handle>) -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = crate::inventory::Inventory::open(dir.path()).await.unwrap();
+        let token = crate::inventory::tokens::new_token();
+        let st = AppState::new(inv, HttpConfig::default(), &token, tokio_util::sync::CancellationToken::new())
+            .with_failover(failover);
+        App { _dir: dir, router: super::super::router(Arc::new(st)), token }
+    }
+
+    struct Answer {
+        status: u16,
+        headers: HeaderMap,
+        body: String,
+    }
+
+    impl Answer {
+        fn cookie(&self, name: &str) -> Option<String> {
+            self.headers
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| v.strip_prefix(&format!("{name}=")).map(|r| r.split(';').next().unwrap().to_string()))
+        }
+
+        fn csrf(&self) -> String {
+            let (_, rest) = self.body.split_once(r#"name="csrf" value=""#).unwrap();
+            rest.split('"').next().unwrap().to_string()
+        }
+
+        fn location(&self) -> &str {
+            self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("")
+        }
+    }
+
+    impl App {
+        async fn call(&self, method: &str, path: &str, cookie: Option<&str>, form: Option<String>) -> Answer {
+            let mut req = axum::http::Request::builder().method(method).uri(path);
+            if let Some(c) = cookie {
+                req = req.header(header::COOKIE, c);
+            }
+            let body = match form {
+                Some(f) => {
+                    req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+                    axum::body::Body::from(f)
+                }
+                None => axum::body::Body::empty(),
+            };
+            let resp = self.router.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+            let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            Answer { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+        }
+
+        /// Log in through the form: the session cookie header and the session's CSRF token.
+        async fn login(&self) -> (String, String) {
+            let page = self.call("GET", LOGIN_PATH, None, None).await;
+            let lc = page.cookie(LOGIN_COOKIE).unwrap();
+            let form = format!("csrf={}&token={}", page.csrf(), self.token);
+            let r = self.call("POST", LOGIN_PATH, Some(&format!("{LOGIN_COOKIE}={lc}")), Some(form)).await;
+            assert_eq!((r.status, r.location()), (303, "/"), "{}", r.body);
+            let jar = format!("{COOKIE}={}", r.cookie(COOKIE).unwrap());
+            let home = self.call("GET", "/", Some(&jar), None).await;
+            assert_eq!(home.status, 200, "{}", home.body);
+            (jar, home.csrf())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_switchover_is_confirmed_then_goes_through_the_handle() {
+        let initial = Status {
+            node: "head-b".into(),
+            state: "backup".into(),
+            holder: Some("head-a".into()),
+            term: 4,
+            ..Status::default()
+        };
+        let (h, ServiceEnd { status: _publish, mut requests }) = handle::channel(initial);
+        let a = app(Some(h)).await;
+        let (jar, csrf) = a.login().await;
+
+        let page = a.call("GET", "/console/failover", Some(&jar), None).await;
+        assert!(page.body.contains("head-a") && page.body.contains("backup"), "{}", page.body);
+        let c = a.call("GET", "/console/failover/confirm?action=takeover", Some(&jar), None).await;
+        assert_eq!(c.status, 200, "{}", c.body);
+        assert!(c.body.contains("asks its peer to hand the VIP over"), "{}", c.body);
+        assert!(c.body.contains(r#"action="/console/failover/takeover""#), "{}", c.body);
+        assert!(c.body.contains("<strong>head-a</strong> holds the VIP"), "{}", c.body);
+        assert_eq!(a.call("GET", "/console/failover/confirm?action=reboot", Some(&jar), None).await.status, 404);
+
+        // Without the CSRF token nothing reaches the service.
+        let r = a.call("POST", "/console/failover/takeover", Some(&jar), Some(String::new())).await;
+        assert_eq!(r.status, 403);
+        assert!(requests.try_recv().is_err(), "a refused form asked the failover service");
+
+        let service = tokio::spawn(async move {
+            let r = requests.recv().await.unwrap();
+            let asked = r.req;
+            let _ = r.reply.send(Ok(()));
+            asked
+        });
+        let r = a.call("POST", "/console/failover/takeover", Some(&jar), Some(format!("csrf={csrf}"))).await;
+        assert_eq!((r.status, r.location()), (303, "/console/failover"), "{}", r.body);
+        assert_eq!(service.await.unwrap(), AdminRequest::Takeover);
+        let page = a.call("GET", "/console/failover", Some(&jar), None).await;
+        assert!(page.body.contains("took the takeover request"), "{}", page.body);
+    }
+
+    #[tokio::test]
+    async fn without_failover_the_pages_say_so_and_actions_refuse() {
+        let a = app(None).await;
+        let (jar, csrf) = a.login().await;
+        let page = a.call("GET", "/console/failover", Some(&jar), None).await;
+        assert!(page.body.contains("Failover is not running on this server"), "{}", page.body);
+        let r = a.call("POST", "/console/failover/release", Some(&jar), Some(format!("csrf={csrf}"))).await;
+        assert_eq!(r.status, 303);
+        let page = a.call("GET", "/console/failover", Some(&jar), None).await;
+        assert!(page.body.contains("flash error"), "{}", page.body);
+    }
+
+    #[tokio::test]
+    async fn the_event_stream_needs_a_session_and_starts_ready() {
+        let a = app(None).await;
+        let r = a.call("GET", "/console/events", None, None).await;
+        assert_eq!((r.status, r.location()), (303, LOGIN_PATH));
+        let (jar, csrf) = a.login().await;
+        let req = axum::http::Request::builder()
+            .uri("/console/events")
+            .header(header::COOKIE, &jar)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = a.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.headers().get(header::CONTENT_TYPE).unwrap(), "text/event-stream");
+        let mut body = resp.into_body().into_data_stream();
+        use futures_util::StreamExt;
+        let first = body.next().await.unwrap().unwrap();
+        assert_eq!(String::from_utf8_lossy(&first), "event: ready\ndata: live\n\n");
+        // A change in the domain (a node added through the console) comes down the stream.
+        let r = a.call("POST", "/console/nodes/add", Some(&jar), Some(format!("csrf={csrf}&name=n1"))).await;
+        assert_eq!((r.status, r.location()), (303, "/console/nodes"));
+        let next = tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap().unwrap().unwrap();
+        let text = String::from_utf8_lossy(&next);
+        assert!(text.starts_with("event: change\n") && text.contains("node.create"), "{text}");
+    }
 }

@@ -373,6 +373,8 @@ pub struct Nodes {
     pub discovered: Vec<Discovered>,
     /// Image names to pick from (newest version by name).
     pub image_names: Vec<String>,
+    /// Each node's addresses: its reserved IPs, then its network identity's (by node name).
+    pub addresses: std::collections::HashMap<String, Vec<String>>,
 }
 
 fn image_select(id: &str, names: &[String]) -> Markup {
@@ -410,7 +412,7 @@ pub fn nodes(ctx: &Ctx, d: &Nodes) -> Markup {
                                             td { (n.role.as_str()) }
                                             td { (state_badge(n.state)) }
                                             td { @for m in &n.macs { code { (m) } " " } }
-                                            td { @for ip in &n.ips { (ip) " " } }
+                                            td { @for ip in d.addresses.get(&n.name).unwrap_or(&n.ips) { (ip) " " } }
                                             td { (n.image.as_deref().unwrap_or("-")) }
                                             td { time datetime=(n.updated) { (n.updated) } }
                                             td {
@@ -706,6 +708,7 @@ mod tests {
                 assigned_to: None,
             }],
             image_names: vec!["base".into()],
+            addresses: Default::default(),
         };
         let html = nodes(&ctx(), &d).into_string();
         let forms = html.matches("<form").count();
