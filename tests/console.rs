@@ -253,6 +253,28 @@ fn login_sessions_csrf_escaping_and_logout() {
     }
     let imgs = curl(&format!("{url}/console/images"), "GET", &["-H", &jar]);
     assert!(imgs.body.contains("base@1"), "{}", imgs.body);
+    // Verify and gc start the API's jobs; the jobs table shows them finish.
+    let r = curl(
+        &format!("{url}/console/images/verify"),
+        "POST",
+        &["-H", &jar, "--data", &format!("image=base@1&csrf={csrf}")],
+    );
+    assert_eq!((r.status, r.header("location").as_deref()), (303, Some("/console/images")), "{}", r.body);
+    let r = curl(&format!("{url}/console/gc"), "POST", &["-H", &jar, "--data", &format!("csrf={csrf}")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let t0 = Instant::now();
+    loop {
+        let imgs = curl(&format!("{url}/console/images"), "GET", &["-H", &jar]);
+        let jobs = imgs.body.split_once(r#"id="jobs""#).map(|(_, j)| j.to_string()).unwrap_or_default();
+        if jobs.matches("<td>done</td>").count() == 2 {
+            assert!(jobs.contains("<td>verify</td>") && jobs.contains("<td>gc</td>"), "{jobs}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the jobs did not finish: {jobs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (s, b) = srv.curl("GET", "/api/v1/jobs/1", Some(&srv.token), None);
+    assert_eq!(s, 200, "the console's job is the API's: {b}");
     let fo = curl(&format!("{url}/console/failover"), "GET", &["-H", &jar]);
     assert!(fo.body.contains("Failover is not running on this server"), "{}", fo.body);
 
@@ -504,6 +526,15 @@ fn in_a_browser_log_in_collect_a_mac_live_and_assign_it() {
     b.go(&format!("{}/console/nodes", srv.url));
     b.wait_text("nav", "Deployments", Duration::from_secs(5));
     b.screenshot(&shots, "nodes-phone");
+    let wide = b.js(
+        "var w = document.documentElement.clientWidth, out = [];\
+         document.querySelectorAll('body *').forEach(function (e) {\
+           var r = e.getBoundingClientRect();\
+           if (r.right > w + 1 && !e.closest('.scroll')) out.push(e.tagName + '.' + e.className + ' ' + Math.round(r.right));\
+         });\
+         return [document.documentElement.scrollWidth - w, out.slice(0, 10)];",
+    );
+    assert_eq!(wide[0], json!(0), "the page is wider than a phone's screen: {wide}");
     // Logging out in the browser lands on the login page.
     b.click("header form button[type=submit]");
     b.wait_text("h1", "understudy console", Duration::from_secs(5));
