@@ -349,17 +349,28 @@ impl Browser {
 
     fn raw(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
         let mut c = ns_cmd(&self.ns, "curl");
-        c.args(["-s", "--max-time", "60", "-X", method, &format!("{}{path}", self.base)]);
+        // Every command answers within seconds; one that hangs (a page that cannot load, say,
+        // with the browser's connections to the server used up) fails the test.
+        c.args(["-s", "--max-time", "20", "-X", method, &format!("{}{path}", self.base)]);
         if let Some(b) = body {
             c.args(["-H", "Content-Type: application/json", "--data-binary", &b.to_string()]);
         }
+        let t0 = Instant::now();
         let o = c.output().unwrap();
+        if t0.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "WebDriver {method} {path} took {:?}: {:.120}",
+                t0.elapsed(),
+                body.map(|b| b.to_string()).unwrap_or_default()
+            );
+        }
         serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
     }
 
     /// A session command; panics on a WebDriver error.
     fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let v = self.raw(method, &format!("/session/{}{path}", self.session), body.as_ref());
+        assert!(v.get("value").is_some(), "WebDriver {method} {path}: no answer (timed out?)");
         assert!(v["value"]["error"].is_null(), "WebDriver {method} {path}: {v}");
         v["value"].clone()
     }
@@ -484,6 +495,8 @@ fn in_a_browser_log_in_collect_a_mac_live_and_assign_it() {
     b.wait_text("#live-state", "on", Duration::from_secs(10));
     // From here on the page must not reload: the MAC comes in over the event stream.
     b.js("window.__stay = 42; return null;");
+    // DHCP re-reads the collection window at most once a second.
+    std::thread::sleep(Duration::from_millis(1100));
     let out = ns_cmd(&cli_ns, "busybox")
         .args(["udhcpc", "-i", cif, "-n", "-q", "-f", "-t", "3", "-T", "1", "-A", "1", "-s", "/bin/true"])
         .args(["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"])

@@ -32,19 +32,27 @@
 
   function soon() { if (!timer) timer = setTimeout(refresh, 200); }
 
-  var es = new EventSource("/console/events");
-  es.addEventListener("ready", function () {
-    state.textContent = "Live updates: on";
-    state.className = "live-state on";
-  });
-  es.addEventListener("change", soon);
-  es.addEventListener("failover", function () {
-    if (document.getElementById("failover") || document.getElementById("overview")) soon();
-  });
-  es.onerror = function () {
-    state.textContent = "Live updates: reconnecting…";
-    state.className = "live-state";
-  };
+  var es = null;
+  function open() {
+    es = new EventSource("/console/events");
+    es.addEventListener("ready", function () {
+      state.textContent = "Live updates: on";
+      state.className = "live-state on";
+    });
+    es.addEventListener("change", soon);
+    es.addEventListener("failover", function () {
+      if (document.getElementById("failover") || document.getElementById("overview")) soon();
+    });
+    es.onerror = function () {
+      state.textContent = "Live updates: reconnecting…";
+      state.className = "live-state";
+    };
+  }
+  open();
+  // A page kept in the back/forward cache must not keep its stream (and a connection)
+  // open: browsers allow only a few per server.
+  window.addEventListener("pagehide", function () { if (es) { es.close(); es = null; } });
+  window.addEventListener("pageshow", function () { if (!es) { open(); soon(); } });
   // A running job reports no events until it ends; its table asks to be polled.
   setInterval(function () { if (document.querySelector("[data-poll='2']")) soon(); }, 2000);
 })();
