@@ -239,6 +239,7 @@ fn login_sessions_csrf_escaping_and_logout() {
     let pct = (total / 2) * 100 / total;
     assert!(deps.body.contains(&format!(r#"<progress max="100" value="{pct}""#)), "{}", deps.body);
     assert!(deps.body.contains("chunks") && deps.body.contains("running"), "{}", deps.body);
+    assert!(deps.body.contains(r#"data-poll="2""#), "a running deployment's table is polled: {}", deps.body);
     progress(
         json!({"status": "failed", "phase": "chunks", "bytes_done": total / 2, "error": "<b>disk</b> gone"})
             .to_string(),

@@ -508,7 +508,8 @@ pub fn deployments(ctx: &Ctx, deps: &[Deployment]) -> Markup {
         ctx,
         Page::Deployments,
         html! {
-            div #deployments data-live {
+            // Progress reports are not events: while one runs, the script polls the table.
+            div #deployments data-live data-poll=(if deps.iter().any(|d| d.status == DeploymentStatus::Running) { "2" } else { "" }) {
                 @if deps.is_empty() {
                     p { "No deployments yet." }
                 } @else {

@@ -53,6 +53,6 @@
   // open: browsers allow only a few per server.
   window.addEventListener("pagehide", function () { if (es) { es.close(); es = null; } });
   window.addEventListener("pageshow", function () { if (!es) { open(); soon(); } });
-  // A running job reports no events until it ends; its table asks to be polled.
+  // Running jobs and deployment progress are not events: their tables ask to be polled.
   setInterval(function () { if (document.querySelector("[data-poll='2']")) soon(); }, 2000);
 })();
