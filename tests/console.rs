@@ -535,6 +535,13 @@ fn in_a_browser_log_in_collect_a_mac_live_and_assign_it() {
         b.wait_text("h1", heading, Duration::from_secs(5));
         b.screenshot(&shots, name);
     }
+    // Verify from the Images page: the job shows up and finishes.
+    b.go(&format!("{}/console/images", srv.url));
+    b.click("#images button[type=submit]");
+    b.wait_text("main", "Verifying base@1", Duration::from_secs(10));
+    let jobs = b.wait_text("#jobs", "done", Duration::from_secs(15));
+    assert!(jobs.contains("verify"), "{jobs}");
+    b.screenshot(&shots, "images-verified");
     // A phone-sized window still shows the navigation.
     b.cmd("POST", "/window/rect", Some(json!({"width": 390, "height": 844})));
     b.go(&format!("{}/console/nodes", srv.url));
