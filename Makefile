@@ -15,6 +15,8 @@ TEST_PKGS  += mdadm lvm2 btrfs-progs efibootmgr
 # A bootable Debian root for the standby tests, made once with debootstrap; man and
 # systemd-analyze check what `make install` writes.
 TEST_PKGS  += debootstrap man-db systemd
+# The console's browser test: headless Chromium driven over WebDriver.
+TEST_PKGS  += chromium chromium-driver
 BENCH_PKGS := $(TEST_PKGS) debootstrap casync kea-admin kea-dhcp4-server dnsmasq-base jq time tftpd-hpa keepalived
 
 .PHONY: all build run test bench demo deps bench-deps fmt lint clean fuzz-api fuzz pxe-binaries pxe-kernel standby-root install deb

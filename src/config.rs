@@ -335,6 +335,8 @@ pub struct HttpConfig {
     pub deploy_token_ttl: Duration,
     /// Most concurrent requests; more wait.
     pub max_concurrent_requests: usize,
+    /// Serve the admin's web console at `/` (false: only the API).
+    pub console: bool,
 }
 
 impl Default for HttpConfig {
@@ -349,6 +351,7 @@ impl Default for HttpConfig {
             stream_stall_timeout: Duration::from_secs(60),
             deploy_token_ttl: Duration::from_secs(24 * 3600),
             max_concurrent_requests: 512,
+            console: true,
         }
     }
 }

@@ -184,6 +184,37 @@ impl Jobs {
     fn get(&self, id: u64) -> Option<Job> {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
     }
+
+    /// The `n` most recent jobs, newest first (the console's jobs table).
+    pub(crate) fn recent(&self, n: usize) -> Vec<Job> {
+        let mut v: Vec<Job> = self.map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        v.sort_by_key(|j| std::cmp::Reverse(j.id));
+        v.truncate(n);
+        v
+    }
+}
+
+/// Start a verify job of one image version (`label` is `NAME@N`); the API and the console
+/// both start it here.
+pub(crate) fn spawn_verify(st: &Arc<AppState>, label: String) -> Job {
+    let job = st.jobs.start(JobKind::Verify);
+    let (st2, id) = (st.clone(), job.id);
+    tokio::spawn(async move {
+        let res = st2.inv.verify(Some(&label)).await;
+        st2.jobs.finish(id, res);
+    });
+    job
+}
+
+/// Start a garbage-collection job.
+pub(crate) fn spawn_gc(st: &Arc<AppState>) -> Job {
+    let job = st.jobs.start(JobKind::Gc);
+    let (st2, id) = (st.clone(), job.id);
+    tokio::spawn(async move {
+        let res = st2.inv.gc().await;
+        st2.jobs.finish(id, res);
+    });
+    job
 }
 
 /// Start re-hashing every chunk an image reaches; poll the job.
@@ -197,26 +228,14 @@ async fn verify_image(
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     caller.admin()?;
     let row = st.inv.resolve(&image).await?;
-    let job = st.jobs.start(JobKind::Verify);
-    let (st2, id, r) = (st.clone(), job.id, row.label());
-    tokio::spawn(async move {
-        let res = st2.inv.verify(Some(&r)).await;
-        st2.jobs.finish(id, res);
-    });
-    Ok((StatusCode::ACCEPTED, Json(job)))
+    Ok((StatusCode::ACCEPTED, Json(spawn_verify(&st, row.label()))))
 }
 
 /// Start garbage collection; poll the job.
 #[utoipa::path(post, path = "/api/v1/gc", tag = "images", responses((status = 202, body = Job), (status = 401, body = ErrorBody)))]
 async fn start_gc(State(st): St, caller: Caller) -> ApiResult<(StatusCode, Json<Job>)> {
     caller.admin()?;
-    let job = st.jobs.start(JobKind::Gc);
-    let (st2, id) = (st.clone(), job.id);
-    tokio::spawn(async move {
-        let res = st2.inv.gc().await;
-        st2.jobs.finish(id, res);
-    });
-    Ok((StatusCode::ACCEPTED, Json(job)))
+    Ok((StatusCode::ACCEPTED, Json(spawn_gc(&st))))
 }
 
 /// A job's state.

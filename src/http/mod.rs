@@ -1,9 +1,10 @@
 //! The HTTP service: REST API under `/api/v1`, its OpenAPI document, image content for
-//! deploy clients, and `/metrics`.
+//! deploy clients, `/metrics`, and the admin's web console at `/`.
 
 pub mod api;
 pub mod auth;
 pub mod boot;
+pub mod console;
 pub mod error;
 pub mod failover;
 pub mod metrics;
@@ -203,6 +204,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api_router)
         .route("/api/v1/openapi.json", axum::routing::get(move || async move { axum::Json(doc.as_ref().clone()) }))
         .route("/metrics", axum::routing::get(metrics))
+        .merge(console::routes(&state.cfg))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
