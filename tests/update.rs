@@ -196,22 +196,28 @@ fn sigkill_at_any_moment_leaves_every_file_old_or_new() {
     sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
     let old: Vec<Vec<u8>> = (0..150u64).map(|i| noise(40_000 + i as usize * 97, i)).collect();
     let new: Vec<Vec<u8>> = (0..150u64).map(|i| noise(41_000 + i as usize * 89, i + 1000)).collect();
-    for i in 0..150usize {
-        w(&src, &format!("d{}/f{i:03}", i % 7), &new[i]);
+    for (i, data) in new.iter().enumerate() {
+        w(&src, &format!("d{}/f{i:03}", i % 7), data);
     }
     sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
     let dst = sb.path("dst");
     sb.ok(&["deploy", "img@1", dst.to_str().unwrap()]);
-    for delay_ms in [5u64, 30, 80, 150] {
+    let mut mixed = false;
+    for delay_ms in [5u64, 30, 80, 150, 300] {
         let mut child = sb.cmd(&["update", "img@2", dst.to_str().unwrap(), "--no-sync", "-q"]).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
+        let mut fresh = 0;
         for i in 0..150usize {
             let got = std::fs::read(dst.join(format!("d{}/f{i:03}", i % 7))).unwrap();
             assert!(got == old[i] || got == new[i], "f{i:03} is neither old nor new after a kill at {delay_ms} ms");
+            fresh += usize::from(got == new[i]);
         }
+        eprintln!("killed at {delay_ms} ms: {fresh} of 150 files new");
+        mixed |= fresh > 0 && fresh < 150;
     }
+    assert!(mixed, "no kill landed in the middle of the update");
     sb.ok(&["update", "img@2", dst.to_str().unwrap()]);
     assert_eq!(rsync_diff(&src, &dst, &["--exclude=/var/"]), "");
 }
