@@ -102,7 +102,7 @@ impl Reuse {
     }
 
     /// The chunk's bytes from the target, if it still has them unchanged.
-    fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
+    pub fn get(&self, id: &ChunkId) -> Option<Vec<u8>> {
         let &(fi, off, len) = self.map.get(id)?;
         let mut buf = vec![0u8; len as usize];
         self.files.get(fi)?.read_exact_at(&mut buf, off).ok()?;
@@ -130,12 +130,21 @@ impl std::io::Read for Pread<'_> {
     }
 }
 
-/// The chunk references the plan's file writes need from the source (not in `reuse`), in
-/// the order [`apply`] reads them.
-pub fn needed_chunks(m: &Manifest, plan: &Plan, reuse: &Reuse) -> Vec<crate::store::manifest::ChunkRef> {
+/// The chunk references the plan's file writes need from the source (not in `reuse`, and
+/// not of the files in `whole`, ascending image indexes sent otherwise), in the order
+/// [`apply`] reads them.
+pub fn needed_chunks(
+    m: &Manifest,
+    plan: &Plan,
+    reuse: &Reuse,
+    whole: &[usize],
+) -> Vec<crate::store::manifest::ChunkRef> {
     let mut out = Vec::new();
     for c in &plan.changes {
         let (Change::Create { idx } | Change::Replace { idx, .. }) = c else { continue };
+        if whole.binary_search(idx).is_ok() {
+            continue;
+        }
         if let Kind::File { extents, .. } = &m.entries[*idx].kind {
             out.extend(extents.iter().flat_map(|x| x.chunks.iter()).filter(|r| !reuse.has(&r.id)).copied());
         }
@@ -180,6 +189,10 @@ impl Dirs<'_> {
     }
 }
 
+/// A whole file's verified content by other means than chunks (an rsync delta), with the
+/// bytes that crossed the wire; `None` when the file goes by chunks.
+pub type WholeFile<'a> = &'a dyn Fn(usize) -> Option<Result<(Vec<u8>, u64), StoreError>>;
+
 /// Apply `plan` (made against `m`) to the target open at `root`.
 pub fn apply(
     root: BorrowedFd<'_>,
@@ -187,6 +200,7 @@ pub fn apply(
     plan: &Plan,
     reuse: &Reuse,
     src: &dyn ChunkSource,
+    whole: WholeFile<'_>,
     as_root: bool,
 ) -> Result<ApplyStats, ApplyError> {
     let mut st = ApplyStats::default();
@@ -258,7 +272,12 @@ pub fn apply(
                 meta_dirs.push(idx);
             }
             Kind::File { .. } => {
-                let (fetched, reused) = write_file(d, e, reuse, src, as_root)?;
+                let content = match whole(idx) {
+                    Some(Ok(c)) => Some(c),
+                    Some(Err(source)) => return Err(ApplyError::Chunk { path: display_path(&e.path), source }),
+                    None => None,
+                };
+                let (fetched, reused) = write_file(d, e, reuse, src, content, as_root)?;
                 st.bytes_transferred += fetched;
                 st.bytes_reused += reused;
             }
@@ -417,6 +436,7 @@ fn write_file(
     e: &Entry,
     reuse: &Reuse,
     src: &dyn ChunkSource,
+    content: Option<(Vec<u8>, u64)>,
     as_root: bool,
 ) -> Result<(u64, u64), ApplyError> {
     let Kind::File { size, extents } = &e.kind else { return Ok((0, 0)) };
@@ -432,7 +452,21 @@ fn write_file(
     let file = std::fs::File::from(fd);
     let res = (|| -> Result<(u64, u64), ApplyError> {
         let (mut fetched, mut reused) = (0u64, 0u64);
-        for x in extents {
+        if let Some((data, wire)) = &content {
+            // Verified against every chunk id already; only the data regions are written,
+            // so holes stay holes.
+            for x in extents {
+                let (a, b) = (x.offset as usize, (x.offset + x.len()) as usize);
+                let piece = data.get(a..b).ok_or_else(|| ApplyError::Chunk {
+                    path: display_path(&e.path),
+                    source: StoreError::ChunkCorrupt { id: [0; 32], why: "whole-file content too short".into() },
+                })?;
+                file.write_all_at(piece, x.offset).map_err(entry_err(&e.path))?;
+            }
+            fetched = *wire;
+            reused = size.saturating_sub(*wire);
+        }
+        for x in extents.iter().filter(|_| content.is_none()) {
             let mut off = x.offset;
             for c in &x.chunks {
                 let data = match reuse.has(&c.id).then(|| reuse.get(&c.id)) {

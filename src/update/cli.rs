@@ -1,10 +1,9 @@
 //! The `update` command's arguments and handler (the binary's edge: errors are `anyhow`).
 
 use super::{Prepared, UpdateOptions, UpdateReport};
-use crate::deploy::ChunkSource;
-use crate::remote::{Client, PullOptions, RemoteSource};
-use crate::store::manifest::Manifest;
-use crate::store::{LockMode, Store, hex_id};
+use crate::remote::{Client, PullOptions, RemoteSource, encode};
+use crate::store::manifest::{Kind, Manifest, display_path};
+use crate::store::{LockMode, Store, StoreError, hex_id};
 use anyhow::Context;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -130,15 +129,91 @@ fn apply(
     id: &str,
     sync: bool,
 ) -> anyhow::Result<super::ApplyStats> {
-    let (reuse, needed, hashed) = p.reuse(m)?;
-    let src: Box<dyn ChunkSource> = match source {
-        Source::Local(dd) => Box::new(Store::open(dd, LockMode::Shared)?),
+    let (reuse, hashed) = p.reuse(m)?;
+    let mut stats = match source {
+        Source::Local(dd) => {
+            let store = Store::open(dd, LockMode::Shared)?;
+            // Every chunk is on this machine: a delta would save nothing.
+            p.apply(m, super::Sources { reuse: &reuse, chunks: &store, whole: &|_| None }, (label, id), sync)?
+        }
         Source::Remote(client) => {
-            let list = super::fetch_list(m, needed);
-            Box::new(RemoteSource::start(client.clone(), id.to_string(), &list, PullOptions::default(), rt))
+            let cands = p.delta_candidates(m, &reuse);
+            let needed = super::apply::needed_chunks(m, &p.plan, &reuse, &cands);
+            let src = RemoteSource::start(
+                client.clone(),
+                id.to_string(),
+                &super::fetch_list(m, needed),
+                PullOptions::default(),
+                rt,
+            );
+            let whole = |idx: usize| {
+                cands.binary_search(&idx).ok()?;
+                Some(by_delta(p, m, idx, client, rt, id, &reuse))
+            };
+            p.apply(m, super::Sources { reuse: &reuse, chunks: &src, whole: &whole }, (label, id), sync)?
         }
     };
-    let mut stats = p.apply(m, &reuse, src.as_ref(), label, id, sync)?;
     stats.bytes_hashed = hashed;
     Ok(stats)
+}
+
+/// The image's version of file `idx` by an rsync delta against the target's old version;
+/// when that fails (the server refuses, the result does not verify), by its chunks one at
+/// a time. Returns the content (verified) and the bytes that crossed the wire.
+fn by_delta(
+    p: &Prepared,
+    m: &Manifest,
+    idx: usize,
+    client: &Client,
+    rt: &tokio::runtime::Handle,
+    id: &str,
+    reuse: &super::Reuse,
+) -> Result<(Vec<u8>, u64), StoreError> {
+    let e = &m.entries[idx];
+    if let Some(old) = p.old_content(&e.path) {
+        let sig = super::delta::signature(&old);
+        let sent = sig.len() as u64;
+        let path = format!("/api/v1/images/{}/delta?path={}", encode(id), hex::encode(&e.path));
+        match rt.block_on(client.post_bytes(&path, sig)) {
+            Ok(d) => match super::delta::apply_delta(&old, &d, e) {
+                Ok(data) => return Ok((data, sent + d.len() as u64)),
+                Err(err) => tracing::warn!("{}: {err}; fetching its chunks instead", display_path(&e.path)),
+            },
+            Err(err) => {
+                tracing::warn!("{}: no delta from the server ({err}); fetching its chunks", display_path(&e.path))
+            }
+        }
+    }
+    let Kind::File { size, extents } = &e.kind else { return Ok((Vec::new(), 0)) };
+    let mut out = vec![0u8; *size as usize];
+    let mut wire = 0u64;
+    for x in extents {
+        let mut off = x.offset as usize;
+        for c in &x.chunks {
+            let data = match reuse.get(&c.id) {
+                Some(d) => d,
+                None => {
+                    let path = format!("/api/v1/images/{}/chunks/{}", encode(id), hex_id(&c.id));
+                    let d = rt.block_on(client.get_bytes(&path)).map_err(|err| StoreError::Io {
+                        what: "fetching a chunk from the server".into(),
+                        source: std::io::Error::other(err.to_string()),
+                    })?;
+                    if blake3::hash(&d).as_bytes() != &c.id {
+                        return Err(StoreError::ChunkCorrupt {
+                            id: c.id,
+                            why: "received bytes do not match the chunk id".into(),
+                        });
+                    }
+                    wire += d.len() as u64;
+                    d.to_vec()
+                }
+            };
+            let dst = out
+                .get_mut(off..off + data.len())
+                .ok_or_else(|| StoreError::ChunkCorrupt { id: c.id, why: "past the file size".into() })?;
+            dst.copy_from_slice(&data);
+            off += data.len();
+        }
+    }
+    Ok((out, wire))
 }

@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod delta;
 pub mod plan;
 pub mod record;
 
@@ -15,7 +16,7 @@ use crate::capture::{CaptureError, DEFAULT_ROOT_EXCLUDES, Excludes};
 use crate::deploy::ChunkSource;
 use crate::fsx;
 use crate::store::manifest::{ChunkRef, Entry, Extent, Kind, Manifest, display_path};
-use apply::{ApplyError, ApplyStats, Reuse};
+pub use apply::{ApplyError, ApplyStats, Reuse};
 use plan::{Change, Plan, PlanError};
 use record::{Deployed, RecordError};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -207,6 +208,16 @@ fn meta(path: Vec<u8>, kind: Kind, st: &rustix::fs::Stat, xattrs: Vec<crate::sto
     }
 }
 
+/// Where an update's file data comes from.
+pub struct Sources<'a> {
+    /// Chunks the target has.
+    pub reuse: &'a Reuse,
+    /// The rest of the chunks (the store or the server).
+    pub chunks: &'a dyn ChunkSource,
+    /// Whole files sent otherwise (rsync deltas).
+    pub whole: apply::WholeFile<'a>,
+}
+
 /// An update in progress: the target open, listed and planned.
 pub struct Prepared {
     root: OwnedFd,
@@ -266,9 +277,8 @@ impl Prepared {
 
     /// Find the chunks the target already has: the old versions of replaced files and the
     /// removed files (a renamed file's data is there under its old name). Returns the
-    /// index and the chunk references still to fetch, in the order [`Prepared::apply`]
-    /// reads them.
-    pub fn reuse(&self, m: &Manifest) -> Result<(Reuse, Vec<ChunkRef>, u64), UpdateError> {
+    /// index and the bytes read to make it.
+    pub fn reuse(&self, m: &Manifest) -> Result<(Reuse, u64), UpdateError> {
         let mut reuse = Reuse::default();
         let mut hashed = 0u64;
         let by_path = |p: &[u8]| {
@@ -299,23 +309,57 @@ impl Prepared {
                 .add_file(file, size, &m.chunker)
                 .map_err(|source| UpdateError::Scan { path: display_path(path), source })?;
         }
-        let needed = apply::needed_chunks(m, &self.plan, &reuse);
-        Ok((reuse, needed, hashed))
+        Ok((reuse, hashed))
     }
 
-    /// Apply the plan with data from `reuse` and `src`, then record the new image in the
-    /// target's `deployed.json`.
+    /// Replaced files worth an rsync delta: the old version is a regular file, both
+    /// versions are at most [`delta::DELTA_MAX`] bytes, and at least
+    /// [`delta::DELTA_MIN_MISSING`] bytes of the new one are not among `reuse`'s chunks.
+    /// Returns their image indexes, ascending.
+    pub fn delta_candidates(&self, m: &Manifest, reuse: &Reuse) -> Vec<usize> {
+        let mut out = Vec::new();
+        for c in &self.plan.changes {
+            let Change::Replace { idx, retype: false, .. } = c else { continue };
+            let Kind::File { size, extents } = &m.entries[*idx].kind else { continue };
+            let missing: u64 =
+                extents.iter().flat_map(|x| &x.chunks).filter(|r| !reuse.has(&r.id)).map(|r| r.len as u64).sum();
+            let old = self
+                .current
+                .binary_search_by(|e| crate::store::manifest::path_cmp(&e.path, &m.entries[*idx].path))
+                .ok()
+                .map(|i| &self.current[i].kind);
+            if let Some(Kind::File { size: old_size, .. }) = old
+                && *size <= delta::DELTA_MAX
+                && *old_size <= delta::DELTA_MAX
+                && missing >= delta::DELTA_MIN_MISSING
+            {
+                out.push(*idx);
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// The old version of the file at image path `path`, read whole (at most
+    /// [`delta::DELTA_MAX`] bytes); `None` when it is not a regular file any more.
+    pub fn old_content(&self, path: &[u8]) -> Option<Vec<u8>> {
+        let f = open_regular(self.root.as_fd(), path)?;
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(&f, delta::DELTA_MAX + 1), &mut buf).ok()?;
+        (buf.len() as u64 <= delta::DELTA_MAX).then_some(buf)
+    }
+
+    /// Apply the plan with data from `src`, then record the new image (`NAME@N`, manifest
+    /// id) in the target's `deployed.json`.
     pub fn apply(
         &self,
         m: &Manifest,
-        reuse: &Reuse,
-        src: &dyn ChunkSource,
-        image: &str,
-        manifest_id: &str,
+        src: Sources<'_>,
+        (image, manifest_id): (&str, &str),
         sync: bool,
     ) -> Result<ApplyStats, UpdateError> {
         let as_root = rustix::process::geteuid().is_root();
-        let stats = apply::apply(self.root.as_fd(), m, &self.plan, reuse, src, as_root)?;
+        let stats = apply::apply(self.root.as_fd(), m, &self.plan, src.reuse, src.chunks, src.whole, as_root)?;
         let mut rec = self.record.clone().unwrap_or_else(|| Deployed {
             keep_globs: record::DEFAULT_KEEP.iter().map(|s| s.to_string()).collect(),
             ..Deployed::default()
