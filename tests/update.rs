@@ -171,6 +171,24 @@ fn excludes_and_a_missing_record_keep_paths() {
     assert!(!dst.join("usr/share").exists(), "an excluded path was created");
     assert_eq!(std::fs::read(dst.join("etc/hostname")).unwrap(), b"standby\n", "the default identity files stay");
     assert!(dst.join("var/lib/understudy/deployed.json").is_file(), "a record is written");
+    // This machine's own data dir inside the target is never touched.
+    std::fs::create_dir_all(dst.join("srv/data")).unwrap();
+    w(&dst, "srv/data/store.db", b"mine");
+    let o =
+        t.sb.cmd(&["update", "img@2", dst.to_str().unwrap()])
+            .arg("--data-dir")
+            .arg(dst.join("srv/data"))
+            .output()
+            .unwrap();
+    assert!(!o.status.success(), "that data dir holds no image");
+    let data = t.sb.data();
+    sh(&format!("cp -a {}/. {}/srv/data/", data.display(), dst.display()));
+    let o = std::process::Command::new(bin())
+        .args(["--data-dir", dst.join("srv/data").to_str().unwrap(), "update", "img@2", dst.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(dst.join("srv/data/store.db")).unwrap(), b"mine");
 }
 
 #[test]

@@ -39,7 +39,12 @@ pub async fn run(
     a: UpdateArgs,
     quiet: bool,
 ) -> anyhow::Result<i32> {
-    let opts = UpdateOptions { excludes: a.excludes.clone(), dry_run: a.dry_run, sync: !a.no_sync };
+    let opts = UpdateOptions {
+        excludes: a.excludes.clone(),
+        dry_run: a.dry_run,
+        sync: !a.no_sync,
+        skip_paths: vec![data_dir.to_path_buf()],
+    };
     let (m, id, label, source) = match server {
         Some(url) => {
             let client = Client::new(url, token)?;

@@ -71,6 +71,9 @@ pub struct UpdateOptions {
     pub dry_run: bool,
     /// syncfs() the target at the end.
     pub sync: bool,
+    /// Absolute paths left alone with everything under them when they are inside the
+    /// target (this machine's own data dir: its store and inventory).
+    pub skip_paths: Vec<PathBuf>,
 }
 
 /// What an update did (or, with `--dry-run`, would do).
@@ -256,6 +259,14 @@ pub fn prepare(target: &Path, m: &Manifest, opts: &UpdateOptions) -> Result<Prep
                 ..Deployed::default()
             };
             patterns.extend(d.keep_patterns());
+        }
+    }
+    for sp in &opts.skip_paths {
+        if let Ok(c) = std::fs::canonicalize(sp)
+            && let Ok(rel) = c.strip_prefix(&canonical)
+            && !rel.as_os_str().is_empty()
+        {
+            patterns.push(record::escape_glob(&format!("/{}", rel.display())));
         }
     }
     if canonical == Path::new("/") {
