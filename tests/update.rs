@@ -265,3 +265,23 @@ fn update_from_a_server_fetches_only_what_the_target_lacks() {
     assert_eq!(srv.curl("POST", &none, Some(&srv.token), Some("x")).0, 404);
     assert_eq!(std::fs::read(dst.join("etc/hostname")).unwrap(), b"standby\n");
 }
+
+#[test]
+fn a_virtual_filesystem_mounted_in_the_target_is_left_alone() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    w(&src, "etc/conf", b"v1\n");
+    std::fs::create_dir_all(src.join("proc")).unwrap();
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    let dst = sb.path("dst");
+    sb.ok(&["deploy", "img", dst.to_str().unwrap()]);
+    w(&src, "etc/conf", b"v2\n");
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    sh(&format!("mount -t proc proc {}/proc", dst.display()));
+    let o = sb.run(&["update", "img", dst.to_str().unwrap(), "--json"]);
+    sh(&format!("umount {}/proc", dst.display()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!rep["changes"].to_string().contains("proc"), "{rep}");
+    assert_eq!(std::fs::read(dst.join("etc/conf")).unwrap(), b"v2\n");
+}

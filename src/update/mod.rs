@@ -99,6 +99,16 @@ pub struct UpdateReport {
 /// [`Kind::Hardlink`]. Kept paths are listed but not descended into; the contents of
 /// virtual filesystems (proc, sysfs, ...) are not listed.
 pub fn scan(root: BorrowedFd<'_>, keep: &dyn Fn(&[u8], bool) -> bool) -> Result<Vec<Entry>, UpdateError> {
+    scan_with_mounts(root, keep).map(|(entries, _)| entries)
+}
+
+/// [`scan`], also returning the paths where virtual filesystems are mounted (a live root's
+/// `/proc`, `/sys`, ...): an update leaves those directories alone entirely.
+pub fn scan_with_mounts(
+    root: BorrowedFd<'_>,
+    keep: &dyn Fn(&[u8], bool) -> bool,
+) -> Result<(Vec<Entry>, Vec<Vec<u8>>), UpdateError> {
+    let mut virtual_mounts: Vec<Vec<u8>> = Vec::new();
     let serr = |p: &[u8]| {
         let path = display_path(p);
         move |source: std::io::Error| UpdateError::Scan { path: path.clone(), source }
@@ -145,7 +155,9 @@ pub fn scan(root: BorrowedFd<'_>, keep: &dyn Fn(&[u8], bool) -> bool) -> Result<
                 let x = fsx::fd_xattrs(fd.as_fd()).map_err(serr(&rel))?;
                 out.push(meta(rel.clone(), Kind::Dir, &st, x));
                 let virt = st.st_dev != root_st.st_dev && is_virtual_fs(fd.as_fd());
-                if !kept && !virt {
+                if virt {
+                    virtual_mounts.push(rel.clone());
+                } else if !kept {
                     let names = list_dir(fd.as_fd()).map_err(serr(&rel))?;
                     stack.push((fd, rel, names.into_iter()));
                 }
@@ -166,7 +178,7 @@ pub fn scan(root: BorrowedFd<'_>, keep: &dyn Fn(&[u8], bool) -> bool) -> Result<
         let x = xattrs()?;
         out.push(meta(rel, kind, &st, x));
     }
-    Ok(out)
+    Ok((out, virtual_mounts))
 }
 
 fn is_virtual_fs(fd: BorrowedFd<'_>) -> bool {
@@ -273,8 +285,11 @@ pub fn prepare(target: &Path, m: &Manifest, opts: &UpdateOptions) -> Result<Prep
         patterns.extend(DEFAULT_ROOT_EXCLUDES.iter().map(|s| s.to_string()));
     }
     let ex = Excludes::new(&patterns)?;
+    let (current, mounts) = scan_with_mounts(root.as_fd(), &|p: &[u8], d: bool| ex.matches(p, d))?;
+    // Their metadata belongs to the mounted filesystem, not to the image.
+    patterns.extend(mounts.iter().map(|p| record::escape_glob(&format!("/{}", String::from_utf8_lossy(p)))));
+    let ex = Excludes::new(&patterns)?;
     let keep = |p: &[u8], d: bool| ex.matches(p, d);
-    let current = scan(root.as_fd(), &keep)?;
     let plan = plan::plan(&current, &m.entries, &keep)?;
     notes.extend(plan.notes.iter().cloned());
     Ok(Prepared { root, target: canonical, current, plan, record, notes })
