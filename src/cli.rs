@@ -53,6 +53,8 @@ pub enum Command {
     Images(ImagesCmd),
     /// Write an image into an empty or new directory (from a server with --server).
     Deploy(DeployArgs),
+    /// Bring a live or mounted root to an image, leaving the node's identity alone.
+    Update(crate::update::cli::UpdateArgs),
     /// Run the configured services (HTTP API, DHCP, TFTP, failover).
     Serve {
         /// TOML config file; embedded defaults when omitted.
@@ -595,6 +597,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             return Ok(0);
         }
+        Command::Update(a) => {
+            return crate::update::cli::run(&cli.data_dir, cli.server.as_deref(), cli.token.clone(), a, cli.quiet)
+                .await;
+        }
         Command::Generate { out } => {
             generate(&out)?;
             return Ok(0);
@@ -614,6 +620,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         | Command::Agent(_)
         | Command::Pxe(_)
         | Command::Layout(_)
+        | Command::Update(_)
         | Command::Generate { .. } => {
             unreachable!("handled above")
         }
@@ -1710,6 +1717,7 @@ async fn remote_cmd(client: &Client, cmd: Command, quiet: bool) -> anyhow::Resul
         | Command::Agent(_)
         | Command::Pxe(_)
         | Command::Layout(_)
+        | Command::Update(_)
         | Command::Generate { .. } => {
             unreachable!("handled before")
         }

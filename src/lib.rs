@@ -26,5 +26,6 @@ pub mod ratelog;
 pub mod remote;
 pub mod store;
 pub mod tftp;
+pub mod update;
 pub mod wire;
 pub mod wizard;

@@ -113,6 +113,17 @@ impl Client {
         self.call::<(), T>(reqwest::Method::GET, path, None).await
     }
 
+    /// POST raw bytes and return the raw answer (deltas for `update`).
+    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<bytes::Bytes, RemoteError> {
+        let r = self.req(reqwest::Method::POST, path).header("content-type", "application/octet-stream").body(body);
+        Ok(Self::check(r.send().await?).await?.bytes().await?)
+    }
+
+    /// GET the raw answer (single chunks for `update`).
+    pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes, RemoteError> {
+        Ok(Self::check(self.req(reqwest::Method::GET, path).send().await?).await?.bytes().await?)
+    }
+
     /// Fetch and check an image's manifest; returns it and its id.
     pub async fn manifest(&self, image: &str) -> Result<(Manifest, ChunkId, String), RemoteError> {
         let resp = Self::check(

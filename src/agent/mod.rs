@@ -191,6 +191,7 @@ async fn install(
     } else {
         identity::FstabSource::Default(default_filesystems(&layout)?)
     };
+    let ssh_before = crate::update::record::list_prefixed(&root, "/etc/ssh", "ssh_host_");
     for line in identity::apply(&root, &a.node, &source, a.keep_ssh_keys)? {
         println!("understudy-agent: identity: {line}");
     }
@@ -199,9 +200,20 @@ async fn install(
         .get(&format!("/api/v1/deployments/{}/network", a.deployment))
         .await
         .context("fetching the deployment's network plan")?;
-    for line in network::apply(&root, &net)? {
+    let applied = network::apply_recorded(&root, &net)?;
+    for line in &applied.lines {
         println!("understudy-agent: network: {line}");
     }
+    // What this node owns, so that `understudy update` leaves it alone.
+    crate::update::record::record_deployment(
+        &root,
+        &pulled.label,
+        &pulled.id,
+        a.deployment,
+        a.keep_ssh_keys,
+        ssh_before,
+        &applied.paths,
+    )?;
     let mut mounts = Mounts::default();
     let wants_loader = layout.bootloader != crate::layout::doc::Bootloader::None;
     if a.bootloader && wants_loader {

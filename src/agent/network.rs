@@ -138,6 +138,22 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetworkEr
 /// agent's log. A refused rewrite fails unless the plan is forced (then each problem is
 /// logged); the failover configuration is written only when the plan has one.
 pub fn apply(root: &Path, plan: &NetworkPlan) -> Result<Vec<String>, NetworkError> {
+    apply_recorded(root, plan).map(|a| a.lines)
+}
+
+/// What [`apply_recorded`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Lines for the agent's log.
+    pub lines: Vec<String>,
+    /// Image paths written, removed or linked for this node (network files, the failover
+    /// configuration and key, the unit's enable links): the deployment record keeps them.
+    pub paths: Vec<PathBuf>,
+}
+
+/// [`apply`], also returning the paths it touched.
+pub fn apply_recorded(root: &Path, plan: &NetworkPlan) -> Result<Applied, NetworkError> {
+    let mut paths: Vec<PathBuf> = Vec::new();
     let mut lines: Vec<String> = plan.notes.iter().map(|n| format!("server: {n}")).collect();
     let primary = identity("primary", &plan.primary)?;
     let standby = identity("standby", &plan.standby)?;
@@ -179,6 +195,7 @@ pub fn apply(root: &Path, plan: &NetworkPlan) -> Result<Vec<String>, NetworkErro
             Mapping::from_identities(&primary, &standby, vips).map_err(NetworkError::Mapping)?
         };
         let report = rewrite_tree(root, &mapping).map_err(NetworkError::Rewrite)?;
+        paths.extend(report.rewritten.iter().chain(&report.removed).cloned());
         let (summary, problems) = assess(&report, &mapping);
         lines.extend(summary);
         if !problems.is_empty() {
@@ -194,9 +211,11 @@ pub fn apply(root: &Path, plan: &NetworkPlan) -> Result<Vec<String>, NetworkErro
     }
     if let Some(f) = &plan.failover {
         lines.extend(write_failover(root, f)?);
-        lines.extend(enable_service(root)?);
+        paths.push(image_path("config_path", &f.config_path)?);
+        paths.push(image_path("key_path", &f.key_path)?);
+        lines.extend(enable_service(root, &mut paths)?);
     }
-    Ok(lines)
+    Ok(Applied { lines, paths })
 }
 
 fn identity(side: &'static str, interfaces: &[NetInterface]) -> Result<NodeIdentity, NetworkError> {
@@ -465,7 +484,7 @@ fn install_targets(unit_text: &str, unit: &Path) -> Result<Vec<(&'static str, St
 
 /// Enable `understudy.service` in the image when it carries both the binary and the unit;
 /// otherwise a note says why the failover configuration will not run.
-fn enable_service(root: &Path) -> Result<Vec<String>, NetworkError> {
+fn enable_service(root: &Path, links: &mut Vec<PathBuf>) -> Result<Vec<String>, NetworkError> {
     let binary = find_binary(root)?;
     let unit = find_unit(root)?;
     let (image_unit, host_unit) = match (binary, unit) {
@@ -496,6 +515,7 @@ fn enable_service(root: &Path) -> Result<Vec<String>, NetworkError> {
         let dir = ensure_dir(root, &dir_image, 0o755)?;
         let link = dir.join(UNIT);
         let link_image = dir_image.join(UNIT);
+        links.push(link_image.clone());
         match link.symlink_metadata() {
             Ok(md) if md.file_type().is_symlink() => {
                 // The captured primary had it enabled already, perhaps through another of the

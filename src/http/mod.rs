@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod boot;
 pub mod console;
+pub mod delta;
 pub mod error;
 pub mod failover;
 pub mod metrics;
@@ -193,6 +194,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api::routes())
         .merge(failover::routes())
         .merge(stream::routes(&state.cfg))
+        .merge(delta::routes())
         .routes(utoipa_axum::routes!(boot::boot_file))
         .split_for_parts();
     // Applied after the routes are merged, so it sees every operation.

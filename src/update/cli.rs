@@ -1,0 +1,224 @@
+//! The `update` command's arguments and handler (the binary's edge: errors are `anyhow`).
+
+use super::{Prepared, UpdateOptions, UpdateReport};
+use crate::remote::{Client, PullOptions, RemoteSource, encode};
+use crate::store::manifest::{Kind, Manifest, display_path};
+use crate::store::{LockMode, Store, StoreError, hex_id};
+use anyhow::Context;
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// `update` arguments.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Image reference (NAME, NAME@N or id); from the server with --server.
+    pub image: String,
+    /// The root to bring to the image (a live `/` or a mounted one).
+    #[arg(default_value = "/")]
+    pub target: PathBuf,
+    /// List the changes (like `rsync -i`) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Leave these paths alone too (capture's exclude syntax; repeatable).
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub excludes: Vec<String>,
+    /// Skip the final syncfs.
+    #[arg(long)]
+    pub no_sync: bool,
+    /// A JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run `update`: against the local data dir, or a server when `server` is given.
+pub async fn run(
+    data_dir: &Path,
+    server: Option<&str>,
+    token: Option<String>,
+    a: UpdateArgs,
+    quiet: bool,
+) -> anyhow::Result<i32> {
+    let opts = UpdateOptions {
+        excludes: a.excludes.clone(),
+        dry_run: a.dry_run,
+        sync: !a.no_sync,
+        skip_paths: vec![data_dir.to_path_buf()],
+    };
+    let (m, id, label, source) = match server {
+        Some(url) => {
+            let client = Client::new(url, token)?;
+            let (m, id, label) = client.manifest(&a.image).await?;
+            (Arc::new(m), hex_id(&id), label, Source::Remote(client))
+        }
+        None => {
+            let inv = crate::inventory::Inventory::open(data_dir)
+                .await
+                .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+            let row = inv.resolve(&a.image).await?;
+            let m = inv.manifest(&row).await?;
+            (m, row.id.clone(), format!("{}@{}", row.name, row.version), Source::Local(data_dir.to_path_buf()))
+        }
+    };
+    let rt = tokio::runtime::Handle::current();
+    let target = a.target.clone();
+    let (l2, id2) = (label.clone(), id.clone());
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<UpdateReport> {
+        let p = super::prepare(&target, &m, &opts)?;
+        let mut rep = UpdateReport {
+            image: l2.clone(),
+            manifest: id2.clone(),
+            dry_run: opts.dry_run,
+            changes: p.itemize(&m),
+            notes: p.notes.clone(),
+            ..Default::default()
+        };
+        if opts.dry_run {
+            return Ok(rep);
+        }
+        rep.stats = apply(&p, &m, &source, &rt, &l2, &id2, opts.sync)?;
+        Ok(rep)
+    })
+    .await??;
+    for n in &report.notes {
+        if !quiet {
+            eprintln!("note: {n}");
+        }
+    }
+    if a.json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        std::io::Write::write_all(&mut out, b"\n")?;
+    } else {
+        if a.dry_run || !quiet {
+            for l in &report.changes {
+                println!("{l}");
+            }
+        }
+        let s = &report.stats;
+        if a.dry_run {
+            println!(
+                "{} change(s) to bring {} to {label} (dry run: nothing changed)",
+                report.changes.len(),
+                a.target.display()
+            );
+        } else {
+            println!(
+                "updated {} to {label}: {} created, {} removed, {} changed; {} bytes transferred, {} reused",
+                a.target.display(),
+                s.created,
+                s.removed,
+                s.changed,
+                s.bytes_transferred,
+                s.bytes_reused
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// Where chunks the target lacks come from.
+enum Source {
+    /// The store in this data dir.
+    Local(PathBuf),
+    /// A server.
+    Remote(Client),
+}
+
+fn apply(
+    p: &Prepared,
+    m: &Manifest,
+    source: &Source,
+    rt: &tokio::runtime::Handle,
+    label: &str,
+    id: &str,
+    sync: bool,
+) -> anyhow::Result<super::ApplyStats> {
+    let (reuse, hashed) = p.reuse(m)?;
+    let mut stats = match source {
+        Source::Local(dd) => {
+            let store = Store::open(dd, LockMode::Shared)?;
+            // Every chunk is on this machine: a delta would save nothing.
+            p.apply(m, super::Sources { reuse: &reuse, chunks: &store, whole: &|_| None }, (label, id), sync)?
+        }
+        Source::Remote(client) => {
+            let cands = p.delta_candidates(m, &reuse);
+            let needed = super::apply::needed_chunks(m, &p.plan, &reuse, &cands);
+            let src = RemoteSource::start(
+                client.clone(),
+                id.to_string(),
+                &super::fetch_list(m, needed),
+                PullOptions::default(),
+                rt,
+            );
+            let whole = |idx: usize| {
+                cands.binary_search(&idx).ok()?;
+                Some(by_delta(p, m, idx, client, rt, id, &reuse))
+            };
+            p.apply(m, super::Sources { reuse: &reuse, chunks: &src, whole: &whole }, (label, id), sync)?
+        }
+    };
+    stats.bytes_hashed = hashed;
+    Ok(stats)
+}
+
+/// The image's version of file `idx` by an rsync delta against the target's old version;
+/// when that fails (the server refuses, the result does not verify), by its chunks one at
+/// a time. Returns the content (verified) and the bytes that crossed the wire.
+fn by_delta(
+    p: &Prepared,
+    m: &Manifest,
+    idx: usize,
+    client: &Client,
+    rt: &tokio::runtime::Handle,
+    id: &str,
+    reuse: &super::Reuse,
+) -> Result<(Vec<u8>, u64), StoreError> {
+    let e = &m.entries[idx];
+    if let Some(old) = p.old_content(&e.path) {
+        let sig = super::delta::signature(&old);
+        let sent = sig.len() as u64;
+        let path = format!("/api/v1/images/{}/delta?path={}", encode(id), hex::encode(&e.path));
+        match rt.block_on(client.post_bytes(&path, sig)) {
+            Ok(d) => match super::delta::apply_delta(&old, &d, e) {
+                Ok(data) => return Ok((data, sent + d.len() as u64)),
+                Err(err) => tracing::warn!("{}: {err}; fetching its chunks instead", display_path(&e.path)),
+            },
+            Err(err) => {
+                tracing::warn!("{}: no delta from the server ({err}); fetching its chunks", display_path(&e.path))
+            }
+        }
+    }
+    let Kind::File { size, extents } = &e.kind else { return Ok((Vec::new(), 0)) };
+    let mut out = vec![0u8; *size as usize];
+    let mut wire = 0u64;
+    for x in extents {
+        let mut off = x.offset as usize;
+        for c in &x.chunks {
+            let data = match reuse.get(&c.id) {
+                Some(d) => d,
+                None => {
+                    let path = format!("/api/v1/images/{}/chunks/{}", encode(id), hex_id(&c.id));
+                    let d = rt.block_on(client.get_bytes(&path)).map_err(|err| StoreError::Io {
+                        what: "fetching a chunk from the server".into(),
+                        source: std::io::Error::other(err.to_string()),
+                    })?;
+                    if blake3::hash(&d).as_bytes() != &c.id {
+                        return Err(StoreError::ChunkCorrupt {
+                            id: c.id,
+                            why: "received bytes do not match the chunk id".into(),
+                        });
+                    }
+                    wire += d.len() as u64;
+                    d.to_vec()
+                }
+            };
+            let dst = out
+                .get_mut(off..off + data.len())
+                .ok_or_else(|| StoreError::ChunkCorrupt { id: c.id, why: "past the file size".into() })?;
+            dst.copy_from_slice(&data);
+            off += data.len();
+        }
+    }
+    Ok((out, wire))
+}

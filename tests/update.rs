@@ -1,0 +1,287 @@
+//! `understudy update`: a deployed tree brought to a newer image, compared with rsync; the
+//! node's identity files left alone; dry runs; symlinks on the target never followed; a
+//! SIGKILL at any moment leaving every file old or new; local store and server.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
+
+mod common;
+use common::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+fn w(root: &Path, p: &str, data: &[u8]) {
+    let f = root.join(p);
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(f, data).unwrap();
+}
+
+fn touch(root: &Path, p: &str, sec: i64) {
+    let f = std::fs::File::options().write(true).open(root.join(p)).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(sec as u64)).unwrap();
+}
+
+/// Version 1 of the tree: files big and small, links, xattrs, a hard-link set.
+fn v1(src: &Path) {
+    w(src, "etc/hostname", b"head-a\n");
+    w(src, "etc/passwd", b"root:x:0:0::/root:/bin/sh\n");
+    w(src, "etc/motd", b"hello\n");
+    w(src, "usr/lib/big.bin", &noise(3 << 20, 1));
+    w(src, "usr/lib/moved.bin", &noise(1 << 20, 2));
+    w(src, "usr/lib/grows.log", &noise(200_000, 3));
+    w(src, "usr/lib/gone.txt", b"bye\n");
+    w(src, "usr/bin/tool", b"#!/bin/sh\necho tool\n");
+    w(src, "usr/bin/becomes-dir", b"a file for now\n");
+    w(src, "usr/bin/becomes-link", b"a file for now\n");
+    w(src, "srv/dir-becomes-file/inner/x", b"x\n");
+    w(src, "srv/links/a", b"shared content\n");
+    std::fs::hard_link(src.join("srv/links/a"), src.join("srv/links/b")).unwrap();
+    std::fs::hard_link(src.join("srv/links/a"), src.join("srv/links/c")).unwrap();
+    w(src, "srv/links/d", b"alone\n");
+    std::os::unix::fs::symlink("tool", src.join("usr/bin/alias")).unwrap();
+    xattr(&src.join("etc/motd"), "user.note", b"v1");
+    std::fs::set_permissions(src.join("usr/bin/tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Version 2: every kind of change.
+fn v2(src: &Path) {
+    w(src, "etc/hostname", b"head-b-in-the-image\n");
+    // Appended; edited in the middle; new; removed; renamed.
+    let mut g = noise(200_000, 3);
+    g.extend_from_slice(b"appended line\n");
+    w(src, "usr/lib/grows.log", &g);
+    let mut big = noise(3 << 20, 1);
+    big.splice(1_500_000..1_500_010, b"an edit in the middle".iter().copied());
+    w(src, "usr/lib/big.bin", &big);
+    w(src, "usr/share/new.txt", b"new file\n");
+    std::fs::remove_file(src.join("usr/lib/gone.txt")).unwrap();
+    std::fs::rename(src.join("usr/lib/moved.bin"), src.join("usr/share/renamed.bin")).unwrap();
+    // Metadata only: mode, mtime, an xattr.
+    std::fs::set_permissions(src.join("usr/bin/tool"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    touch(src, "etc/passwd", 1_000_000);
+    xattr(&src.join("etc/motd"), "user.note", b"v2");
+    // Type changes: file to directory, file to symlink, directory to file.
+    std::fs::remove_file(src.join("usr/bin/becomes-dir")).unwrap();
+    w(src, "usr/bin/becomes-dir/inside", b"now a directory\n");
+    std::fs::remove_file(src.join("usr/bin/becomes-link")).unwrap();
+    std::os::unix::fs::symlink("../lib/big.bin", src.join("usr/bin/becomes-link")).unwrap();
+    std::fs::remove_dir_all(src.join("srv/dir-becomes-file")).unwrap();
+    w(src, "srv/dir-becomes-file", b"now a file\n");
+    // Hard-link sets: c leaves the set, d joins it.
+    std::fs::remove_file(src.join("srv/links/c")).unwrap();
+    w(src, "srv/links/c", b"shared content\n");
+    std::fs::remove_file(src.join("srv/links/d")).unwrap();
+    std::fs::hard_link(src.join("srv/links/a"), src.join("srv/links/d")).unwrap();
+}
+
+/// The node's record, as the agent writes it: this node's hostname is its own.
+fn record(dst: &Path) {
+    w(
+        dst,
+        "var/lib/understudy/deployed.json",
+        br#"{"image":"img@1","manifest":"","deployment":1,"keep":["/etc/hostname"]}"#,
+    );
+    w(dst, "etc/hostname", b"standby\n");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const NOT_IMAGE: &[&str] = &["--exclude=/etc/hostname", "--exclude=/var/"];
+
+struct Two {
+    sb: Sandbox,
+}
+
+/// Capture v1 and v2 of a tree (as img@1, img@2) and deploy img@1 to `dst` with a record.
+fn two_versions() -> Two {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    v1(&src);
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    v2(&src);
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    sb.ok(&["deploy", "img@1", sb.path("dst").to_str().unwrap()]);
+    record(&sb.path("dst"));
+    Two { sb }
+}
+
+#[test]
+fn update_brings_a_deployed_tree_to_the_new_image_and_keeps_identity() {
+    let t = two_versions();
+    let (src, dst) = (t.sb.path("src"), t.sb.path("dst"));
+    assert_ne!(rsync_diff(&src, &dst, NOT_IMAGE), "", "the versions differ");
+    let rep = t.sb.json(&["update", "img@2", dst.to_str().unwrap(), "--json"]);
+    assert_eq!(rsync_diff(&src, &dst, NOT_IMAGE), "", "{rep}");
+    assert_eq!(std::fs::read(dst.join("etc/hostname")).unwrap(), b"standby\n", "the node's own hostname stays");
+    // Shared hard links as in the image.
+    let ino = |p: &str| std::fs::metadata(dst.join(p)).unwrap().ino();
+    assert_eq!(ino("srv/links/a"), ino("srv/links/d"));
+    assert_ne!(ino("srv/links/a"), ino("srv/links/c"));
+    // Only what the target lacked was transferred: the renamed file and the unchanged parts
+    // of the edited one came from the target.
+    let reused = rep["bytes_reused"].as_u64().unwrap();
+    let sent = rep["bytes_transferred"].as_u64().unwrap();
+    assert!(reused > 3 << 20, "{rep}");
+    assert!(sent < 1 << 20, "{rep}");
+    assert!(rep["created"].as_u64().unwrap() >= 3 && rep["removed"].as_u64().unwrap() >= 3, "{rep}");
+    // The record names the new image and still keeps the hostname.
+    let recd: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dst.join("var/lib/understudy/deployed.json")).unwrap()).unwrap();
+    assert_eq!(recd["image"], "img@2");
+    assert_eq!(recd["keep"][0], "/etc/hostname");
+    // A second update has nothing to do.
+    let again = t.sb.json(&["update", "img@2", dst.to_str().unwrap(), "--json"]);
+    assert_eq!(again["changes"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(again["bytes_transferred"], 0);
+}
+
+#[test]
+fn dry_run_lists_the_changes_and_changes_nothing() {
+    let t = two_versions();
+    let dst = t.sb.path("dst");
+    let copy = t.sb.path("copy");
+    sh(&format!("cp -a {}/. {}", dst.display(), copy.display()));
+    let out = t.sb.ok(&["update", "img@2", dst.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(rsync_diff(&copy, &dst, &[]), "", "a dry run changed the target");
+    for line in [
+        ">f+++++++++ usr/share/new.txt",
+        "*deleting   usr/lib/gone.txt",
+        ">f.st...... usr/lib/grows.log",
+        ".f...p..... usr/bin/tool",
+        ">f..t...... etc/passwd",
+        ".f........x etc/motd",
+        "cL+++++++++ usr/bin/becomes-link -> ../lib/big.bin",
+        "cd+++++++++ usr/bin/becomes-dir/",
+        "hf+++++++++ srv/links/d => srv/links/a",
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in:\n{out}");
+    }
+    assert!(!out.contains("etc/hostname"), "a kept path is listed:\n{out}");
+    assert!(!out.contains("var/lib/understudy"), "the record is listed:\n{out}");
+}
+
+#[test]
+fn excludes_and_a_missing_record_keep_paths() {
+    let t = two_versions();
+    let dst = t.sb.path("dst");
+    std::fs::remove_file(dst.join("var/lib/understudy/deployed.json")).unwrap();
+    let o = t.sb.run(&["update", "img@2", dst.to_str().unwrap(), "--exclude", "/usr/share/", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no deployment record"));
+    assert!(!dst.join("usr/share").exists(), "an excluded path was created");
+    assert_eq!(std::fs::read(dst.join("etc/hostname")).unwrap(), b"standby\n", "the default identity files stay");
+    assert!(dst.join("var/lib/understudy/deployed.json").is_file(), "a record is written");
+    // This machine's own data dir inside the target is never touched.
+    std::fs::create_dir_all(dst.join("srv/data")).unwrap();
+    w(&dst, "srv/data/store.db", b"mine");
+    let data = t.sb.data();
+    sh(&format!("cp -a {}/. {}/srv/data/", data.display(), dst.display()));
+    let o = std::process::Command::new(bin())
+        .args(["--data-dir", dst.join("srv/data").to_str().unwrap(), "update", "img@2", dst.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(dst.join("srv/data/store.db")).unwrap(), b"mine");
+}
+
+#[test]
+fn a_symlink_on_the_target_is_replaced_never_followed() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    w(&src, "etc/conf", b"image\n");
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    let dst = sb.path("dst");
+    let outside = sb.path("outside");
+    w(&outside, "conf", b"outside\n");
+    std::fs::create_dir_all(&dst).unwrap();
+    std::os::unix::fs::symlink(&outside, dst.join("etc")).unwrap();
+    sb.ok(&["update", "img", dst.to_str().unwrap()]);
+    assert_eq!(std::fs::read(outside.join("conf")).unwrap(), b"outside\n");
+    assert!(dst.join("etc").symlink_metadata().unwrap().is_dir());
+    assert_eq!(std::fs::read(dst.join("etc/conf")).unwrap(), b"image\n");
+}
+
+#[test]
+fn sigkill_at_any_moment_leaves_every_file_old_or_new() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    for i in 0..150u64 {
+        w(&src, &format!("d{}/f{i:03}", i % 7), &noise(40_000 + i as usize * 97, i));
+    }
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    let old: Vec<Vec<u8>> = (0..150u64).map(|i| noise(40_000 + i as usize * 97, i)).collect();
+    let new: Vec<Vec<u8>> = (0..150u64).map(|i| noise(41_000 + i as usize * 89, i + 1000)).collect();
+    for (i, data) in new.iter().enumerate() {
+        w(&src, &format!("d{}/f{i:03}", i % 7), data);
+    }
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    let dst = sb.path("dst");
+    sb.ok(&["deploy", "img@1", dst.to_str().unwrap()]);
+    let mut mixed = false;
+    for delay_ms in [5u64, 30, 80, 150, 300] {
+        let mut child = sb.cmd(&["update", "img@2", dst.to_str().unwrap(), "--no-sync", "-q"]).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut fresh = 0;
+        for i in 0..150usize {
+            let got = std::fs::read(dst.join(format!("d{}/f{i:03}", i % 7))).unwrap();
+            assert!(got == old[i] || got == new[i], "f{i:03} is neither old nor new after a kill at {delay_ms} ms");
+            fresh += usize::from(got == new[i]);
+        }
+        eprintln!("killed at {delay_ms} ms: {fresh} of 150 files new");
+        mixed |= fresh > 0 && fresh < 150;
+    }
+    assert!(mixed, "no kill landed in the middle of the update");
+    sb.ok(&["update", "img@2", dst.to_str().unwrap()]);
+    assert_eq!(rsync_diff(&src, &dst, &["--exclude=/var/"]), "");
+}
+
+#[test]
+fn update_from_a_server_fetches_only_what_the_target_lacks() {
+    let t = two_versions();
+    let (src, dst) = (t.sb.path("src"), t.sb.path("dst"));
+    let srv = Server::start(&t.sb, "");
+    let o = std::process::Command::new(bin())
+        .args(["--server", &srv.url, "--token", &srv.token, "update", "img@2", dst.to_str().unwrap(), "--json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rsync_diff(&src, &dst, NOT_IMAGE), "", "{rep}");
+    // The edited files travel as rsync deltas: a few KiB, against the whole chunks
+    // (64 KiB on average) around each edit that a local update copies.
+    let sent = rep["bytes_transferred"].as_u64().unwrap();
+    eprintln!("remote update: {rep}");
+    assert!(sent < 48 << 10, "{rep}");
+    // The delta endpoint: scoped like the chunks, refuses what is not a signature or a file.
+    let big = format!("/api/v1/images/img@2/delta?path={}", hex(b"usr/lib/big.bin"));
+    assert_eq!(srv.curl("POST", &big, None, Some("x")).0, 401);
+    assert_eq!(srv.curl("POST", &big, Some(&srv.token), Some("not a signature")).0, 400);
+    let dir = format!("/api/v1/images/img@2/delta?path={}", hex(b"usr/lib"));
+    assert_eq!(srv.curl("POST", &dir, Some(&srv.token), Some("x")).0, 400);
+    let none = format!("/api/v1/images/img@2/delta?path={}", hex(b"no/such"));
+    assert_eq!(srv.curl("POST", &none, Some(&srv.token), Some("x")).0, 404);
+    assert_eq!(std::fs::read(dst.join("etc/hostname")).unwrap(), b"standby\n");
+}
+
+#[test]
+fn a_virtual_filesystem_mounted_in_the_target_is_left_alone() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    w(&src, "etc/conf", b"v1\n");
+    std::fs::create_dir_all(src.join("proc")).unwrap();
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    let dst = sb.path("dst");
+    sb.ok(&["deploy", "img", dst.to_str().unwrap()]);
+    w(&src, "etc/conf", b"v2\n");
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    sh(&format!("mount -t proc proc {}/proc", dst.display()));
+    let o = sb.run(&["update", "img", dst.to_str().unwrap(), "--json"]);
+    sh(&format!("umount {}/proc", dst.display()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!rep["changes"].to_string().contains("proc"), "{rep}");
+    assert_eq!(std::fs::read(dst.join("etc/conf")).unwrap(), b"v2\n");
+}
