@@ -571,6 +571,8 @@ fn tree_diff(image: &Path, deployed: &Path) -> String {
             // (the layout probe's `vgs` does, at boot).
             "--exclude=/etc/lvm/backup/",
             "--exclude=/etc/lvm/archive/",
+            // The agent's record of the deployment, for `understudy update`.
+            "--exclude=/var/lib/understudy/",
         ],
     )
 }
