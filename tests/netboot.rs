@@ -454,6 +454,41 @@ const GIB: u64 = 1 << 30;
 
 /// The recorded layout of a one-disk primary: GPT with a BIOS boot partition, an ext4
 /// root, a swap partition and /var on XFS growing over the rest; every identity given.
+/// A recorded UEFI layout on one disk: ESP, ext4 root, swap, xfs /var (growing).
+fn uefi_layout() -> String {
+    serde_json::json!({
+        "version": 1, "boot_mode": "uefi", "bootloader": "shim-grub",
+        "items": [
+            {"type": "disk", "id": "sda", "size": 6 * GIB, "ptable": "gpt",
+             "ptable_id": "6D2E3F40-1B2C-4D3E-9F40-000000000B00"},
+            {"type": "partition", "id": "sda1", "device": "sda", "number": 1, "start": MIB, "size": 256 * MIB,
+             "part_type": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "name": "esp",
+             "uuid": "6D2E3F40-1B2C-4D3E-9F40-000000000B01", "flags": ["esp"]},
+            {"type": "partition", "id": "sda2", "device": "sda", "number": 2, "size": 3 * GIB,
+             "part_type": "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "name": "root",
+             "uuid": "6D2E3F40-1B2C-4D3E-9F40-000000000B02"},
+            {"type": "partition", "id": "sda3", "device": "sda", "number": 3, "size": 256 * MIB,
+             "part_type": "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "name": "swap",
+             "uuid": "6D2E3F40-1B2C-4D3E-9F40-000000000B03", "flags": ["swap"]},
+            {"type": "partition", "id": "sda4", "device": "sda", "number": 4, "size": 2 * GIB,
+             "part_type": "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "name": "var",
+             "uuid": "6D2E3F40-1B2C-4D3E-9F40-000000000B04", "grow": true},
+            {"type": "format", "id": "fs-esp", "volume": "sda1", "fstype": "vfat",
+             "uuid": "1A2B-3C4D", "label": "EFI"},
+            {"type": "format", "id": "fs-root", "volume": "sda2", "fstype": "ext4",
+             "uuid": "4e1b7c2a-9d3f-4a5b-8c6d-7e8f9a0b1c01", "label": "rootfs"},
+            {"type": "format", "id": "fs-swap", "volume": "sda3", "fstype": "swap",
+             "uuid": "4e1b7c2a-9d3f-4a5b-8c6d-7e8f9a0b1c02", "label": "swap0"},
+            {"type": "format", "id": "fs-var", "volume": "sda4", "fstype": "xfs",
+             "uuid": "4e1b7c2a-9d3f-4a5b-8c6d-7e8f9a0b1c03", "label": "varfs"},
+            {"type": "mount", "id": "m-root", "device": "fs-root", "path": "/", "options": "errors=remount-ro"},
+            {"type": "mount", "id": "m-esp", "device": "fs-esp", "path": "/boot/efi", "options": "umask=0077"},
+            {"type": "mount", "id": "m-var", "device": "fs-var", "path": "/var", "options": "defaults"}
+        ]
+    })
+    .to_string()
+}
+
 fn one_disk_layout() -> String {
     serde_json::json!({
         "version": 1, "boot_mode": "bios", "bootloader": "grub-pc",
@@ -761,7 +796,13 @@ fn bios_raid1_lvm_on_two_disks_boots_to_login() {
 /// walking the IPv6 and HTTP entries, to a login prompt.
 #[test]
 fn uefi_standby_boots_its_own_disk_after_pxev4() {
-    let st = deploy_standby(Firmware::Uefi, &[4 << 30], None, false);
+    let st = deploy_standby(Firmware::Uefi, &[6 * GIB], Some(&uefi_layout()), false);
+    let r = &st.report;
+    assert_blkid(r, "1A2B-3C4D", "vfat", Some("EFI"));
+    assert_blkid(r, "4e1b7c2a-9d3f-4a5b-8c6d-7e8f9a0b1c01", "ext4", Some("rootfs"));
+    assert_blkid(r, "4e1b7c2a-9d3f-4a5b-8c6d-7e8f9a0b1c02", "swap", Some("swap0"));
+    assert_blkid(r, "4e1b7c2a-9d3f-4a5b-8c6d-7e8f9a0b1c03", "xfs", Some("varfs"));
+    assert!(r.contains("\"mountpoint\": \"/var\"") && r.contains("\"mountpoint\": \"/boot/efi\""), "{r}");
     let con = &st.console;
     let made = con
         .lines()

@@ -242,3 +242,129 @@ fn an_unparsable_network_configuration_is_refused_unless_forced() {
     let node: Value = serde_json::from_str(&lab.ok(&["nodes", "show", "standby", "--json"])).unwrap();
     assert_eq!(node["state"], "deployed");
 }
+
+/// Every network stack at once, through the real agent on a loop disk: an image holding the
+/// primary's configuration as ifupdown (with a sourced file), netplan, a NetworkManager
+/// keyfile, systemd-networkd (.network and .link) and RHEL ifcfg files (the fixtures the
+/// rewriters' unit tests use), deployed to a node with its own identity. Each file comes out
+/// with the node's addresses and MACs, none of the primary's, no VIP; the alias file that
+/// only held the VIP is gone.
+#[test]
+fn the_agent_rewrites_every_stack_in_the_image() {
+    let mut net = Netns::new("nst");
+    let ns = net.add("primary");
+    let peer = net.add("lan");
+    net.veth(&ns, "eth0", &peer, "p0");
+    net.veth(&ns, "eth1", &peer, "p1");
+    // The primary as the fixtures describe it.
+    ns_sh(&ns, "ip link set eth0 address 52:54:00:00:00:01 && ip link set eth1 address 52:54:00:00:00:02");
+    net.addr(&ns, "eth0", "10.0.0.1/24");
+    ns_sh(&ns, "ip addr add fd00::1/64 dev eth0 nodad");
+    net.addr(&ns, "eth1", "192.0.2.10/24");
+    ns_sh(&ns, "ip route add default via 192.0.2.1 dev eth1 onlink");
+    net.up(&peer, "p0");
+    net.up(&peer, "p1");
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.data().join("boot")).unwrap();
+    std::fs::write(sb.data().join("boot/vmlinuz"), noise(200_000, 1)).unwrap();
+    std::fs::write(sb.data().join("boot/initramfs.img"), noise(300_000, 2)).unwrap();
+    sb.ok(&["failover", "keygen", sb.data().join("failover.key").to_str().unwrap()]);
+    let cfg = sb.path("serve.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {data:?}\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [dhcp]\ninterface = \"eth0\"\nserver_ip = \"10.0.0.1\"\nsubnet = \"10.0.0.0/24\"\nrange = \"10.0.0.100-10.0.0.150\"\n\
+             [failover]\nnode = \"head-a\"\nrole = \"primary\"\n\
+             [[failover.channel]]\nname = \"private\"\nlocal = \"10.0.0.1\"\npeer = \"10.0.0.2\"\n\
+             [[failover.channel]]\nname = \"public\"\nlocal = \"192.0.2.10\"\npeer = \"192.0.2.11\"\n\
+             [[failover.vip]]\naddress = \"192.0.2.100/24\"\ninterface = \"eth1\"\n",
+            data = sb.data().to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // The image: the fixtures where each stack keeps them.
+    let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/netcfg");
+    let src = sb.path("src");
+    let files = [
+        ("ifupdown/interfaces", "etc/network/interfaces"),
+        ("ifupdown/interfaces.d/public", "etc/network/interfaces.d/public"),
+        ("netplan/50-cloud-init.yaml", "etc/netplan/50-cloud-init.yaml"),
+        ("nm/private.nmconnection", "etc/NetworkManager/system-connections/private.nmconnection"),
+        ("networkd/10-private.network", "etc/systemd/network/10-private.network"),
+        ("networkd/10-private.link", "etc/systemd/network/10-private.link"),
+        ("networkd/20-public.network", "etc/systemd/network/20-public.network"),
+        ("ifcfg/ifcfg-eth0", "etc/sysconfig/network-scripts/ifcfg-eth0"),
+        ("ifcfg/ifcfg-eth1:0", "etc/sysconfig/network-scripts/ifcfg-eth1:0"),
+    ];
+    for (from, to) in files {
+        let dst = src.join(to);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(fx.join(from), &dst).unwrap();
+    }
+    std::fs::write(src.join("etc/hostname"), "head-a\n").unwrap();
+    sb.ok(&["capture", "--name", "head-a", src.to_str().unwrap()]);
+    let mut cmd = ns_cmd(&ns, bin());
+    cmd.args(["serve", "--config", cfg.to_str().unwrap()]);
+    let srv = Server::start_cmd(&sb, &mut cmd);
+    let cli = |args: &[&str]| {
+        let o = ns_cmd(&ns, bin())
+            .args(["--data-dir", sb.data().to_str().unwrap(), "--server", &srv.url, "--token", &srv.token])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let mac = "52:54:00:00:01:01";
+    cli(&[
+        "nodes",
+        "add",
+        "standby",
+        "--mac",
+        mac,
+        "--ip",
+        "127.0.0.1",
+        "--image",
+        "head-a",
+        "--interface",
+        "role=private,name=eth0,mac=52:54:00:00:01:01,address=10.0.0.2/24,address=fd00::2/64",
+        "--interface",
+        "role=public,name=eth1,mac=52:54:00:00:01:02,address=192.0.2.11/24,gateway=192.0.2.1",
+    ]);
+    let (code, script) = srv.curl_in(Some(&ns), "GET", &format!("/boot/{mac}.ipxe"), None, None);
+    assert_eq!(code, 200, "{script}");
+    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap_or_else(|| panic!("{script}"));
+    let cmdline = kernel.split_once(' ').unwrap().1.split(" || ").next().unwrap().to_string();
+    let file = sb.path("cmdline");
+    std::fs::write(&file, format!("{cmdline} understudy.bootloader=none\n")).unwrap();
+    let disk = common::disk::Loop::new(&sb.path("disk.img"), 3 << 30);
+    let o = ns_cmd(&ns, bin())
+        .args(["agent", "--cmdline", file.to_str().unwrap(), "--disk", &disk.0, "--no-reboot"])
+        .args(["--mount-dir", sb.path("target").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "agent failed:\n{out}");
+
+    let table = disk.table();
+    let rootp = disk.part(&table, 3);
+    let root = sb.path("root");
+    let _m = common::disk::Mount::new(&rootp.0, &root);
+    for (_, to) in files {
+        let p = root.join(to);
+        if to.ends_with("ifcfg-eth1:0") {
+            assert!(!p.exists(), "the alias that only held the VIP is still there:\n{out}");
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        for primary in
+            ["10.0.0.1/", "10.0.0.1\n", "192.0.2.10/", "192.0.2.10\n", "192.0.2.100", "52:54:00:00:00:01", "fd00::1/"]
+        {
+            assert!(!text.contains(primary), "{to} still holds {primary:?}:\n{text}\n{out}");
+        }
+        assert!(
+            text.contains("10.0.0.2") || text.contains("192.0.2.11") || text.contains("52:54:00:00:01:01"),
+            "{to} was not given the node's identity:\n{text}"
+        );
+    }
+}
