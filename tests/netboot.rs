@@ -858,7 +858,14 @@ fn uefi_standby_boots_its_own_disk_after_pxev4() {
 /// still on.
 #[test]
 fn secure_boot_standby_boots_its_own_disk_to_login() {
-    let st = deploy_standby(Firmware::SecureBoot, &[4 << 30], None, false);
+    // A disk 2 GiB larger than the recorded one: the last partition (/var) takes the rest.
+    let st = deploy_standby(Firmware::SecureBoot, &[8 * GIB], Some(&uefi_layout()), false);
+    assert_blkid(&st.report, "4e1b7c2a-9d3f-4a5b-8c6d-7e8f9a0b1c03", "xfs", Some("varfs"));
+    assert_blkid(&st.report, "4e1b7c2a-9d3f-4a5b-8c6d-7e8f9a0b1c02", "swap", Some("swap0"));
+    let t = sfdisk_json(&st.disks[0]);
+    let (start, size) = part_range(&t, 4);
+    assert_eq!(start, 257 * MIB + 3 * GIB + 256 * MIB, "{t}");
+    assert!(size > 4 * GIB - 2 * MIB && start + size <= 8 * GIB, "/var did not grow to the disk's end: {t}");
     let con = &st.console;
     let deployed = con.find("understudy-agent: node vm deployed").unwrap();
     assert!(con[..deployed].contains("Secure boot enabled"), "the boot environment ran without Secure Boot");
