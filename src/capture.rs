@@ -258,11 +258,15 @@ struct Done {
     res: Result<(Vec<Extent>, Vec<Xattr>, u64), String>,
 }
 
-/// Reads `len` bytes from `offset` with pread, so several regions share one fd.
-struct RegionReader<'a> {
-    file: &'a std::fs::File,
-    pos: u64,
-    left: u64,
+/// Reads `left` bytes from `pos` with pread, so several regions share one fd (capture and
+/// update both cut file regions into chunks through it).
+pub(crate) struct RegionReader<'a> {
+    /// The file.
+    pub file: &'a std::fs::File,
+    /// Where the next read starts.
+    pub pos: u64,
+    /// Bytes still to read.
+    pub left: u64,
 }
 
 impl Read for RegionReader<'_> {
@@ -687,7 +691,8 @@ pub fn capture(
     Ok(Captured { id, manifest, stats: cs, warnings })
 }
 
-fn meta_entry(path: Vec<u8>, kind: Kind, st: &rustix::fs::Stat, xattrs: Vec<Xattr>) -> Entry {
+/// A manifest entry's metadata from a `stat` (capture's and update's walks).
+pub(crate) fn meta_entry(path: Vec<u8>, kind: Kind, st: &rustix::fs::Stat, xattrs: Vec<Xattr>) -> Entry {
     Entry {
         path,
         kind,

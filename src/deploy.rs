@@ -300,6 +300,20 @@ fn apply_fd_meta(fd: BorrowedFd<'_>, e: &Entry, as_root: bool) -> std::io::Resul
 
 fn finish_special(dir: BorrowedFd<'_>, e: &Entry, as_root: bool, chmod: bool) -> std::io::Result<()> {
     let name = name_of(e);
+    set_owner_mode(dir, name, e, as_root, chmod)?;
+    fsx::set_link_xattrs(dir, name, &e.xattrs)?;
+    fsx::set_times_at(dir, name, e.mtime, e.mtime_nsec)
+}
+
+/// The entry's owner (as root; a symlink itself, not followed) and, with `chmod`, its mode
+/// on `name` in `dir`: shared by deploy and update.
+pub(crate) fn set_owner_mode(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    e: &Entry,
+    as_root: bool,
+    chmod: bool,
+) -> std::io::Result<()> {
     let cn = fsx::cname(name)?;
     if as_root {
         rustix::fs::chownat(
@@ -313,8 +327,7 @@ fn finish_special(dir: BorrowedFd<'_>, e: &Entry, as_root: bool, chmod: bool) ->
     if chmod {
         rustix::fs::chmodat(dir, cn.as_c_str(), Mode::from_raw_mode(e.mode), AtFlags::empty())?;
     }
-    fsx::set_link_xattrs(dir, name, &e.xattrs)?;
-    fsx::set_times_at(dir, name, e.mtime, e.mtime_nsec)
+    Ok(())
 }
 
 fn write_file(src: &dyn ChunkSource, dir: BorrowedFd<'_>, e: &Entry, as_root: bool) -> Result<u64, DeployError> {

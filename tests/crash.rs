@@ -25,9 +25,17 @@ fn killed_captures_leave_a_consistent_reusable_store() {
         )
         .unwrap();
     }
-    // Kill at increasing delays; the last ones land after some packs are sealed.
+    // How long a whole capture of this tree takes here and now (in a store of its own), so
+    // the kills land inside one on a fast machine and on a loaded one alike.
+    let probe = Sandbox::new();
+    let t = std::time::Instant::now();
+    probe.ok(&["capture", "--name", "big", "-q", src.to_str().unwrap()]);
+    let full = t.elapsed().as_millis() as u64;
+    // Kill at increasing fractions of it; the later ones land after some packs are sealed.
+    // A round that beats its kill leaves a complete image (and a warm cache, which makes
+    // the next rounds faster), so the largest fractions come last.
     let mut killed = 0;
-    for (round, ms) in [5u64, 60, 150, 300, 500, 800, 1200].into_iter().enumerate() {
+    for (round, ms) in [1u64, 5, 12, 25, 40, 60, 80].map(|pct| (full * pct / 100).max(2)).into_iter().enumerate() {
         let mut child = sb.cmd(&["capture", "--name", "big", "-q", src.to_str().unwrap()]).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(ms));
         let finished = child.try_wait().unwrap().is_some();

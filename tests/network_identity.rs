@@ -95,6 +95,23 @@ impl Lab {
     }
 }
 
+/// The node with `mac` network-boots from inside `ns`: its deploy script (curl), then the
+/// real agent on `disk` with that script's kernel command line; returns success and output.
+fn network_boot(srv: &Server, ns: &str, sb: &Sandbox, mac: &str, disk: &common::disk::Loop) -> (bool, String) {
+    let (code, script) = srv.curl_in(Some(ns), "GET", &format!("/boot/{mac}.ipxe"), None, None);
+    assert_eq!(code, 200, "{script}");
+    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap_or_else(|| panic!("{script}"));
+    let cmdline = kernel.split_once(' ').unwrap().1.split(" || ").next().unwrap().to_string();
+    let file = sb.path("cmdline");
+    std::fs::write(&file, format!("{cmdline} understudy.bootloader=none\n")).unwrap();
+    let o = ns_cmd(ns, bin())
+        .args(["agent", "--cmdline", file.to_str().unwrap(), "--disk", &disk.0, "--no-reboot"])
+        .args(["--mount-dir", sb.path("target").to_str().unwrap()])
+        .output()
+        .unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
 #[test]
 fn identities_are_proposed_checked_and_planned_for_the_agent() {
     let lab = Lab::new();
@@ -212,20 +229,7 @@ fn an_unparsable_network_configuration_is_refused_unless_forced() {
     let mac = "52:54:00:00:01:01";
     lab.ok(&["nodes", "add", "standby", "--mac", mac, "--ip", "127.0.0.1", "--image", "head-a", "--from-primary"]);
     let disk = common::disk::Loop::new(&lab.sb.path("disk.img"), 3 << 30);
-    let deploy = || {
-        let (code, script) = lab.curl("GET", &format!("/boot/{mac}.ipxe"), None);
-        assert_eq!(code, 200, "{script}");
-        let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap_or_else(|| panic!("{script}"));
-        let cmdline = kernel.split_once(' ').unwrap().1.split(" || ").next().unwrap().to_string();
-        let file = lab.sb.path("cmdline");
-        std::fs::write(&file, format!("{cmdline} understudy.bootloader=none\n")).unwrap();
-        let o = ns_cmd(&lab.ns, bin())
-            .args(["agent", "--cmdline", file.to_str().unwrap(), "--disk", &disk.0, "--no-reboot"])
-            .args(["--mount-dir", lab.sb.path("target").to_str().unwrap()])
-            .output()
-            .unwrap();
-        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
-    };
+    let deploy = || network_boot(&lab.srv, &lab.ns, &lab.sb, mac, &disk);
     let (ok, out) = deploy();
     assert!(!ok, "{out}");
     assert!(out.contains("/etc/netplan/01-primary.yaml") && out.contains("--force"), "{out}");
@@ -331,20 +335,9 @@ fn the_agent_rewrites_every_stack_in_the_image() {
         "--interface",
         "role=public,name=eth1,mac=52:54:00:00:01:02,address=192.0.2.11/24,gateway=192.0.2.1",
     ]);
-    let (code, script) = srv.curl_in(Some(&ns), "GET", &format!("/boot/{mac}.ipxe"), None, None);
-    assert_eq!(code, 200, "{script}");
-    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap_or_else(|| panic!("{script}"));
-    let cmdline = kernel.split_once(' ').unwrap().1.split(" || ").next().unwrap().to_string();
-    let file = sb.path("cmdline");
-    std::fs::write(&file, format!("{cmdline} understudy.bootloader=none\n")).unwrap();
     let disk = common::disk::Loop::new(&sb.path("disk.img"), 3 << 30);
-    let o = ns_cmd(&ns, bin())
-        .args(["agent", "--cmdline", file.to_str().unwrap(), "--disk", &disk.0, "--no-reboot"])
-        .args(["--mount-dir", sb.path("target").to_str().unwrap()])
-        .output()
-        .unwrap();
-    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "agent failed:\n{out}");
+    let (ok, out) = network_boot(&srv, &ns, &sb, mac, &disk);
+    assert!(ok, "agent failed:\n{out}");
 
     let table = disk.table();
     let rootp = disk.part(&table, 3);

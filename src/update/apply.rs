@@ -86,11 +86,12 @@ impl Reuse {
         for (offset, len) in regions {
             let mut at = offset;
             let map = &mut self.map;
-            read += params.cut_reader(Pread { file: &file, pos: offset, left: len }, len, |c| {
-                map.entry(*blake3::hash(c).as_bytes()).or_insert((fi, at, c.len() as u32));
-                at += c.len() as u64;
-                Ok(())
-            })?;
+            read +=
+                params.cut_reader(crate::capture::RegionReader { file: &file, pos: offset, left: len }, len, |c| {
+                    map.entry(*blake3::hash(c).as_bytes()).or_insert((fi, at, c.len() as u32));
+                    at += c.len() as u64;
+                    Ok(())
+                })?;
         }
         self.files.push(file);
         Ok(read)
@@ -107,26 +108,6 @@ impl Reuse {
         let mut buf = vec![0u8; len as usize];
         self.files.get(fi)?.read_exact_at(&mut buf, off).ok()?;
         (blake3::hash(&buf).as_bytes() == id).then_some(buf)
-    }
-}
-
-/// Reads `left` bytes from `pos` with pread.
-struct Pread<'a> {
-    file: &'a std::fs::File,
-    pos: u64,
-    left: u64,
-}
-
-impl std::io::Read for Pread<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
-        }
-        let n = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-        let got = self.file.read_at(&mut buf[..n], self.pos)?;
-        self.pos += got as u64;
-        self.left -= got as u64;
-        Ok(got)
     }
 }
 
@@ -372,19 +353,7 @@ fn meta_in_place(dir: BorrowedFd<'_>, e: &Entry, as_root: bool) -> std::io::Resu
 
 /// Owner, mode (not for symlinks), xattrs and times of `name` in `dir`, not followed.
 fn finish_special(dir: BorrowedFd<'_>, name: &[u8], e: &Entry, as_root: bool) -> std::io::Result<()> {
-    let cn = fsx::cname(name)?;
-    if as_root {
-        rustix::fs::chownat(
-            dir,
-            cn.as_c_str(),
-            Some(rustix::fs::Uid::from_raw(e.uid)),
-            Some(rustix::fs::Gid::from_raw(e.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?;
-    }
-    if !matches!(e.kind, Kind::Symlink { .. }) {
-        rustix::fs::chmodat(dir, cn.as_c_str(), Mode::from_raw_mode(e.mode), AtFlags::empty())?;
-    }
+    crate::deploy::set_owner_mode(dir, name, e, as_root, !matches!(e.kind, Kind::Symlink { .. }))?;
     let have = fsx::link_xattrs(dir, name)?;
     let p = fsx::proc_path(dir, name);
     for x in stale(&have, &e.xattrs) {

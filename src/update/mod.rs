@@ -114,7 +114,8 @@ pub fn scan_with_mounts(
         move |source: std::io::Error| UpdateError::Scan { path: path.clone(), source }
     };
     let root_st = rustix::fs::fstat(root).map_err(|e| serr(b"")(e.into()))?;
-    let mut out = vec![meta(Vec::new(), Kind::Dir, &root_st, fsx::fd_xattrs(root).map_err(serr(b""))?)];
+    let mut out =
+        vec![crate::capture::meta_entry(Vec::new(), Kind::Dir, &root_st, fsx::fd_xattrs(root).map_err(serr(b""))?)];
     let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let root_fd = rustix::io::fcntl_dupfd_cloexec(root, 0).map_err(|e| serr(b"")(e.into()))?;
     let names = list_dir(root_fd.as_fd()).map_err(serr(b""))?;
@@ -139,7 +140,7 @@ pub fn scan_with_mounts(
         if !is_dir && st.st_nlink > 1 {
             let key = (st.st_dev, st.st_ino);
             if let Some(t) = inodes.get(&key) {
-                out.push(meta(rel, Kind::Hardlink { target: t.clone() }, &st, vec![]));
+                out.push(crate::capture::meta_entry(rel, Kind::Hardlink { target: t.clone() }, &st, vec![]));
                 continue;
             }
             inodes.insert(key, rel.clone());
@@ -153,7 +154,7 @@ pub fn scan_with_mounts(
                     Err(e) => return Err(serr(&rel)(e)),
                 };
                 let x = fsx::fd_xattrs(fd.as_fd()).map_err(serr(&rel))?;
-                out.push(meta(rel.clone(), Kind::Dir, &st, x));
+                out.push(crate::capture::meta_entry(rel.clone(), Kind::Dir, &st, x));
                 let virt = st.st_dev != root_st.st_dev && is_virtual_fs(fd.as_fd());
                 if virt {
                     virtual_mounts.push(rel.clone());
@@ -176,7 +177,7 @@ pub fn scan_with_mounts(
             FileType::Unknown => continue,
         };
         let x = xattrs()?;
-        out.push(meta(rel, kind, &st, x));
+        out.push(crate::capture::meta_entry(rel, kind, &st, x));
     }
     Ok((out, virtual_mounts))
 }
@@ -208,19 +209,6 @@ fn list_dir(fd: BorrowedFd<'_>) -> std::io::Result<Vec<Vec<u8>>> {
     }
     names.sort();
     Ok(names)
-}
-
-fn meta(path: Vec<u8>, kind: Kind, st: &rustix::fs::Stat, xattrs: Vec<crate::store::manifest::Xattr>) -> Entry {
-    Entry {
-        path,
-        kind,
-        mode: st.st_mode & 0o7777,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mtime: st.st_mtime,
-        mtime_nsec: st.st_mtime_nsec as u32,
-        xattrs,
-    }
 }
 
 /// Where an update's file data comes from.
