@@ -23,10 +23,7 @@ fn setup(sb: &Sandbox, src: &std::path::Path) -> Server {
     std::fs::create_dir_all(src.join("usr/lib")).unwrap();
     std::fs::write(src.join("usr/lib/big"), noise(3 << 20, 7)).unwrap();
     sb.ok(&["capture", "--name", "head-a", src.to_str().unwrap()]);
-    let boot = sb.data().join("boot");
-    std::fs::create_dir_all(&boot).unwrap();
-    std::fs::write(boot.join("vmlinuz"), noise(200_000, 1)).unwrap();
-    std::fs::write(boot.join("initramfs.img"), noise(300_000, 2)).unwrap();
+    sb.boot_files();
     Server::start(sb, "[boot]\nretries = 3\nretry_interval = \"5s\"\n")
 }
 

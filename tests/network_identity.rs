@@ -222,10 +222,7 @@ fn an_unparsable_network_configuration_is_refused_unless_forced() {
     )
     .unwrap();
     lab.sb.ok(&["capture", "--name", "head-a", src.to_str().unwrap()]);
-    let boot = lab.sb.data().join("boot");
-    std::fs::create_dir_all(&boot).unwrap();
-    std::fs::write(boot.join("vmlinuz"), noise(200_000, 1)).unwrap();
-    std::fs::write(boot.join("initramfs.img"), noise(300_000, 2)).unwrap();
+    lab.sb.boot_files();
     let mac = "52:54:00:00:01:01";
     lab.ok(&["nodes", "add", "standby", "--mac", mac, "--ip", "127.0.0.1", "--image", "head-a", "--from-primary"]);
     let disk = common::disk::Loop::new(&lab.sb.path("disk.img"), 3 << 30);
@@ -269,9 +266,7 @@ fn the_agent_rewrites_every_stack_in_the_image() {
     net.up(&peer, "p0");
     net.up(&peer, "p1");
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.data().join("boot")).unwrap();
-    std::fs::write(sb.data().join("boot/vmlinuz"), noise(200_000, 1)).unwrap();
-    std::fs::write(sb.data().join("boot/initramfs.img"), noise(300_000, 2)).unwrap();
+    sb.boot_files();
     sb.ok(&["failover", "keygen", sb.data().join("failover.key").to_str().unwrap()]);
     let cfg = sb.path("serve.toml");
     std::fs::write(

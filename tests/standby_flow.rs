@@ -89,9 +89,7 @@ fn standby_add_deploys_a_standby_that_joins_and_takes_over() {
     // The primary's configuration, as its admin wrote it (the standby's planned addresses as
     // the channels' peers), and its root as a capture would hold it.
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.data().join("boot")).unwrap();
-    std::fs::write(sb.data().join("boot/vmlinuz"), noise(200_000, 1)).unwrap();
-    std::fs::write(sb.data().join("boot/initramfs.img"), noise(300_000, 2)).unwrap();
+    sb.boot_files();
     sb.ok(&["failover", "keygen", sb.data().join("failover.key").to_str().unwrap()]);
     let config = format!(
         "data_dir = {data:?}\n[http]\nlisten = \"10.{s}.1.1:8080\"\n\

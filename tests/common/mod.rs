@@ -474,6 +474,17 @@ pub fn flaky_proxy(upstream: String, after: usize, cuts: usize) -> String {
     format!("http://{addr}")
 }
 
+impl Sandbox {
+    /// A stand-in boot environment in the data dir (the kernel and initramfs are opaque
+    /// files to the HTTP side), so the server hands out deploy scripts.
+    pub fn boot_files(&self) {
+        let boot = self.data().join("boot");
+        std::fs::create_dir_all(&boot).unwrap();
+        std::fs::write(boot.join("vmlinuz"), noise(200_000, 1)).unwrap();
+        std::fs::write(boot.join("initramfs.img"), noise(300_000, 2)).unwrap();
+    }
+}
+
 /// Install the binary under test into a root at `/usr/local/bin/understudy`, without its
 /// debug information (as `pxe build` does), for images that carry understudy.
 pub fn install_understudy(root: &Path) {
