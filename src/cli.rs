@@ -656,7 +656,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     "entries": row.entries, "files": row.files, "bytes": row.bytes,
                     "stored_bytes": row.stored_bytes, "added_bytes": row.added_bytes,
                     "read_bytes": cap.stats.read_bytes, "new_chunks": cap.stats.new_chunks,
-                    "reused_files": cap.stats.reused_files, "seconds": secs, "warnings": cap.warnings,
+                    "reused_files": cap.stats.reused_files, "reused_dirs": cap.stats.reused_dirs, "seconds": secs, "warnings": cap.warnings,
                 }))?;
             } else {
                 println!(

@@ -349,17 +349,26 @@ fn deploy_standby(fw: Firmware, disk_sizes: &[u64], layout: Option<&str>, probe:
     let t1 = Instant::now();
     let refs: Vec<&Path> = disks.iter().map(PathBuf::as_path).collect();
     let mut vm = start_vm_with(&sb, &net, fw, &refs, 1, true, fw != Firmware::Bios);
+    wait_for("the boot environment's kernel", limit, &mut vm, |c| c.contains("Linux version"));
+    let to_kernel = t1.elapsed();
     wait_for("the agent", limit, &mut vm, |c| c.contains("understudy-agent: deployment"));
     let to_agent = t1.elapsed();
-    wait_for("the agent's report", limit, &mut vm, |c| {
-        c.contains("understudy-agent: node vm deployed") || c.contains("deploy failed")
-    });
+    const DEPLOYED: &str = "understudy-agent: node vm deployed";
+    wait_for("the agent's report", limit, &mut vm, |c| c.contains(DEPLOYED) || c.contains("deploy failed"));
     let con = vm.console();
-    assert!(con.contains("understudy-agent: node vm deployed"), "console:\n{con}");
+    assert!(con.contains(DEPLOYED), "console:\n{con}");
     let deployed = t1.elapsed();
     assert_eq!(deployment_status(&srv), ["done"]);
+    let after_deploy = |c: &str| c.find(DEPLOYED).map(|i| c[i..].to_string()).unwrap_or_default();
+    wait_for("the deployed system's kernel", limit, &mut vm, |c| after_deploy(c).contains("Linux version"));
+    let to_kernel2 = t1.elapsed();
     wait_for("the deployed system's login prompt", limit, &mut vm, |c| c.contains("vm login:"));
     let login = t1.elapsed();
+    let agent_phases = agent_phases(&con);
+    assert!(
+        ["partition", "stream", "identity", "bootloader"].iter().all(|p| agent_phases.iter().any(|(n, _)| n == p)),
+        "the agent did not time its phases: {agent_phases:?}"
+    );
     // It came up from its own disk: the server told its network boot so (iPXE asks for a
     // script and gets the local-boot one; UEFI firmware PXE gets an offer without a boot
     // file and gives up), no second deployment was made, and the system itself reports
@@ -379,16 +388,45 @@ fn deploy_standby(fw: Firmware, disk_sizes: &[u64], layout: Option<&str>, probe:
     let report = console[console.rfind("understudy-report: begin").unwrap()..].to_string();
     assert!(report.starts_with("understudy-report: begin vm"), "{report}");
     assert!(report.contains("\"mountpoint\": \"/\""), "{report}");
+    let kind = if layout.is_some() { "recorded" } else { "default" };
     eprintln!(
-        "standby {fw:?} {} disk(s), {} layout: capture + pxe build {:.0}s; power-on to agent {:.0}s, to deployed {:.0}s, to login {:.0}s",
+        "standby {fw:?} {} disk(s), {kind} layout: capture + pxe build {:.0}s; power-on to agent {:.0}s, to deployed {:.0}s, to login {:.0}s",
         disks.len(),
-        if layout.is_some() { "recorded" } else { "default" },
         prep.as_secs_f64(),
         to_agent.as_secs_f64(),
         deployed.as_secs_f64(),
         login.as_secs_f64()
     );
+    // One line per run for `make bench` (benches/standby.sh): each phase's seconds.
+    let mut line = format!(
+        "bench-standby firmware={fw:?} disks={} layout={kind} total={:.1} firmware_loader={:.1} boot_env={:.1}",
+        disks.len(),
+        login.as_secs_f64(),
+        to_kernel.as_secs_f64(),
+        (to_agent - to_kernel).as_secs_f64()
+    );
+    for (name, secs) in &agent_phases {
+        line += &format!(" {name}={secs:.1}");
+    }
+    line += &format!(
+        " reboot={:.1} os_boot={:.1}",
+        (to_kernel2 - deployed).as_secs_f64(),
+        (login - to_kernel2).as_secs_f64()
+    );
+    eprintln!("{line}");
     Standby { sb, _net: net, _srv: srv, vm, disks, console, report, image: root, _overlay: overlay }
+}
+
+/// The agent's `phase NAME took Xs` lines (the first deployment's), in order.
+fn agent_phases(console: &str) -> Vec<(String, f64)> {
+    console
+        .lines()
+        .filter_map(|l| l.split("understudy-agent: phase ").nth(1))
+        .filter_map(|rest| {
+            let (name, took) = rest.split_once(" took ")?;
+            Some((name.to_string(), took.trim().trim_end_matches('s').parse().ok()?))
+        })
+        .collect()
 }
 
 fn standby_boots_its_own_disk(fw: Firmware) {

@@ -217,8 +217,11 @@ fn sigkill_at_any_moment_leaves_every_file_old_or_new() {
     sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
     let dst = sb.path("dst");
     sb.ok(&["deploy", "img@1", dst.to_str().unwrap()]);
-    let mut mixed = false;
-    for delay_ms in [5u64, 30, 80, 150, 300] {
+    // Kill updates at a delay that follows how fast this machine is right now: shorter
+    // after a round the update finished, longer after one it had not started writing.
+    let mut delay_ms = 40u64;
+    let mut mixed = 0;
+    for round in 0..14 {
         let mut child = sb.cmd(&["update", "img@2", dst.to_str().unwrap(), "--no-sync", "-q"]).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill();
@@ -229,10 +232,21 @@ fn sigkill_at_any_moment_leaves_every_file_old_or_new() {
             assert!(got == old[i] || got == new[i], "f{i:03} is neither old nor new after a kill at {delay_ms} ms");
             fresh += usize::from(got == new[i]);
         }
-        eprintln!("killed at {delay_ms} ms: {fresh} of 150 files new");
-        mixed |= fresh > 0 && fresh < 150;
+        eprintln!("round {round}: killed at {delay_ms} ms: {fresh} of 150 files new");
+        match fresh {
+            0 => delay_ms = delay_ms * 3 / 2 + 1,
+            150 => delay_ms = (delay_ms / 2).max(1),
+            _ => mixed += 1,
+        }
+        if mixed == 3 {
+            break;
+        }
+        // Back to the old version (itself an update) for the next round.
+        if fresh > 0 {
+            sb.ok(&["update", "img@1", dst.to_str().unwrap(), "--no-sync", "-q"]);
+        }
     }
-    assert!(mixed, "no kill landed in the middle of the update");
+    assert!(mixed > 0, "no kill landed in the middle of the update");
     sb.ok(&["update", "img@2", dst.to_str().unwrap()]);
     assert_eq!(rsync_diff(&src, &dst, &["--exclude=/var/"]), "");
 }

@@ -157,6 +157,7 @@ async fn install(
     counters: &Arc<DeployCounters>,
     opts: &AgentOptions,
 ) -> anyhow::Result<()> {
+    let mut phases = Phases::start();
     let d: crate::wire::Deployment = client.get(&format!("/api/v1/deployments/{}", a.deployment)).await?;
     let fetched = replay::fetch(client, &d.image).await?;
     let (layout, recorded) = replay::prepare(fetched, d.bytes_total.max(0) as u64);
@@ -176,6 +177,7 @@ async fn install(
         let (plan, layout, links) = (plan.clone(), layout.clone(), a.bootloader);
         tokio::task::spawn_blocking(move || replay::run(&plan, &layout, links)).await??
     };
+    phases.done("partition");
     let root = opts.mount_dir.clone();
     // The other filesystems' mount points exist already; the image's directories there
     // are written into them.
@@ -185,6 +187,7 @@ async fn install(
         crate::deploy::DeployOptions { quiet: true, sync: true, counters: Some(counters.clone()), mount_points };
     let pulled = crate::pull::pull_into(client, &d.image, root.clone(), Some(a.deployment), dopts).await?;
     println!("understudy-agent: wrote {} files, {} bytes", pulled.stats.files, pulled.stats.bytes);
+    phases.done("stream");
     report(client, a.deployment, Running, "identity", counters, None).await;
     let source = if recorded {
         identity::FstabSource::Recorded(&layout)
@@ -214,6 +217,7 @@ async fn install(
         ssh_before,
         &applied.paths,
     )?;
+    phases.done("identity");
     let mut mounts = Mounts::default();
     let wants_loader = layout.bootloader != crate::layout::doc::Bootloader::None;
     if a.bootloader && wants_loader {
@@ -229,7 +233,35 @@ async fn install(
     }
     mounts.release()?;
     rep.mounts.release()?;
+    phases.done("bootloader");
+    println!("understudy-agent: phases: {}", phases.render());
     Ok(())
+}
+
+/// How long each step of the install took, printed on the console as it ends (the admin
+/// sees where the time goes; the boot benchmark reads these lines).
+struct Phases {
+    since: std::time::Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases { since: std::time::Instant::now(), done: Vec::new() }
+    }
+
+    /// The phase `name` ends now; the next one starts.
+    fn done(&mut self, name: &'static str) {
+        let took = self.since.elapsed();
+        self.since = std::time::Instant::now();
+        println!("understudy-agent: phase {name} took {:.1}s", took.as_secs_f64());
+        self.done.push((name, took));
+    }
+
+    /// `partition 2.1s, stream 40.3s, ...`
+    fn render(&self) -> String {
+        self.done.iter().map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64())).collect::<Vec<_>>().join(", ")
+    }
 }
 
 /// The identities the default layout's fstab is written with (`/` and the ESP).
