@@ -6,7 +6,7 @@ DATA_DIR ?= images
 BIN      := target/release/understudy
 
 # Debian packages the tests call as real, independent clients and tools.
-TEST_PKGS  := curl busybox isc-dhcp-client iproute2 sqlite3 rsync acl attr libcap2-bin util-linux python3 tar zstd e2fsprogs nftables iputils-ping iputils-arping tftp-hpa atftp
+TEST_PKGS  := curl busybox stress-ng isc-dhcp-client iproute2 sqlite3 rsync acl attr libcap2-bin util-linux python3 tar zstd e2fsprogs nftables iputils-ping iputils-arping tftp-hpa atftp
 # The boot environment: iPXE, QEMU (SeaBIOS with the iPXE NIC ROM, OVMF for UEFI) to boot it, the tools it carries, cpio to list it,
 # kmod (depmod) and binutils (objcopy) to build it.
 TEST_PKGS  += ipxe ipxe-qemu ovmf qemu-system-x86 fdisk xfsprogs dosfstools cpio kmod binutils mount procps

@@ -98,22 +98,28 @@ impl Deployed {
         let mut text = serde_json::to_string_pretty(self).map_err(|e| io("encode", std::io::Error::other(e)))?;
         text.push('\n');
         let tmp = c".deployed.json.tmp";
-        let _ = rustix::fs::unlinkat(&dir, tmp, rustix::fs::AtFlags::empty());
-        let fd = rustix::fs::openat(
+        keeping_times(
             &dir,
-            tmp,
-            rustix::fs::OFlags::WRONLY
-                | rustix::fs::OFlags::CREATE
-                | rustix::fs::OFlags::EXCL
-                | rustix::fs::OFlags::NOFOLLOW
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::from_raw_mode(0o644),
+            |e| io("keep times", e),
+            || {
+                let _ = rustix::fs::unlinkat(&dir, tmp, rustix::fs::AtFlags::empty());
+                let fd = rustix::fs::openat(
+                    &dir,
+                    tmp,
+                    rustix::fs::OFlags::WRONLY
+                        | rustix::fs::OFlags::CREATE
+                        | rustix::fs::OFlags::EXCL
+                        | rustix::fs::OFlags::NOFOLLOW
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::from_raw_mode(0o644),
+                )
+                .map_err(|e| io("create", e.into()))?;
+                let f = std::fs::File::from(fd);
+                std::io::Write::write_all(&mut &f, text.as_bytes()).map_err(|e| io("write", e))?;
+                f.sync_all().map_err(|e| io("fsync", e))?;
+                rustix::fs::renameat(&dir, tmp, &dir, c"deployed.json").map_err(|e| io("rename", e.into()))
+            },
         )
-        .map_err(|e| io("create", e.into()))?;
-        let f = std::fs::File::from(fd);
-        std::io::Write::write_all(&mut &f, text.as_bytes()).map_err(|e| io("write", e))?;
-        f.sync_all().map_err(|e| io("fsync", e))?;
-        rustix::fs::renameat(&dir, tmp, &dir, c"deployed.json").map_err(|e| io("rename", e.into()))
     }
 
     /// Every path an update keeps, as exclude patterns: the record's paths (glob
@@ -179,6 +185,20 @@ pub fn escape_glob(p: &str) -> String {
 
 /// Open `var/lib/understudy` under `root` without following symlinks; with `create`, the
 /// missing directories are made (0755).
+/// Run `f`, which adds or replaces entries in `dir`, and give `dir` its times back: the
+/// record is understudy's own bookkeeping, and the directories above it belong to the
+/// image, whose mtimes an update (or deploy) has just set.
+fn keeping_times<T, E>(
+    dir: &rustix::fd::OwnedFd,
+    err: impl Fn(std::io::Error) -> E,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let st = rustix::fs::fstat(dir).map_err(|e| err(e.into()))?;
+    let out = f()?;
+    crate::fsx::set_times_fd(rustix::fd::AsFd::as_fd(dir), st.st_mtime, st.st_mtime_nsec as u32).map_err(err)?;
+    Ok(out)
+}
+
 fn open_parent(root: &Path, create: bool) -> std::io::Result<Option<rustix::fd::OwnedFd>> {
     let mut cur = crate::fsx::open_dir(root)?;
     for c in ["var", "lib", "understudy"] {
@@ -186,10 +206,14 @@ fn open_parent(root: &Path, create: bool) -> std::io::Result<Option<rustix::fd::
             Ok(fd) => cur = fd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let n = crate::fsx::cname(c.as_bytes())?;
-                match rustix::fs::mkdirat(&cur, n.as_c_str(), rustix::fs::Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                keeping_times(
+                    &cur,
+                    |e| e,
+                    || match rustix::fs::mkdirat(&cur, n.as_c_str(), rustix::fs::Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+                        Err(e) => Err(std::io::Error::from(e)),
+                    },
+                )?;
                 cur = crate::fsx::open_dir_at(rustix::fd::AsFd::as_fd(&cur), c.as_bytes())?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -236,6 +260,22 @@ mod tests {
         assert!(ex.matches(b"etc/a[1]", false) && !ex.matches(b"etc/a1", false));
         std::fs::write(t.path().join(RECORD_PATH), "{not json").unwrap();
         assert!(matches!(Deployed::read(t.path()), Err(RecordError::Parse { .. })));
+    }
+
+    #[test]
+    fn writing_the_record_leaves_the_image_directories_times_alone() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("var")).unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        for d in ["", "var"] {
+            std::fs::File::open(t.path().join(d)).unwrap().set_modified(old).unwrap();
+        }
+        // var/lib and var/lib/understudy are made, the record renamed into place.
+        Deployed { image: "head@1".into(), ..Deployed::default() }.write(t.path()).unwrap();
+        for d in ["", "var"] {
+            let m = std::fs::metadata(t.path().join(d)).unwrap().modified().unwrap();
+            assert_eq!(m, old, "/{d} got a new mtime");
+        }
     }
 
     #[test]
