@@ -299,3 +299,35 @@ fn a_virtual_filesystem_mounted_in_the_target_is_left_alone() {
     assert!(!rep["changes"].to_string().contains("proc"), "{rep}");
     assert_eq!(std::fs::read(dst.join("etc/conf")).unwrap(), b"v2\n");
 }
+
+/// A target something keeps writing to while it is updated: the update lists it again
+/// after applying, applies what differs again, and gives up after a few passes naming the
+/// entry that keeps changing; every other file is the image's, and once the writer stops
+/// the next update completes.
+#[test]
+fn a_target_that_keeps_changing_is_named_and_the_rest_is_updated() {
+    let t = two_versions();
+    let (src, dst) = (t.sb.path("src"), t.sb.path("dst"));
+    let busy = dst.join("etc/motd");
+    assert!(busy.exists(), "the image has /etc/motd");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, busy) = (stop.clone(), busy.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let _ = std::fs::write(&busy, format!("written {n} times by a busy service\n"));
+            }
+        })
+    };
+    let out = t.sb.run(&["update", "img@2", dst.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an update racing a writer cannot finish clean");
+    assert!(err.contains("keeps changing") && err.contains("etc/motd"), "{err}");
+    assert_eq!(rsync_diff(&src, &dst, &[NOT_IMAGE, &["--exclude=/etc/motd"]].concat()), "");
+    t.sb.ok(&["update", "img@2", dst.to_str().unwrap()]);
+    assert_eq!(rsync_diff(&src, &dst, NOT_IMAGE), "");
+}

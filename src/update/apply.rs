@@ -62,6 +62,18 @@ pub struct ApplyStats {
     pub bytes_hashed: u64,
 }
 
+impl ApplyStats {
+    /// Add another pass's counters.
+    pub fn add(&mut self, o: &ApplyStats) {
+        self.created += o.created;
+        self.removed += o.removed;
+        self.changed += o.changed;
+        self.bytes_transferred += o.bytes_transferred;
+        self.bytes_reused += o.bytes_reused;
+        self.bytes_hashed += o.bytes_hashed;
+    }
+}
+
 /// Chunks the target has: id -> (file, offset, length), each checked again when used.
 #[derive(Default)]
 pub struct Reuse {

@@ -76,7 +76,51 @@ pub async fn run(
         if opts.dry_run {
             return Ok(rep);
         }
-        rep.stats = apply(&p, &m, &source, &rt, &l2, &id2, opts.sync)?;
+        // The target is live: something may change it while the update runs. It is listed
+        // again afterwards; what differs then is applied again, a few times at most.
+        // Not as root, owners and privileged xattrs stay as they are: the list would never
+        // come out empty, so it is applied once.
+        if !rustix::process::geteuid().is_root() {
+            rep.stats = apply(&p, &m, &source, &rt, &l2, &id2, opts.sync)?;
+            return Ok(rep);
+        }
+        let mut p = p;
+        for attempt in 1..=CONVERGE_ATTEMPTS {
+            let stats = apply(&p, &m, &source, &rt, &l2, &id2, opts.sync);
+            let again = super::prepare(&target, &m, &opts)?;
+            match stats {
+                Ok(s) => rep.stats.add(&s),
+                // A change under the update can also make a step fail (a directory to
+                // remove gained an entry, a file vanished): listed again and retried.
+                Err(e) if attempt < CONVERGE_ATTEMPTS && !again.plan.changes.is_empty() => {
+                    rep.notes.push(format!("the target changed during the update ({e:#}); applying again"));
+                }
+                Err(e) => return Err(e),
+            }
+            if again.plan.changes.is_empty() {
+                return Ok(rep);
+            }
+            let busy = again.itemize(&m);
+            if attempt == CONVERGE_ATTEMPTS {
+                anyhow::bail!(
+                    "{} keeps changing while it is updated: {} entr{} still differ{} from {l2} after {attempt} passes ({}); update again when it is quieter",
+                    target.display(),
+                    busy.len(),
+                    if busy.len() == 1 { "y" } else { "ies" },
+                    if busy.len() == 1 { "s" } else { "" },
+                    busy.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+                );
+            }
+            rep.notes.push(format!(
+                "the target changed during the update: {} entr{} differ{} again ({}); applying again",
+                busy.len(),
+                if busy.len() == 1 { "y" } else { "ies" },
+                if busy.len() == 1 { "s" } else { "" },
+                busy.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+            ));
+            rep.changes.extend(busy);
+            p = again;
+        }
         Ok(rep)
     })
     .await??;
@@ -116,6 +160,9 @@ pub async fn run(
     }
     Ok(0)
 }
+
+/// Passes over a target that changes while it is updated before the update gives up.
+const CONVERGE_ATTEMPTS: usize = 3;
 
 /// Where chunks the target lacks come from.
 enum Source {
