@@ -16,7 +16,7 @@ use crate::capture::{CaptureError, DEFAULT_ROOT_EXCLUDES, Excludes};
 use crate::deploy::ChunkSource;
 use crate::fsx;
 use crate::store::manifest::{ChunkRef, Entry, Extent, Kind, Manifest, display_path};
-pub use apply::{ApplyError, ApplyStats, Reuse};
+pub use apply::{ApplyError, ApplyStats, Control, Reuse};
 use plan::{Change, Plan, PlanError};
 use record::{Deployed, RecordError};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -289,6 +289,21 @@ impl Prepared {
         self.plan.changes.iter().map(|c| plan::itemize(c, &m.entries)).collect()
     }
 
+    /// File bytes the plan writes (the sizes of the files it creates or replaces).
+    pub fn bytes_to_write(&self, m: &Manifest) -> u64 {
+        self.plan
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Create { idx } | Change::Replace { idx, .. } => match &m.entries[*idx].kind {
+                    Kind::File { size, .. } => Some(*size),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .sum()
+    }
+
     /// Find the chunks the target already has: the old versions of replaced files and the
     /// removed files (a renamed file's data is there under its old name). Returns the
     /// index and the bytes read to make it.
@@ -372,8 +387,23 @@ impl Prepared {
         (image, manifest_id): (&str, &str),
         sync: bool,
     ) -> Result<ApplyStats, UpdateError> {
+        self.apply_with(m, src, (image, manifest_id), sync, &Control::default())
+    }
+
+    /// [`Prepared::apply`] under `ctl`: once `ctl.stop` is set it stops at the next safe
+    /// point with [`ApplyError::Stopped`] and leaves `deployed.json` naming the old image
+    /// (the root is then partly updated, each path old or new).
+    pub fn apply_with(
+        &self,
+        m: &Manifest,
+        src: Sources<'_>,
+        (image, manifest_id): (&str, &str),
+        sync: bool,
+        ctl: &Control,
+    ) -> Result<ApplyStats, UpdateError> {
         let as_root = rustix::process::geteuid().is_root();
-        let stats = apply::apply(self.root.as_fd(), m, &self.plan, src.reuse, src.chunks, src.whole, as_root)?;
+        let stats =
+            apply::apply_with(self.root.as_fd(), m, &self.plan, (src.reuse, src.chunks, src.whole), as_root, ctl)?;
         let mut rec = self.record.clone().unwrap_or_else(|| Deployed {
             keep_globs: record::DEFAULT_KEEP.iter().map(|s| s.to_string()).collect(),
             ..Deployed::default()
