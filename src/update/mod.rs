@@ -506,4 +506,80 @@ mod tests {
         assert_eq!(list[4].kind, Kind::Symlink { target: b"b/f".to_vec() });
         assert_eq!(list[5].kind, Kind::Hardlink { target: b"a/b/f".to_vec() });
     }
+
+    /// A chunk source that sets the stop flag after `after` chunks.
+    struct StopAfter<'a> {
+        store: &'a crate::store::Store,
+        ctl: &'a Control,
+        after: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ChunkSource for StopAfter<'_> {
+        fn read_chunk(&self, id: &crate::store::ChunkId) -> Result<Vec<u8>, crate::store::StoreError> {
+            if self.after.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                self.ctl.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            self.store.read_chunk(id)
+        }
+    }
+
+    #[test]
+    fn a_stopped_update_leaves_every_file_old_or_new_and_the_record_old() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        // Files of several chunks each, so the stop can land inside one.
+        let file = |seed: u64| -> Vec<u8> {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..400_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect()
+        };
+        for i in 0..6u64 {
+            std::fs::write(src.join(format!("f{i}")), file(i)).unwrap();
+            std::fs::write(dst.join(format!("f{i}")), b"old").unwrap();
+        }
+        let store = crate::store::Store::open_for_write(&t.path().join("data")).unwrap();
+        let cap = crate::capture::capture(&store, &src, None, &crate::capture::CaptureOptions::default()).unwrap();
+        store.flush().unwrap();
+        let m = cap.manifest;
+        let p = prepare(&dst, &m, &UpdateOptions::default()).unwrap();
+        assert_eq!(p.bytes_to_write(&m), 6 * 400_000);
+        let ctl = Control::default();
+        let src_chunks = StopAfter { store: &store, ctl: &ctl, after: 10.into() };
+        let reuse = Reuse::default();
+        let r = p.apply_with(
+            &m,
+            Sources { reuse: &reuse, chunks: &src_chunks, whole: &|_| None },
+            ("img@2", "ab"),
+            false,
+            &ctl,
+        );
+        let Err(UpdateError::Apply(ApplyError::Stopped { done })) = r else { panic!("not stopped: {r:?}") };
+        let mut new = 0;
+        for i in 0..6u64 {
+            let got = std::fs::read(dst.join(format!("f{i}"))).unwrap();
+            assert!(got == b"old" || got == file(i), "f{i} is neither old nor new");
+            new += usize::from(got != b"old");
+        }
+        assert!(new < 6, "the stop came before the end");
+        assert_eq!(done.changed as usize, new);
+        assert_eq!(ctl.done_bytes.load(std::sync::atomic::Ordering::SeqCst), new as u64 * 400_000);
+        let names: Vec<_> = std::fs::read_dir(&dst).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.iter().all(|n| !n.to_string_lossy().starts_with(".ustmp")), "{names:?}");
+        assert!(record::Deployed::read(&dst).unwrap().is_none(), "a partial update records nothing");
+        // The next (unstopped) update finishes it.
+        let p = prepare(&dst, &m, &UpdateOptions::default()).unwrap();
+        p.apply(&m, Sources { reuse: &reuse, chunks: &store, whole: &|_| None }, ("img@2", "ab"), false).unwrap();
+        for i in 0..6u64 {
+            assert_eq!(std::fs::read(dst.join(format!("f{i}"))).unwrap(), file(i));
+        }
+        assert_eq!(record::Deployed::read(&dst).unwrap().unwrap().image, "img@2");
+    }
 }
