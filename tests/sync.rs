@@ -1,0 +1,248 @@
+//! Standby freshness between two real `understudy serve` processes in network
+//! namespaces: the primary re-captures a tree on its `[capture]` schedule, the standby's
+//! `[sync]` follows it into a target directory; the lag goes up while the standby is
+//! behind and back to zero once it applied the newest version; a takeover during an
+//! update stops it at a safe point.
+//!
+//! Topology: namespaces `p` (10.N.1.1) and `s` (10.N.1.2) joined by a veth pair `lan`;
+//! the VIP of the takeover test is 10.N.1.10 on `lan`.
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
+
+mod common;
+use common::netns::*;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+struct Net {
+    _netns: Netns,
+    p: String,
+    s: String,
+    n: u8,
+}
+
+impl Net {
+    fn new() -> Net {
+        let mut netns = Netns::new("y");
+        let (p, s) = (netns.add("p"), netns.add("s"));
+        let n = netns.subnet;
+        netns.veth(&p, "lan", &s, "lan");
+        netns.addr(&p, "lan", &format!("10.{n}.1.1/24"));
+        netns.addr(&s, "lan", &format!("10.{n}.1.2/24"));
+        Net { _netns: netns, p, s, n }
+    }
+
+    fn has_vip(&self, ns: &str) -> bool {
+        ns_out(ns, &["ip", "-br", "addr", "show", "dev", "lan"]).contains(&format!("10.{}.1.10/24", self.n))
+    }
+}
+
+/// `serve` with `config` (data_dir is added) inside `ns`.
+fn serve(sb: &Sandbox, ns: &str, config: &str) -> Server {
+    std::fs::create_dir_all(sb.data()).unwrap();
+    let cfg = sb.path("serve.toml");
+    std::fs::write(&cfg, format!("data_dir = {:?}\n{config}", sb.data())).unwrap();
+    let log = std::fs::File::create(sb.path("serve.log")).unwrap();
+    let mut c = ns_cmd(ns, bin());
+    c.args(["serve", "--config", cfg.to_str().unwrap()]).stderr(log);
+    Server::start_cmd(sb, &mut c)
+}
+
+fn log(sb: &Sandbox) -> String {
+    std::fs::read_to_string(sb.path("serve.log")).unwrap_or_default()
+}
+
+fn api(srv: &Server, ns: &str, method: &str, path: &str) -> Value {
+    let (code, body) = srv.curl_in(Some(ns), method, path, Some(&srv.token), None);
+    assert!((200..300).contains(&code), "{method} {path}: {code} {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// A sample of the standby's `/metrics`: the value of `name` (a line `name VALUE`).
+fn metric(srv: &Server, ns: &str, name: &str) -> Option<f64> {
+    let (_, body) = srv.curl_in(Some(ns), "GET", "/metrics", None, None);
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn wait(what: &str, limit: Duration, logs: &[&Sandbox], mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        if t.elapsed() > limit {
+            let l: Vec<String> = logs.iter().map(|sb| log(sb)).collect();
+            panic!("timed out waiting for {what}\n{}", l.join("\n----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The tree the primary captures; `round` changes it the way a live root changes.
+fn tree(root: &Path, round: u32) {
+    let p = |s: &str| root.join(s);
+    match round {
+        0 => {
+            for d in ["etc/understudy", "usr/bin", "usr/lib/x", "var/lib/app", "srv/data"] {
+                std::fs::create_dir_all(p(d)).unwrap();
+            }
+            std::fs::write(p("etc/motd"), b"welcome\n").unwrap();
+            // The primary's own understudy config: never copied onto the standby.
+            std::fs::write(p("etc/understudy/understudy.toml"), b"[failover]\nrole = \"primary\"\n").unwrap();
+            std::fs::write(p("usr/bin/tool"), noise(300_000, 1)).unwrap();
+            sh(&format!("chmod 0755 {}", p("usr/bin/tool").display()));
+            std::fs::write(p("usr/lib/x/lib.so"), noise(2 << 20, 2)).unwrap();
+            std::fs::write(p("var/lib/app/old.db"), noise(50_000, 3)).unwrap();
+            std::os::unix::fs::symlink("../lib/x/lib.so", p("usr/bin/lib-link")).unwrap();
+            std::fs::hard_link(p("usr/bin/tool"), p("usr/bin/tool-alias")).unwrap();
+            xattr(&p("srv/data"), "user.owner", b"app");
+        }
+        1 => {
+            // Append, a new file, a removal, metadata only.
+            let mut f = std::fs::OpenOptions::new().append(true).open(p("etc/motd")).unwrap();
+            std::io::Write::write_all(&mut f, b"maintenance on friday\n").unwrap();
+            std::fs::write(p("srv/data/new.csv"), noise(120_000, 4)).unwrap();
+            std::fs::remove_file(p("var/lib/app/old.db")).unwrap();
+            sh(&format!("chmod 0700 {0} && chown 1234:2345 {0}", p("usr/lib/x/lib.so").display()));
+            xattr(&p("srv/data"), "user.owner", b"ops");
+        }
+        _ => {
+            // A changed middle of a large file, a new directory, a removed symlink.
+            let mut lib = std::fs::read(p("usr/lib/x/lib.so")).unwrap();
+            lib[1 << 20..(1 << 20) + 4096].copy_from_slice(&noise(4096, 5));
+            std::fs::write(p("usr/lib/x/lib.so"), lib).unwrap();
+            std::fs::create_dir_all(p("opt/new/bin")).unwrap();
+            std::fs::write(p("opt/new/bin/run"), b"#!/bin/sh\necho hi\n").unwrap();
+            std::fs::remove_file(p("usr/bin/lib-link")).unwrap();
+        }
+    }
+}
+
+/// What differs between the primary's tree and the standby's target, leaving out what
+/// the standby keeps as its own (its understudy config and state).
+fn diff(src: &Path, dst: &Path) -> String {
+    rsync_diff(src, dst, &["--exclude=/etc/understudy/", "--exclude=/var/lib/understudy/"])
+}
+
+struct Pair {
+    net: Net,
+    a: Sandbox,
+    b: Sandbox,
+    p: Server,
+    s: Server,
+    root: PathBuf,
+    target: PathBuf,
+}
+
+impl Pair {
+    /// The primary captures `root` every second; the standby follows into `target`,
+    /// checking every 200 ms. `extra_p`/`extra_s` are more config for each.
+    fn start(extra_p: &str, extra_s: &str, max_lag: &str, setup: impl FnOnce(&Path)) -> Pair {
+        let net = Net::new();
+        let n = net.n;
+        let (a, b) = (Sandbox::new(), Sandbox::new());
+        let root = a.path("root");
+        std::fs::create_dir_all(&root).unwrap();
+        setup(&root);
+        let p = serve(
+            &a,
+            &net.p,
+            &format!(
+                "[http]\nlisten = \"10.{n}.1.1:8080\"\n[capture]\nimage = \"head-a\"\nsource = {root:?}\n\
+                 interval = \"1s\"\n{extra_p}"
+            ),
+        );
+        // The primary's admin token, copied to the standby: image content is only for the admin.
+        std::fs::create_dir_all(b.data()).unwrap();
+        std::fs::write(b.data().join("primary.token"), format!("{}\n", p.token)).unwrap();
+        let target = b.path("target");
+        std::fs::create_dir_all(&target).unwrap();
+        let s = serve(
+            &b,
+            &net.s,
+            &format!(
+                "[http]\nlisten = \"10.{n}.1.2:8080\"\n[sync]\nserver = \"http://10.{n}.1.1:8080\"\n\
+                 token_file = \"primary.token\"\nimage = \"head-a\"\ntarget = {target:?}\ninterval = \"200ms\"\n\
+                 max_lag = \"{max_lag}\"\n{extra_s}"
+            ),
+        );
+        Pair { net, a, b, p, s, root, target }
+    }
+
+    fn lag(&self) -> Option<f64> {
+        metric(&self.s, &self.net.s, "understudy_sync_lag_seconds")
+    }
+
+    fn follow(&self) -> Value {
+        api(&self.s, &self.net.s, "GET", "/api/v1/sync")["follow"].clone()
+    }
+
+    fn capture_runs(&self) -> u64 {
+        api(&self.p, &self.net.p, "GET", "/api/v1/sync")["capture"]["runs"].as_u64().unwrap()
+    }
+
+    /// Wait for two more scheduled captures: the second started after the change.
+    fn wait_captures(&self) {
+        let runs = self.capture_runs();
+        wait("two more captures", Duration::from_secs(20), &[&self.a], || self.capture_runs() >= runs + 2);
+    }
+
+    fn wait_current(&self, what: &str) {
+        wait(what, Duration::from_secs(30), &[&self.a, &self.b], || {
+            let f = self.follow();
+            self.lag() == Some(0.0) && f["state"] == "current" && f["partial"].is_null()
+        });
+    }
+}
+
+#[test]
+fn a_standby_follows_two_successive_captures_and_its_lag_returns_to_zero() {
+    let t = Pair::start("", "", "2s", |r| tree(r, 0));
+    t.wait_current("the first version applied");
+    assert_eq!(diff(&t.root, &t.target), "", "{}", log(&t.b));
+    assert!(!t.target.join("etc/understudy").exists(), "the primary's understudy config was copied");
+    let first = t.follow()["applied"]["version"].as_i64().unwrap();
+    let rec: Value =
+        serde_json::from_str(&std::fs::read_to_string(t.target.join("var/lib/understudy/deployed.json")).unwrap())
+            .unwrap();
+    assert!(rec["image"].as_str().unwrap().starts_with("head-a@"), "{rec}");
+
+    for round in [1, 2] {
+        // Paused, the standby still measures: it falls behind while the primary captures.
+        t.s.curl_in(Some(&t.net.s), "POST", "/api/v1/sync/pause", Some(&t.s.token), None);
+        let before = std::fs::read(t.target.join("etc/motd")).unwrap();
+        tree(&t.root, round);
+        t.wait_captures();
+        wait("the lag to go up", Duration::from_secs(20), &[&t.a, &t.b], || t.lag().is_some_and(|l| l > 0.0));
+        let f = t.follow();
+        assert_eq!(f["state"], "paused", "{f}");
+        assert_ne!(f["applied"]["manifest"], f["newest"]["manifest"], "{f}");
+        assert_eq!(std::fs::read(t.target.join("etc/motd")).unwrap(), before, "a paused standby changed its root");
+        assert_ne!(diff(&t.root, &t.target), "", "round {round}: the trees differ while paused");
+        // Two captures behind a 2 s threshold: the alarm is raised.
+        wait("the lag alarm", Duration::from_secs(20), &[&t.a, &t.b], || {
+            metric(&t.s, &t.net.s, "understudy_sync_alarm") == Some(1.0)
+        });
+        t.s.curl_in(Some(&t.net.s), "POST", "/api/v1/sync/resume", Some(&t.s.token), None);
+        t.wait_current(&format!("round {round} applied"));
+        assert_eq!(diff(&t.root, &t.target), "", "round {round}\n{}", log(&t.b));
+        assert_eq!(metric(&t.s, &t.net.s, "understudy_sync_alarm"), Some(0.0));
+        assert_eq!(metric(&t.s, &t.net.s, "understudy_sync_pending_bytes"), Some(0.0));
+    }
+    let f = t.follow();
+    assert!(f["applied"]["version"].as_i64().unwrap() > first + 3, "{f}");
+    assert!(f["updates"].as_u64().unwrap() >= 3, "{f}");
+    let (_, m) = t.s.curl_in(Some(&t.net.s), "GET", "/metrics", None, None);
+    let v = f["applied"]["version"].as_i64().unwrap();
+    assert!(
+        m.lines().any(|l| l.starts_with("understudy_sync_applied_info{image=\"head-a\",") && l.contains("version=\"")),
+        "{m}"
+    );
+    assert!(v > 0);
+    let ev = t.b.json(&["events", "--kind", "sync.", "--json"]);
+    let kinds: Vec<&str> = ev.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    for k in ["sync.applied", "sync.lag_alarm", "sync.lag_cleared"] {
+        assert!(kinds.contains(&k), "{k}: {kinds:?}");
+    }
+    // The endpoint holds the primary's token: it is for the admin only.
+    assert_eq!(t.s.curl_in(Some(&t.net.s), "GET", "/api/v1/sync", None, None).0, 401);
+    assert_eq!(t.p.curl_in(Some(&t.net.p), "GET", "/api/v1/images/head-a/manifest", None, None).0, 401);
+}
