@@ -4,8 +4,9 @@
 //! behind and back to zero once it applied the newest version; a takeover during an
 //! update stops it at a safe point.
 //!
-//! Topology: namespaces `p` (10.N.1.1) and `s` (10.N.1.2) joined by a veth pair `lan`;
-//! the VIP of the takeover test is 10.N.1.10 on `lan`.
+//! Topology: namespaces `p` (10.N.1.1) and `s` (10.N.1.2) joined by a veth pair `lan`
+//! (HTTP; the VIP of the takeover test is 10.N.1.10 on it) and a veth pair `priv`
+//! (10.N.2.x: the heartbeats, so that throttling `lan` never looks like a dead peer).
 #![allow(clippy::unwrap_used)] // tests may panic on what they set up themselves
 
 mod common;
@@ -30,6 +31,9 @@ impl Net {
         netns.veth(&p, "lan", &s, "lan");
         netns.addr(&p, "lan", &format!("10.{n}.1.1/24"));
         netns.addr(&s, "lan", &format!("10.{n}.1.2/24"));
+        netns.veth(&p, "priv", &s, "priv");
+        netns.addr(&p, "priv", &format!("10.{n}.2.1/24"));
+        netns.addr(&s, "priv", &format!("10.{n}.2.2/24"));
         Net { _netns: netns, p, s, n }
     }
 
@@ -134,11 +138,28 @@ struct Pair {
 
 impl Pair {
     /// The primary captures `root` every second; the standby follows into `target`,
-    /// checking every 200 ms. `extra_p`/`extra_s` are more config for each.
-    fn start(extra_p: &str, extra_s: &str, max_lag: &str, setup: impl FnOnce(&Path)) -> Pair {
+    /// checking every 200 ms; with `failover`, both run it (the primary holding the VIP).
+    fn start(failover: bool, max_lag: &str, setup: impl FnOnce(&Path)) -> Pair {
         let net = Net::new();
         let n = net.n;
         let (a, b) = (Sandbox::new(), Sandbox::new());
+        let (mut extra_p, mut extra_s) = (String::new(), String::new());
+        if failover {
+            std::fs::create_dir_all(a.data()).unwrap();
+            std::fs::create_dir_all(b.data()).unwrap();
+            let key = a.data().join("failover.key");
+            a.ok(&["failover", "keygen", key.to_str().unwrap()]);
+            std::fs::copy(&key, b.data().join("failover.key")).unwrap();
+            let f = |node: &str, role: &str, me: u8, peer: u8| {
+                format!(
+                    "[failover]\nnode = \"{node}\"\nrole = \"{role}\"\ninterval = \"100ms\"\ndead_time = \"1s\"\n\
+                     [[failover.channel]]\nname = \"private\"\nlocal = \"10.{n}.2.{me}\"\npeer = \"10.{n}.2.{peer}\"\n\
+                     [[failover.vip]]\naddress = \"10.{n}.1.10/24\"\ninterface = \"lan\"\n"
+                )
+            };
+            extra_p = f("head-a", "primary", 1, 2);
+            extra_s = f("head-b", "standby", 2, 1);
+        }
         let root = a.path("root");
         std::fs::create_dir_all(&root).unwrap();
         setup(&root);
@@ -195,7 +216,7 @@ impl Pair {
 
 #[test]
 fn a_standby_follows_two_successive_captures_and_its_lag_returns_to_zero() {
-    let t = Pair::start("", "", "2s", |r| tree(r, 0));
+    let t = Pair::start(false, "2s", |r| tree(r, 0));
     t.wait_current("the first version applied");
     assert_eq!(diff(&t.root, &t.target), "", "{}", log(&t.b));
     assert!(!t.target.join("etc/understudy").exists(), "the primary's understudy config was copied");
@@ -245,4 +266,78 @@ fn a_standby_follows_two_successive_captures_and_its_lag_returns_to_zero() {
     // The endpoint holds the primary's token: it is for the admin only.
     assert_eq!(t.s.curl_in(Some(&t.net.s), "GET", "/api/v1/sync", None, None).0, 401);
     assert_eq!(t.p.curl_in(Some(&t.net.p), "GET", "/api/v1/images/head-a/manifest", None, None).0, 401);
+}
+
+/// Every regular file of `dir`, relative.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let o = std::process::Command::new("find").arg(dir).args(["-type", "f", "-printf", "%P\\n"]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).lines().map(PathBuf::from).collect()
+}
+
+#[test]
+fn a_takeover_during_an_update_stops_it_at_a_safe_point() {
+    let t = Pair::start(true, "1h", |r| tree(r, 0));
+    wait("the primary to hold the VIP", Duration::from_secs(15), &[&t.a, &t.b], || t.net.has_vip(&t.net.p));
+    t.wait_current("the first version applied");
+    let old_label = t.follow()["applied"]["label"].as_str().unwrap().to_string();
+    let old = t.a.path("old");
+    sh(&format!("cp -a {}/. {}", t.root.display(), old.display()));
+
+    // A large change, pulled over a throttled link: the update runs for seconds.
+    t.s.curl_in(Some(&t.net.s), "POST", "/api/v1/sync/pause", Some(&t.s.token), None);
+    std::fs::create_dir_all(t.root.join("srv/bulk")).unwrap();
+    for i in 0..160u64 {
+        std::fs::write(t.root.join(format!("srv/bulk/f{i:03}")), noise(256 << 10, 100 + i)).unwrap();
+    }
+    std::fs::write(t.root.join("etc/motd"), b"new motd\n").unwrap();
+    t.wait_captures();
+    ns_sh(&t.net.p, "tc qdisc add dev lan root tbf rate 40mbit burst 32kbit latency 50ms");
+    t.s.curl_in(Some(&t.net.s), "POST", "/api/v1/sync/resume", Some(&t.s.token), None);
+    wait("the update to run", Duration::from_secs(20), &[&t.b], || {
+        metric(&t.s, &t.net.s, "understudy_sync_pending_bytes").is_some_and(|b| b > 0.0)
+    });
+    t.b.ok(&["failover", "takeover"]);
+    wait("the standby to take over", Duration::from_secs(20), &[&t.a, &t.b], || {
+        t.net.has_vip(&t.net.s) && !t.net.has_vip(&t.net.p)
+    });
+    wait("the update to stop", Duration::from_secs(20), &[&t.b], || t.follow()["state"] == "held");
+    let f = t.follow();
+    assert_eq!(f["applied"]["label"], old_label.as_str(), "{f}");
+    assert_eq!(f["partial"]["manifest"], f["newest"]["manifest"], "{f}");
+    let rec: Value =
+        serde_json::from_str(&std::fs::read_to_string(t.target.join("var/lib/understudy/deployed.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["image"], old_label.as_str(), "deployed.json names the version run completely");
+    // Every path is its old or its new version; nothing half-written is left.
+    let got = files(&t.target);
+    let bulk = got.iter().filter(|p| p.starts_with("srv/bulk")).count();
+    assert!(bulk < 160, "the update was not stopped before its end");
+    for p in &got {
+        let name = p.file_name().unwrap().to_string_lossy();
+        assert!(!name.starts_with(".ustmp"), "a temporary is left: {}", p.display());
+        if p.starts_with("var/lib/understudy") {
+            continue;
+        }
+        let data = std::fs::read(t.target.join(p)).unwrap();
+        let was = std::fs::read(old.join(p)).ok();
+        let is = std::fs::read(t.root.join(p)).ok();
+        assert!(Some(&data) == was.as_ref() || Some(&data) == is.as_ref(), "{} is neither old nor new", p.display());
+    }
+    // Holding the VIP, the standby follows nobody: the partial update stays as it is.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(files(&t.target).len(), got.len());
+    let out = t.b.ok(&["failover", "status"]);
+    assert!(out.contains("sync head-a") && out.contains("PARTIAL update to"), "{out}");
+    let ev = t.b.json(&["events", "--kind", "sync.stopped", "--json"]);
+    let msg = ev[0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("safe point (for a takeover)") && msg.contains(&old_label), "{ev}");
+
+    // Handed back, the standby finishes the update.
+    ns_sh(&t.net.p, "tc qdisc del dev lan root");
+    t.b.ok(&["failover", "release"]);
+    wait("the primary to hold again", Duration::from_secs(20), &[&t.a, &t.b], || {
+        t.net.has_vip(&t.net.p) && !t.net.has_vip(&t.net.s)
+    });
+    t.wait_current("the update completed after the release");
+    assert_eq!(diff(&t.root, &t.target), "");
 }
