@@ -186,8 +186,16 @@ fn open_parent(root: &Path, create: bool) -> std::io::Result<Option<rustix::fd::
             Ok(fd) => cur = fd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let n = crate::fsx::cname(c.as_bytes())?;
+                // The parent is the image's directory: making the record's directory in
+                // it must not move its time away from the image's.
+                let st = rustix::fs::fstat(&cur)?;
                 match rustix::fs::mkdirat(&cur, n.as_c_str(), rustix::fs::Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Ok(()) => crate::fsx::set_times_fd(
+                        rustix::fd::AsFd::as_fd(&cur),
+                        st.st_mtime as i64,
+                        st.st_mtime_nsec as u32,
+                    )?,
+                    Err(rustix::io::Errno::EXIST) => {}
                     Err(e) => return Err(e.into()),
                 }
                 cur = crate::fsx::open_dir_at(rustix::fd::AsFd::as_fd(&cur), c.as_bytes())?;
@@ -236,6 +244,26 @@ mod tests {
         assert!(ex.matches(b"etc/a[1]", false) && !ex.matches(b"etc/a1", false));
         std::fs::write(t.path().join(RECORD_PATH), "{not json").unwrap();
         assert!(matches!(Deployed::read(t.path()), Err(RecordError::Parse { .. })));
+    }
+
+    #[test]
+    fn making_the_record_directory_keeps_the_image_directories_times() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("var/lib")).unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        for d in ["", "var/lib"] {
+            std::fs::File::open(t.path().join(d)).unwrap().set_modified(old).unwrap();
+        }
+        Deployed::default().write(t.path()).unwrap();
+        for d in ["", "var/lib"] {
+            assert_eq!(std::fs::metadata(t.path().join(d)).unwrap().modified().unwrap(), old, "{d:?}");
+        }
+        assert!(Deployed::read(t.path()).unwrap().is_some());
+        // A root without var/: every directory made leaves its parent's time alone.
+        let t = tempfile::tempdir().unwrap();
+        std::fs::File::open(t.path()).unwrap().set_modified(old).unwrap();
+        Deployed::default().write(t.path()).unwrap();
+        assert_eq!(std::fs::metadata(t.path()).unwrap().modified().unwrap(), old);
     }
 
     #[test]
