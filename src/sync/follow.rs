@@ -55,8 +55,16 @@ impl Follower {
     ) -> Result<(Follower, watch::Receiver<SyncStatus>, Arc<Notify>), SyncError> {
         let token = cfg.read_token(&data_dir)?;
         let client = Client::new(&cfg.server, Some(token))?;
-        let before = SyncStatus::read_file(&data_dir)
-            .map_err(|source| SyncError::StatusFile { dir: data_dir.clone(), source })?;
+        let before = match SyncStatus::read_file(&data_dir) {
+            Ok(s) => s,
+            // Only a cache of what the root holds: without it the first update compares
+            // the whole root, which is slower but as safe.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::warn!("sync: ignoring a damaged {}: {e}", data_dir.join(SYNC_FILE).display());
+                None
+            }
+            Err(source) => return Err(SyncError::StatusFile { dir: data_dir.clone(), source }),
+        };
         let mut held = before.map(|s| s.held()).unwrap_or_default();
         // The root's own record wins over ours: it may have been updated by hand or
         // redeployed since (then what we knew is stale).
@@ -84,13 +92,16 @@ impl Follower {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut failing = false;
         let gate = self.gate.clone();
+        // The status file is written off the async workers (its fsync must not stall the
+        // failover loop sharing them), each time the status changes.
+        let writer = tokio::spawn(status_writer(self.data_dir.clone(), self.status.subscribe()));
         loop {
             let r = tokio::select! {
                 r = self.check() => r,
                 _ = shutdown.cancelled() => {
                     // The update's thread sees the flag and stops at a safe point.
                     gate.set_paused(true);
-                    return;
+                    break;
                 }
             };
             match r {
@@ -128,14 +139,16 @@ impl Follower {
                 }
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.cfg.interval) => {}
                 _ = self.wake.notified() => {}
             }
         }
+        drop(self);
+        let _ = writer.await;
     }
 
-    /// Update the status, its timestamp, the status file.
+    /// Update the status and its timestamp (the writer task writes the file).
     fn publish(&self, f: impl FnOnce(&mut SyncStatus)) {
         self.status.send_modify(|s| {
             f(s);
@@ -143,10 +156,6 @@ impl Follower {
             s.partial = self.held.partial.clone();
             s.updated_unix_ms = now_ms();
         });
-        let s = self.status.borrow().clone();
-        if let Err(e) = s.write_file(&self.data_dir) {
-            tracing::warn!("sync: writing {}: {e}", self.data_dir.join(SYNC_FILE).display());
-        }
     }
 
     async fn event(&self, kind: EventKind, msg: String) {
@@ -205,26 +214,15 @@ impl Follower {
             Action::Current => Ok(Outcome::Current),
             Action::Hold(c) => Ok(Outcome::Held(c)),
             Action::Relabel => {
-                self.relabel(&newest)?;
+                let (target, v) = (self.cfg.target.clone(), newest.clone());
+                tokio::task::spawn_blocking(move || relabel(&target, &v)).await??;
+                tracing::info!("sync: {} has the content of the applied version: relabelled", newest.label);
+                self.held.applied = Some(newest.clone());
                 self.observe(&newest).await;
                 Ok(Outcome::Current)
             }
             Action::Update => self.update(newest).await,
         }
-    }
-
-    /// Record `newest` as what the root holds: its content is the applied one's.
-    fn relabel(&mut self, newest: &Version) -> Result<(), SyncError> {
-        let mut rec = Deployed::read(&self.cfg.target).map_err(UpdateError::from)?.unwrap_or_else(|| Deployed {
-            keep_globs: DEFAULT_KEEP.iter().map(|s| s.to_string()).collect(),
-            ..Deployed::default()
-        });
-        rec.image = newest.label.clone();
-        rec.manifest = newest.manifest.clone();
-        rec.write(&self.cfg.target).map_err(UpdateError::from)?;
-        self.held.applied = Some(newest.clone());
-        tracing::info!("sync: {} has the content of the applied version: relabelled", newest.label);
-        Ok(())
     }
 
     async fn update(&mut self, newest: Version) -> Result<Outcome, SyncError> {
@@ -333,6 +331,35 @@ impl Follower {
                 self.publish(|s| s.pending_bytes = 0);
                 Err(e.into())
             }
+        }
+    }
+}
+
+/// Record `newest` in the root's `deployed.json` (its content is the applied one's).
+fn relabel(target: &std::path::Path, newest: &Version) -> Result<(), SyncError> {
+    let mut rec = Deployed::read(target).map_err(UpdateError::from)?.unwrap_or_else(|| Deployed {
+        keep_globs: DEFAULT_KEEP.iter().map(|s| s.to_string()).collect(),
+        ..Deployed::default()
+    });
+    rec.image = newest.label.clone();
+    rec.manifest = newest.manifest.clone();
+    rec.write(target).map_err(UpdateError::from)?;
+    Ok(())
+}
+
+/// Write the status file each time the status changes (the latest one when several
+/// came meanwhile); ends when the follower drops its sender.
+async fn status_writer(data_dir: PathBuf, mut rx: watch::Receiver<SyncStatus>) {
+    loop {
+        let s = rx.borrow_and_update().clone();
+        let dir = data_dir.clone();
+        match tokio::task::spawn_blocking(move || s.write_file(&dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("sync: writing {}: {e}", data_dir.join(SYNC_FILE).display()),
+            Err(e) => tracing::warn!("sync: status writer: {e}"),
+        }
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }
