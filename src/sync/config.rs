@@ -269,6 +269,25 @@ mod tests {
     }
 
     #[test]
+    fn the_standbys_own_understudy_is_always_kept() {
+        let ex = crate::capture::Excludes::new(&sync("exclude = [\"/srv/**\"]").unwrap().kept_patterns()).unwrap();
+        for (p, dir) in [
+            (&b"usr/bin/understudy"[..], false),
+            (b"usr/local/sbin/understudy", false),
+            (b"etc/understudy", true),
+            (b"var/lib/understudy", true),
+            (b"etc/systemd/system/understudy.service", false),
+            (b"lib/systemd/system/understudy-agent.service", false),
+            (b"srv/data", true),
+        ] {
+            assert!(ex.matches(p, dir), "{}", String::from_utf8_lossy(p));
+        }
+        for p in [&b"usr/bin/understudy-old"[..], b"etc/understudy.conf", b"etc/systemd/system/sshd.service"] {
+            assert!(!ex.matches(p, false), "{}", String::from_utf8_lossy(p));
+        }
+    }
+
+    #[test]
     fn capture_section() {
         let c: CaptureConfig = toml::from_str("image = \"head-a\"\ninterval = \"5m\"\n").unwrap();
         c.validate().unwrap();
