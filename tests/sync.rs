@@ -188,6 +188,16 @@ impl Pair {
         Pair { net, a, b, p, s, root, target }
     }
 
+    /// Stop the standby, forget its status file, start it again on the same config.
+    fn restart_standby_without_its_status(&mut self) {
+        self.s.stop();
+        std::fs::remove_file(self.b.data().join("sync.json")).unwrap();
+        let log = std::fs::File::options().append(true).open(self.b.path("serve.log")).unwrap();
+        let mut c = ns_cmd(&self.net.s, bin());
+        c.args(["serve", "--config", self.b.path("serve.toml").to_str().unwrap()]).stderr(log);
+        self.s = Server::start_cmd(&self.b, &mut c);
+    }
+
     fn lag(&self) -> Option<f64> {
         metric(&self.s, &self.net.s, "understudy_sync_lag_seconds")
     }
@@ -216,7 +226,7 @@ impl Pair {
 
 #[test]
 fn a_standby_follows_two_successive_captures_and_its_lag_returns_to_zero() {
-    let t = Pair::start(false, "2s", |r| tree(r, 0));
+    let mut t = Pair::start(false, "2s", |r| tree(r, 0));
     t.wait_current("the first version applied");
     assert_eq!(diff(&t.root, &t.target), "", "{}", log(&t.b));
     assert!(!t.target.join("etc/understudy").exists(), "the primary's understudy config was copied");
@@ -263,6 +273,14 @@ fn a_standby_follows_two_successive_captures_and_its_lag_returns_to_zero() {
     for k in ["sync.applied", "sync.lag_alarm", "sync.lag_cleared"] {
         assert!(kinds.contains(&k), "{k}: {kinds:?}");
     }
+    // Started afresh, the standby learns what its root holds from deployed.json: current
+    // at once, without an update.
+    t.restart_standby_without_its_status();
+    t.wait_current("the restarted standby current");
+    let f = t.follow();
+    assert_eq!(f["updates"], 0, "{f}");
+    assert_eq!(f["applied"]["manifest"], f["newest"]["manifest"], "{f}");
+    assert_eq!(diff(&t.root, &t.target), "");
     // The endpoint holds the primary's token: it is for the admin only.
     assert_eq!(t.s.curl_in(Some(&t.net.s), "GET", "/api/v1/sync", None, None).0, 401);
     assert_eq!(t.p.curl_in(Some(&t.net.p), "GET", "/api/v1/images/head-a/manifest", None, None).0, 401);

@@ -171,6 +171,28 @@ impl Follower {
         version_of(&d.image)
     }
 
+    /// A root the agent deployed (or `update` brought to a version) says which version it
+    /// holds in `deployed.json`: when the primary still has that version with that
+    /// manifest, it is what the root runs (the first check then needs no update if it is
+    /// the newest). Anything else leaves it unknown: the next update compares the root.
+    async fn adopt_record(&mut self) {
+        let target = self.cfg.target.clone();
+        let Ok(Ok(Some(rec))) = tokio::task::spawn_blocking(move || Deployed::read(&target)).await else { return };
+        if rec.image.is_empty() {
+            return;
+        }
+        let Ok(d) = self.client.get::<ImageDetail>(&format!("/api/v1/images/{}", encode(&rec.image))).await else {
+            return;
+        };
+        if let Ok(v) = version_of(&d.image)
+            && v.manifest == rec.manifest
+            && d.image.name == self.cfg.image
+        {
+            tracing::info!("sync: {} holds {} (its deployed.json)", self.cfg.target.display(), v.label);
+            self.held.applied = Some(v);
+        }
+    }
+
     /// Work out the lag and the alarm against `newest`, and publish them.
     async fn observe(&self, newest: &Version) {
         let lag = decide::lag_ms(&self.held, newest, now_ms());
@@ -209,6 +231,9 @@ impl Follower {
     /// One round: ask, decide, act.
     async fn check(&mut self) -> Result<Outcome, SyncError> {
         let newest = self.newest().await?;
+        if self.held.applied.is_none() && self.held.partial.is_none() {
+            self.adopt_record().await;
+        }
         self.observe(&newest).await;
         match decide::decide(&self.held, &newest, self.gate.closed()) {
             Action::Current => Ok(Outcome::Current),

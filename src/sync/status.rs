@@ -147,13 +147,16 @@ pub fn render_metrics(r: &SyncReport) -> String {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     };
     if let Some(f) = &r.follow {
-        g(
-            &mut s,
-            "understudy_sync_lag_seconds",
-            "Age of the applied image version against the primary's newest (0: current).",
-            "gauge",
-            format!("{:.3}", f.lag_seconds),
-        );
+        // Unknown (absent, not 0) until the primary's newest version was seen once.
+        if f.newest.is_some() {
+            g(
+                &mut s,
+                "understudy_sync_lag_seconds",
+                "Age of the applied image version against the primary's newest (0: current).",
+                "gauge",
+                format!("{:.3}", f.lag_seconds),
+            );
+        }
         g(
             &mut s,
             "understudy_sync_pending_bytes",
@@ -267,6 +270,9 @@ mod tests {
         assert!(m.contains("understudy_sync_applied_info{image=\"head-a\",version=\"2\","), "{m}");
         assert!(m.contains("understudy_sync_alarm 1\n"), "{m}");
         assert!(!m.contains("capture"), "{m}");
+        let unseen = SyncStatus { newest: None, ..status() };
+        let m = render_metrics(&SyncReport { follow: Some(unseen), capture: None });
+        assert!(!m.contains("understudy_sync_lag_seconds") && m.contains("understudy_sync_pending_bytes"), "{m}");
         let m = render_metrics(&SyncReport {
             follow: None,
             capture: Some(CaptureStatus { runs: 3, ..Default::default() }),
