@@ -96,6 +96,23 @@ impl Follower {
         // failover loop sharing them), each time the status changes.
         let writer = tokio::spawn(status_writer(self.data_dir.clone(), self.status.subscribe()));
         loop {
+            // Holding the VIP, this node is the primary now: it follows nobody (the old
+            // primary may well be dead) until it released the VIP.
+            if gate.closed() == Some(Closed::Takeover) && !gate.busy() {
+                if self.status.borrow().state != "held" {
+                    tracing::info!("sync: this node holds the VIP: following nobody until it releases it");
+                    self.publish(|s| {
+                        s.state = "held".into();
+                        s.pending_bytes = 0;
+                    });
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(self.cfg.interval) => {}
+                    _ = self.wake.notified() => {}
+                }
+                continue;
+            }
             let r = tokio::select! {
                 r = self.check() => r,
                 _ = shutdown.cancelled() => {
@@ -110,10 +127,12 @@ impl Follower {
                         failing = false;
                         self.event(EventKind::SyncRecovered, format!("sync of {} works again", self.cfg.image)).await;
                     }
-                    let state = match o {
-                        Outcome::Current | Outcome::Updated => "current",
-                        Outcome::Stopped(Closed::Takeover) | Outcome::Held(Closed::Takeover) => "held",
-                        Outcome::Stopped(Closed::Paused) | Outcome::Held(Closed::Paused) => "paused",
+                    let state = match (o, gate.closed()) {
+                        (Outcome::Stopped(Closed::Takeover) | Outcome::Held(Closed::Takeover), _)
+                        | (_, Some(Closed::Takeover)) => "held",
+                        (Outcome::Stopped(Closed::Paused) | Outcome::Held(Closed::Paused), _)
+                        | (_, Some(Closed::Paused)) => "paused",
+                        (Outcome::Current | Outcome::Updated, None) => "current",
                     };
                     self.publish(|s| {
                         s.state = state.into();
