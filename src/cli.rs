@@ -1829,10 +1829,20 @@ fn failover_cmd(data_dir: &std::path::Path, cmd: FailoverCmd) -> anyhow::Result<
                 format!("reading {} (is `understudy serve` with [failover] running?)", path.display())
             })?;
             let s: Status = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            // The `[sync]` follower's status file, when this node runs one.
+            let sync = crate::sync::SyncStatus::read_file(data_dir)
+                .with_context(|| format!("reading {}", data_dir.join(crate::sync::status::SYNC_FILE).display()))?;
             if json {
-                print_json(&s)?;
+                let mut v = serde_json::to_value(&s)?;
+                if let Some(f) = &sync {
+                    v["sync"] = serde_json::to_value(f)?;
+                }
+                print_json(&v)?;
             } else {
                 print!("{}", s.render_text());
+                if let Some(f) = &sync {
+                    print!("{}", f.render_line());
+                }
             }
         }
         // The CLI's path to the service is the request file, so it works without HTTP.
@@ -1874,9 +1884,14 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
     }
     let mut tasks = tokio::task::JoinSet::new();
     let mut failover = None;
+    // The standby's follower updates only through this gate, which a takeover closes.
+    let sync_gate = cfg.sync.as_ref().map(|s| (crate::sync::Gate::default(), s.stop_timeout));
     if let Some(f) = cfg.failover.clone() {
         let node = f.node.clone();
-        let prepared = crate::failover::prepare(f, &data_dir).await.context("starting failover")?;
+        let mut prepared = crate::failover::prepare(f, &data_dir).await.context("starting failover")?;
+        if let Some((g, limit)) = &sync_gate {
+            prepared = prepared.with_sync_gate(g.clone(), *limit);
+        }
         let (sink, mut logged) = tokio::sync::mpsc::unbounded_channel::<crate::failover::LogEvent>();
         let (handle, service) = crate::failover::start(prepared, sink, &shutdown);
         failover = Some(handle);
@@ -1900,6 +1915,26 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
             r.with_context(|| format!("failover {node}"))
         });
     }
+    let mut sync_handle = crate::sync::Handle::default();
+    if let Some(c) = cfg.capture.clone() {
+        let (sched, rx, now) = crate::sync::schedule::Schedule::new(c, inv.clone());
+        sync_handle.capture = Some((rx, now));
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            sched.run(shutdown).await;
+            Ok(())
+        });
+    }
+    if let (Some(c), Some((gate, _))) = (cfg.sync.clone(), sync_gate) {
+        let (follower, rx, wake) = crate::sync::follow::Follower::new(c, data_dir.clone(), gate.clone(), inv.clone())
+            .context("starting [sync]")?;
+        sync_handle.follow = Some((rx, gate, wake));
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            follower.run(shutdown).await;
+            Ok(())
+        });
+    }
     let mut http_state = None;
     if let Some(h) = cfg.http.clone() {
         let token = admin_token(&data_dir, &h.admin_token_file)?;
@@ -1911,7 +1946,8 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         tracing::info!("HTTP API listening on http://{addr}");
         let state = crate::http::AppState::new(inv.clone(), h, &token, shutdown.clone())
             .with_boot(cfg.boot.clone(), cfg.tftp.as_ref().map(|t| t.root.clone()))
-            .with_failover(failover.clone());
+            .with_failover(failover.clone())
+            .with_sync(Some(sync_handle.clone()));
         let state = std::sync::Arc::new(state);
         http_state = Some((state.clone(), addr));
         tasks.spawn(async move { crate::http::serve(state, listener).await.context("HTTP service") });

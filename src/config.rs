@@ -158,6 +158,10 @@ pub struct Config {
     /// Network boot over HTTP (per-node iPXE scripts, kernel, initramfs); defaults apply.
     #[serde(default)]
     pub boot: BootConfig,
+    /// Scheduled re-captures (the primary; see [`crate::sync::config`]); absent means none.
+    pub capture: Option<crate::sync::CaptureConfig>,
+    /// Follow the primary's newest image version (a standby); absent means none.
+    pub sync: Option<crate::sync::SyncConfig>,
 }
 
 /// `[boot]`: what `GET /boot/{mac}.ipxe` hands out and where the boot files live.
@@ -366,6 +370,8 @@ impl Config {
             tftp: None,
             failover: None,
             boot: BootConfig::default(),
+            capture: None,
+            sync: None,
         }
     }
 
@@ -461,6 +467,16 @@ impl Config {
         }
         if let Some(f) = &self.failover
             && let Err(m) = f.validate()
+        {
+            return bad(m.to_string());
+        }
+        if let Some(c) = &self.capture
+            && let Err(m) = c.validate()
+        {
+            return bad(m.to_string());
+        }
+        if let Some(c) = &self.sync
+            && let Err(m) = c.validate()
         {
             return bad(m.to_string());
         }
@@ -583,6 +599,33 @@ mod tests {
         let e = Config::parse("[tftp]\nwindow = 4\n", Path::new("t.toml")).unwrap_err().to_string();
         assert!(e.starts_with("t.toml:2:"), "{e}");
         assert!(Config::embedded_default().tftp.is_none());
+    }
+
+    #[test]
+    fn capture_and_sync_sections() {
+        let c = Config::parse(
+            "[capture]\nimage = \"head-a\"\ninterval = \"5m\"\n[sync]\nserver = \"http://10.0.0.1:8080\"\n\
+             token_file = \"primary.token\"\nimage = \"head-a\"\ntarget = \"/\"\ninterval = \"10s\"\nmax_lag = \"20m\"\n",
+            Path::new("s.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.capture.unwrap().interval, Duration::from_secs(300));
+        assert_eq!(c.sync.unwrap().max_lag, Duration::from_secs(1200));
+        let e = Config::parse("[sync]\nserver = \"10.0.0.1\"\nimage = \"a\"\ntoken = \"t\"\n", Path::new("s.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml: sync.server"), "{e}");
+        let e = Config::parse("[capture]\nimage = \"a\"\ninterval = \"soon\"\n", Path::new("s.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:3:") && e.contains("duration"), "{e}");
+        let e = Config::parse(
+            "[sync]\nserver = \"http://h\"\nimage = \"a\"\ntoken = \"t\"\nlag = 3\n",
+            Path::new("s.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("lag"), "{e}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod pxe;
 pub mod ratelog;
 pub mod remote;
 pub mod store;
+pub mod sync;
 pub mod tftp;
 pub mod update;
 pub mod wire;

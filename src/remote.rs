@@ -173,6 +173,8 @@ struct Window {
     bytes: usize,
     failed: Option<String>,
     done: bool,
+    /// The reader is gone (an update stopped early): fetch nothing more.
+    abandoned: bool,
 }
 
 impl Window {
@@ -310,6 +312,9 @@ async fn pull(
                 let notified = sh.room.notified();
                 {
                     let w = sh.w.lock().unwrap_or_else(|e| e.into_inner());
+                    if w.abandoned {
+                        return Ok(());
+                    }
                     if w.failed.is_some() || w.bytes + raw as usize / 2 <= opts.window_bytes || w.bytes == 0 {
                         break;
                     }
@@ -444,6 +449,19 @@ fn receive_block(
     }
     sh.cv.notify_all();
     Ok(())
+}
+
+impl Drop for RemoteSource {
+    /// A reader that stops early (an update stopped at a safe point) ends the pull:
+    /// otherwise it would wait for room in a window nobody drains.
+    fn drop(&mut self) {
+        let mut w = self.shared.w.lock().unwrap_or_else(|e| e.into_inner());
+        w.abandoned = true;
+        w.slots.clear();
+        w.bytes = 0;
+        drop(w);
+        self.shared.room.notify_waiters();
+    }
 }
 
 impl ChunkSource for RemoteSource {

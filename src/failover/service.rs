@@ -103,6 +103,19 @@ pub struct Prepared {
     sockets: Vec<Arc<UdpSocket>>,
     init: MachineInit,
     persisted: Persisted,
+    /// Closed before the VIP is added, opened after it is removed (see [`Prepared::with_sync_gate`]).
+    gate: Option<(crate::sync::Gate, Duration)>,
+}
+
+impl Prepared {
+    /// Before taking the VIP over, stop the `[sync]` update running through `gate` at its
+    /// next safe point, waiting at most `limit` for it; after giving the VIP up, let
+    /// updates run again. The machine is not involved: the VIP worker does this in order
+    /// with the VIP changes and hooks.
+    pub fn with_sync_gate(mut self, gate: crate::sync::Gate, limit: Duration) -> Prepared {
+        self.gate = Some((gate, limit));
+        self
+    }
 }
 
 /// Validate, read the key and the state file, bind the sockets, look at the VIPs, and
@@ -130,7 +143,7 @@ pub async fn prepare(cfg: FailoverConfig, data_dir: &Path) -> Result<Prepared, F
     }
     let init =
         MachineInit { boot: persisted.boot, term: persisted.term, peer_boot_floor: persisted.peer_boot, vip_present };
-    Ok(Prepared { cfg, data_dir: data_dir.to_path_buf(), keys, sockets, init, persisted })
+    Ok(Prepared { cfg, data_dir: data_dir.to_path_buf(), keys, sockets, init, persisted, gate: None })
 }
 
 fn read_keys(path: &Path) -> Result<Keyring, FailoverError> {
@@ -182,7 +195,7 @@ pub fn start(
 }
 
 async fn serve(p: Prepared, end: ServiceEnd, log: EventSink, shutdown: CancellationToken) -> Result<(), FailoverError> {
-    let Prepared { cfg, data_dir, keys, sockets, init, mut persisted } = p;
+    let Prepared { cfg, data_dir, keys, sockets, init, mut persisted, gate } = p;
     let ServiceEnd { status, requests } = end;
     let mcfg = cfg.machine_config().map_err(|e| FailoverError::Config(e.to_string()))?;
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
@@ -200,7 +213,7 @@ async fn serve(p: Prepared, end: ServiceEnd, log: EventSink, shutdown: Cancellat
     let (persist_tx, persist_rx) = mpsc::unbounded_channel();
     let persist_task = tasks.spawn(persister(data_dir.join(STATE_FILE), persist_rx, ev_tx.clone()));
     let (vip_tx, vip_rx) = mpsc::unbounded_channel();
-    let vip_task = tasks.spawn(vip_worker(cfg.clone(), vip_rx, ev_tx.clone()));
+    let vip_task = tasks.spawn(vip_worker(cfg.clone(), vip_rx, ev_tx.clone(), gate));
     let h = Helpers {
         events: ev_tx.clone(),
         persist: persist_tx,

@@ -188,16 +188,37 @@ pub(super) fn spawn_monitors(
 }
 
 /// Carries out [`VipOp`]s in order; ends when the service drops its sender.
+/// With a sync gate, a takeover first stops a running update at its next safe point
+/// (waiting at most the gate's limit), and a release lets updates run again.
 pub(super) async fn vip_worker(
     cfg: FailoverConfig,
     mut rx: mpsc::UnboundedReceiver<VipOp>,
     events: mpsc::UnboundedSender<Event>,
+    gate: Option<(crate::sync::Gate, Duration)>,
 ) {
     let vips = &cfg.vips;
     while let Some(op) = rx.recv().await {
         let r = match op {
-            VipOp::Add => net::add_vips(vips).await,
-            VipOp::Remove => net::remove_vips(vips).await,
+            VipOp::Add => {
+                if let Some((g, limit)) = &gate {
+                    if g.close_for_takeover(*limit).await {
+                        tracing::info!("failover: no update runs: taking over");
+                    } else {
+                        tracing::warn!(
+                            "failover: the running update did not stop within {limit:?}; taking over anyway \
+                             (each path is old or new)"
+                        );
+                    }
+                }
+                net::add_vips(vips).await
+            }
+            VipOp::Remove => {
+                let r = net::remove_vips(vips).await;
+                if let Some((g, _)) = &gate {
+                    g.open_after_release();
+                }
+                r
+            }
             VipOp::Garp => {
                 // Blocking socket and sysfs calls (see the link poller): off the async workers.
                 let vs = vips.clone();

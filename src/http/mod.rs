@@ -10,6 +10,7 @@ pub mod error;
 pub mod failover;
 pub mod metrics;
 pub mod stream;
+pub mod sync;
 
 use crate::config::{BootConfig, HttpConfig};
 use crate::inventory::Inventory;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub pxe_dir: PathBuf,
     /// The failover service running in this process, if any (status and admin requests).
     pub failover: Option<crate::failover::Handle>,
+    /// The `[sync]` follower and `[capture]` schedule running in this process, if any.
+    pub sync: Option<crate::sync::Handle>,
 }
 
 impl AppState {
@@ -64,6 +67,7 @@ impl AppState {
             boot: BootConfig::default(),
             pxe_dir: PathBuf::from("pxe"),
             failover: None,
+            sync: None,
         }
     }
 
@@ -71,6 +75,12 @@ impl AppState {
     /// endpoints answer that failover is not running here).
     pub fn with_failover(mut self, failover: Option<crate::failover::Handle>) -> AppState {
         self.failover = failover;
+        self
+    }
+
+    /// Serve the sync endpoints and metrics from these tasks' handle.
+    pub fn with_sync(mut self, sync: Option<crate::sync::Handle>) -> AppState {
+        self.sync = sync;
         self
     }
 
@@ -185,6 +195,9 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         body.push_str(&crate::failover::metrics::render(&s, now.as_millis() as u64));
     }
+    if let Some(h) = &st.sync {
+        body.push_str(&crate::sync::status::render_metrics(&h.report()));
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -193,6 +206,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let (api_router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api::routes())
         .merge(failover::routes())
+        .merge(sync::routes())
         .merge(stream::routes(&state.cfg))
         .merge(delta::routes())
         .routes(utoipa_axum::routes!(boot::boot_file))

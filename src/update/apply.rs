@@ -43,6 +43,30 @@ pub enum ApplyError {
         #[source]
         source: StoreError,
     },
+    /// Asked to stop ([`Control::stop`]) and stopped at a safe point: every entry is
+    /// either old or new, and `done` says what was changed before.
+    #[error("stopped before the end: every path is either its old or its new version")]
+    Stopped {
+        /// What was done before the stop.
+        done: ApplyStats,
+    },
+}
+
+/// How a caller steers a running [`apply_with`]: a flag checked between entries and
+/// between the chunks of a file (a file cut short is its temporary, removed: the old
+/// version stays), and a counter of the file bytes written so far.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Set to stop at the next safe point.
+    pub stop: std::sync::atomic::AtomicBool,
+    /// File bytes written (renamed into place) so far.
+    pub done_bytes: AtomicU64,
+}
+
+impl Control {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
 }
 
 /// What an update did.
@@ -196,6 +220,19 @@ pub fn apply(
     whole: WholeFile<'_>,
     as_root: bool,
 ) -> Result<ApplyStats, ApplyError> {
+    apply_with(root, m, plan, (reuse, src, whole), as_root, &Control::default())
+}
+
+/// [`apply`], stopping at the next safe point once `ctl.stop` is set (then
+/// [`ApplyError::Stopped`]; directory times are left for the next run to set).
+pub fn apply_with(
+    root: BorrowedFd<'_>,
+    m: &Manifest,
+    plan: &Plan,
+    (reuse, src, whole): (&Reuse, &dyn ChunkSource, WholeFile<'_>),
+    as_root: bool,
+    ctl: &Control,
+) -> Result<ApplyStats, ApplyError> {
     let mut st = ApplyStats::default();
     let mut dirs = Dirs { root, cache: HashMap::new() };
     let entries = &m.entries;
@@ -208,6 +245,9 @@ pub fn apply(
     };
     for c in &plan.changes {
         let Change::Remove { path, dir } = c else { continue };
+        if ctl.stopped() {
+            return Err(ApplyError::Stopped { done: st });
+        }
         let (parent, name) = split_parent(path).unwrap_or((b"", path));
         let d = dirs.get(parent).map_err(entry_err(path))?;
         let cn = fsx::cname(name).map_err(entry_err(path))?;
@@ -225,6 +265,9 @@ pub fn apply(
     let mut meta_dirs: Vec<usize> = Vec::new();
     let mut links: Vec<usize> = Vec::new();
     for c in &plan.changes {
+        if ctl.stopped() {
+            return Err(ApplyError::Stopped { done: st });
+        }
         let (idx, create) = match c {
             Change::Create { idx } => (*idx, true),
             Change::Replace { idx, .. } => (*idx, false),
@@ -270,15 +313,32 @@ pub fn apply(
                     Some(Err(source)) => return Err(ApplyError::Chunk { path: display_path(&e.path), source }),
                     None => None,
                 };
-                let (fetched, reused) = write_file(d, e, reuse, src, content, as_root)?;
+                let (fetched, reused) = match write_file(d, e, reuse, src, content, as_root, ctl) {
+                    Err(ApplyError::Stopped { .. }) => {
+                        // Counted as begun above; it was not changed.
+                        if create {
+                            st.created -= 1
+                        } else {
+                            st.changed -= 1
+                        }
+                        return Err(ApplyError::Stopped { done: st });
+                    }
+                    r => r?,
+                };
                 st.bytes_transferred += fetched;
                 st.bytes_reused += reused;
+                if let Kind::File { size, .. } = &e.kind {
+                    ctl.done_bytes.fetch_add(*size, Ordering::Relaxed);
+                }
             }
             Kind::Hardlink { .. } => links.push(idx),
             _ => write_special(d, e, as_root).map_err(entry_err(&e.path))?,
         }
     }
     for idx in links {
+        if ctl.stopped() {
+            return Err(ApplyError::Stopped { done: st });
+        }
         let e = &entries[idx];
         let Kind::Hardlink { target } = &e.kind else { continue };
         let (tp, tn) = split_parent(target).unwrap_or((b"", target));
@@ -419,6 +479,7 @@ fn write_file(
     src: &dyn ChunkSource,
     content: Option<(Vec<u8>, u64)>,
     as_root: bool,
+    ctl: &Control,
 ) -> Result<(u64, u64), ApplyError> {
     let Kind::File { size, extents } = &e.kind else { return Ok((0, 0)) };
     let tmp = tmp_name();
@@ -450,6 +511,9 @@ fn write_file(
         for x in extents.iter().filter(|_| content.is_none()) {
             let mut off = x.offset;
             for c in &x.chunks {
+                if ctl.stopped() {
+                    return Err(ApplyError::Stopped { done: ApplyStats::default() });
+                }
                 let data = match reuse.has(&c.id).then(|| reuse.get(&c.id)) {
                     Some(Some(d)) => {
                         reused += d.len() as u64;

@@ -189,24 +189,34 @@ fn apply(
             p.apply(m, super::Sources { reuse: &reuse, chunks: &store, whole: &|_| None }, (label, id), sync)?
         }
         Source::Remote(client) => {
-            let cands = p.delta_candidates(m, &reuse);
-            let needed = super::apply::needed_chunks(m, &p.plan, &reuse, &cands);
-            let src = RemoteSource::start(
-                client.clone(),
-                id.to_string(),
-                &super::fetch_list(m, needed),
-                PullOptions::default(),
-                rt,
-            );
-            let whole = |idx: usize| {
-                cands.binary_search(&idx).ok()?;
-                Some(by_delta(p, m, idx, client, rt, id, &reuse))
-            };
-            p.apply(m, super::Sources { reuse: &reuse, chunks: &src, whole: &whole }, (label, id), sync)?
+            apply_remote(p, m, &reuse, (client, rt), (label, id), sync, &super::Control::default())?
         }
     };
     stats.bytes_hashed = hashed;
     Ok(stats)
+}
+
+/// Apply `p` with what the target lacks from the server behind `client` (chunks, and
+/// rsync deltas for changed files), under `ctl` (see [`Prepared::apply_with`]); `reuse`
+/// is [`Prepared::reuse`]'s index. Runs on a blocking thread; `rt` runs the transfers.
+pub fn apply_remote(
+    p: &Prepared,
+    m: &Manifest,
+    reuse: &super::Reuse,
+    (client, rt): (&Client, &tokio::runtime::Handle),
+    (label, id): (&str, &str),
+    sync: bool,
+    ctl: &super::Control,
+) -> Result<super::ApplyStats, super::UpdateError> {
+    let cands = p.delta_candidates(m, reuse);
+    let needed = super::apply::needed_chunks(m, &p.plan, reuse, &cands);
+    let src =
+        RemoteSource::start(client.clone(), id.to_string(), &super::fetch_list(m, needed), PullOptions::default(), rt);
+    let whole = |idx: usize| {
+        cands.binary_search(&idx).ok()?;
+        Some(by_delta(p, m, idx, client, rt, id, reuse))
+    };
+    p.apply_with(m, super::Sources { reuse, chunks: &src, whole: &whole }, (label, id), sync, ctl)
 }
 
 /// The image's version of file `idx` by an rsync delta against the target's old version;

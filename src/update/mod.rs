@@ -16,7 +16,7 @@ use crate::capture::{CaptureError, DEFAULT_ROOT_EXCLUDES, Excludes};
 use crate::deploy::ChunkSource;
 use crate::fsx;
 use crate::store::manifest::{ChunkRef, Entry, Extent, Kind, Manifest, display_path};
-pub use apply::{ApplyError, ApplyStats, Reuse};
+pub use apply::{ApplyError, ApplyStats, Control, Reuse};
 use plan::{Change, Plan, PlanError};
 use record::{Deployed, RecordError};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -289,6 +289,21 @@ impl Prepared {
         self.plan.changes.iter().map(|c| plan::itemize(c, &m.entries)).collect()
     }
 
+    /// File bytes the plan writes (the sizes of the files it creates or replaces).
+    pub fn bytes_to_write(&self, m: &Manifest) -> u64 {
+        self.plan
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Create { idx } | Change::Replace { idx, .. } => match &m.entries[*idx].kind {
+                    Kind::File { size, .. } => Some(*size),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .sum()
+    }
+
     /// Find the chunks the target already has: the old versions of replaced files and the
     /// removed files (a renamed file's data is there under its old name). Returns the
     /// index and the bytes read to make it.
@@ -372,8 +387,23 @@ impl Prepared {
         (image, manifest_id): (&str, &str),
         sync: bool,
     ) -> Result<ApplyStats, UpdateError> {
+        self.apply_with(m, src, (image, manifest_id), sync, &Control::default())
+    }
+
+    /// [`Prepared::apply`] under `ctl`: once `ctl.stop` is set it stops at the next safe
+    /// point with [`ApplyError::Stopped`] and leaves `deployed.json` naming the old image
+    /// (the root is then partly updated, each path old or new).
+    pub fn apply_with(
+        &self,
+        m: &Manifest,
+        src: Sources<'_>,
+        (image, manifest_id): (&str, &str),
+        sync: bool,
+        ctl: &Control,
+    ) -> Result<ApplyStats, UpdateError> {
         let as_root = rustix::process::geteuid().is_root();
-        let stats = apply::apply(self.root.as_fd(), m, &self.plan, src.reuse, src.chunks, src.whole, as_root)?;
+        let stats =
+            apply::apply_with(self.root.as_fd(), m, &self.plan, (src.reuse, src.chunks, src.whole), as_root, ctl)?;
         let mut rec = self.record.clone().unwrap_or_else(|| Deployed {
             keep_globs: record::DEFAULT_KEEP.iter().map(|s| s.to_string()).collect(),
             ..Deployed::default()
@@ -475,5 +505,81 @@ mod tests {
         assert_eq!(list[3].kind, Kind::File { size: 5, extents: vec![] });
         assert_eq!(list[4].kind, Kind::Symlink { target: b"b/f".to_vec() });
         assert_eq!(list[5].kind, Kind::Hardlink { target: b"a/b/f".to_vec() });
+    }
+
+    /// A chunk source that sets the stop flag after `after` chunks.
+    struct StopAfter<'a> {
+        store: &'a crate::store::Store,
+        ctl: &'a Control,
+        after: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ChunkSource for StopAfter<'_> {
+        fn read_chunk(&self, id: &crate::store::ChunkId) -> Result<Vec<u8>, crate::store::StoreError> {
+            if self.after.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                self.ctl.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            self.store.read_chunk(id)
+        }
+    }
+
+    #[test]
+    fn a_stopped_update_leaves_every_file_old_or_new_and_the_record_old() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        // Files of several chunks each, so the stop can land inside one.
+        let file = |seed: u64| -> Vec<u8> {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..400_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect()
+        };
+        for i in 0..6u64 {
+            std::fs::write(src.join(format!("f{i}")), file(i)).unwrap();
+            std::fs::write(dst.join(format!("f{i}")), b"old").unwrap();
+        }
+        let store = crate::store::Store::open_for_write(&t.path().join("data")).unwrap();
+        let cap = crate::capture::capture(&store, &src, None, &crate::capture::CaptureOptions::default()).unwrap();
+        store.flush().unwrap();
+        let m = cap.manifest;
+        let p = prepare(&dst, &m, &UpdateOptions::default()).unwrap();
+        assert_eq!(p.bytes_to_write(&m), 6 * 400_000);
+        let ctl = Control::default();
+        let src_chunks = StopAfter { store: &store, ctl: &ctl, after: 10.into() };
+        let reuse = Reuse::default();
+        let r = p.apply_with(
+            &m,
+            Sources { reuse: &reuse, chunks: &src_chunks, whole: &|_| None },
+            ("img@2", "ab"),
+            false,
+            &ctl,
+        );
+        let Err(UpdateError::Apply(ApplyError::Stopped { done })) = r else { panic!("not stopped: {r:?}") };
+        let mut new = 0;
+        for i in 0..6u64 {
+            let got = std::fs::read(dst.join(format!("f{i}"))).unwrap();
+            assert!(got == b"old" || got == file(i), "f{i} is neither old nor new");
+            new += usize::from(got != b"old");
+        }
+        assert!(new < 6, "the stop came before the end");
+        assert_eq!(done.changed as usize, new);
+        assert_eq!(ctl.done_bytes.load(std::sync::atomic::Ordering::SeqCst), new as u64 * 400_000);
+        let names: Vec<_> = std::fs::read_dir(&dst).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.iter().all(|n| !n.to_string_lossy().starts_with(".ustmp")), "{names:?}");
+        assert!(record::Deployed::read(&dst).unwrap().is_none(), "a partial update records nothing");
+        // The next (unstopped) update finishes it.
+        let p = prepare(&dst, &m, &UpdateOptions::default()).unwrap();
+        p.apply(&m, Sources { reuse: &reuse, chunks: &store, whole: &|_| None }, ("img@2", "ab"), false).unwrap();
+        for i in 0..6u64 {
+            assert_eq!(std::fs::read(dst.join(format!("f{i}"))).unwrap(), file(i));
+        }
+        assert_eq!(record::Deployed::read(&dst).unwrap().unwrap().image, "img@2");
     }
 }

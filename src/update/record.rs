@@ -279,6 +279,26 @@ mod tests {
     }
 
     #[test]
+    fn making_the_record_directory_keeps_the_image_directories_times() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("var/lib")).unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        for d in ["", "var/lib"] {
+            std::fs::File::open(t.path().join(d)).unwrap().set_modified(old).unwrap();
+        }
+        Deployed::default().write(t.path()).unwrap();
+        for d in ["", "var/lib"] {
+            assert_eq!(std::fs::metadata(t.path().join(d)).unwrap().modified().unwrap(), old, "{d:?}");
+        }
+        assert!(Deployed::read(t.path()).unwrap().is_some());
+        // A root without var/: every directory made leaves its parent's time alone.
+        let t = tempfile::tempdir().unwrap();
+        std::fs::File::open(t.path()).unwrap().set_modified(old).unwrap();
+        Deployed::default().write(t.path()).unwrap();
+        assert_eq!(std::fs::metadata(t.path()).unwrap().modified().unwrap(), old);
+    }
+
+    #[test]
     fn a_deployment_records_identity_ssh_and_network_paths() {
         let t = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(t.path().join("etc/ssh")).unwrap();

@@ -252,6 +252,20 @@ pub enum EventKind {
     ServerStart,
     /// The server stopped.
     ServerStop,
+    /// A scheduled capture (`[capture]`) failed.
+    ImageCaptureFailed,
+    /// The standby's follower (`[sync]`) applied a new version.
+    SyncApplied,
+    /// An update by the follower stopped at a safe point before its end (takeover, pause).
+    SyncStopped,
+    /// The follower's check or update failed (recorded once until it recovers).
+    SyncFailed,
+    /// The follower works again after a failure.
+    SyncRecovered,
+    /// The standby's lag went above `sync.max_lag`.
+    SyncLagAlarm,
+    /// The lag is back under half of `sync.max_lag`.
+    SyncLagCleared,
     /// A failover event: the part after `failover.` (lower case, digits and `_`).
     Failover(String),
 }
@@ -285,6 +299,13 @@ impl EventKind {
             DhcpCollect => "dhcp.collect",
             ServerStart => "server.start",
             ServerStop => "server.stop",
+            ImageCaptureFailed => "image.capture_failed",
+            SyncApplied => "sync.applied",
+            SyncStopped => "sync.stopped",
+            SyncFailed => "sync.failed",
+            SyncRecovered => "sync.recovered",
+            SyncLagAlarm => "sync.lag_alarm",
+            SyncLagCleared => "sync.lag_cleared",
             Failover(s) => return std::borrow::Cow::Owned(format!("failover.{s}")),
         })
     }
@@ -321,6 +342,13 @@ impl EventKind {
         EventKind::DhcpCollect,
         EventKind::ServerStart,
         EventKind::ServerStop,
+        EventKind::ImageCaptureFailed,
+        EventKind::SyncApplied,
+        EventKind::SyncStopped,
+        EventKind::SyncFailed,
+        EventKind::SyncRecovered,
+        EventKind::SyncLagAlarm,
+        EventKind::SyncLagCleared,
     ];
 }
 
