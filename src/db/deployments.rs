@@ -245,6 +245,16 @@ impl Db {
         Ok((rows.into_iter().map(DeploymentRecord::try_from).collect::<Result<_>>()?, total))
     }
 
+    /// The images (`NAME@N`) of the deployments not finished yet (pending or running).
+    pub async fn active_deployment_images(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT image FROM deployments WHERE status IN (?, ?)")
+            .bind(DeploymentStatus::Pending.as_str())
+            .bind(DeploymentStatus::Running.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
     /// Deployments whose client is writing now.
     pub async fn running_deployments(&self) -> Result<i64> {
         let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM deployments WHERE status = ?")

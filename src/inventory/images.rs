@@ -153,8 +153,13 @@ impl Inventory {
         Ok((ImageDetail { image, kinds, chunks }, m))
     }
 
-    /// Capture `source` as a new version of `name`.
-    pub async fn capture(&self, name: &str, source: &Path, mut opts: CaptureOptions) -> Result<(Image, Captured)> {
+    /// Capture `source` as a new version of `name` (a new version even when nothing
+    /// changed, as `understudy capture` does).
+    pub async fn capture(&self, name: &str, source: &Path, opts: CaptureOptions) -> Result<(Image, Captured)> {
+        self.capture_inner(name, source, opts).await
+    }
+
+    async fn capture_inner(&self, name: &str, source: &Path, mut opts: CaptureOptions) -> Result<(Image, Captured)> {
         check_name(name)?;
         if !source.is_dir() {
             return Err(InventoryError::NotFound(format!("capture source {} is not a directory", source.display())));
@@ -164,12 +169,17 @@ impl Inventory {
             Some(r) => Some(id_of(&r.id)?),
             None => None,
         };
+        // The same manifest shares the parent's chunks: its stored size is the parent's.
+        let parent_stored = parent_row.as_ref().map(|r| r.stored_bytes.max(0) as u64);
         opts.skip_paths.push(self.data_dir.clone());
         let (dd, src) = (self.data_dir.clone(), source.to_path_buf());
         let (store, mut cap, stored, probed) = blocking(move || {
             let store = Store::open_for_write(&dd)?;
             let cap = capture(&store, &src, parent, &opts)?;
-            let stored = stored_bytes(&store, &cap.manifest);
+            let stored = match parent_stored {
+                Some(s) if Some(cap.id) == parent => s,
+                _ => stored_bytes(&store, &cap.manifest),
+            };
             // A mounted root (the usual `capture /`) records the layout of its disks.
             let probed = is_mount_point(&src).then(|| crate::layout::probe::probe(&src));
             Ok((store, cap, stored, probed))
@@ -201,6 +211,34 @@ impl Inventory {
             .await?;
         drop(store);
         Ok((row, cap))
+    }
+
+    /// Delete the versions of `name` older than its newest `keep`, except those a node
+    /// names explicitly (`NAME@N`) or a deployment still running uses. Returns the
+    /// versions deleted (their chunks go at the next `images gc`).
+    pub async fn prune(&self, name: &str, keep: usize) -> Result<Vec<i64>> {
+        let mut versions: Vec<Image> = self.images().await?.into_iter().filter(|r| r.name == name).collect::<Vec<_>>();
+        versions.sort_by_key(|r| std::cmp::Reverse(r.version));
+        let (nodes, _) = self.db.nodes(i64::MAX, 0).await?;
+        let pinned: std::collections::HashSet<String> =
+            nodes.into_iter().filter_map(|n| n.image).chain(self.db.active_deployment_images().await?).collect();
+        let mut gone = Vec::new();
+        for r in versions.into_iter().skip(keep.max(1)) {
+            let label = r.label();
+            if pinned.contains(&label) {
+                continue;
+            }
+            let n = self
+                .db
+                .delete_image(name, Some(r.version), &EventKind::ImageDelete.as_str(), |_| {
+                    format!("pruned {label}: older than the newest {keep} versions")
+                })
+                .await?;
+            if n > 0 {
+                gone.push(r.version);
+            }
+        }
+        Ok(gone)
     }
 
     /// Import a tar archive (a debootstrap tree, `docker export`, an export) as a new
@@ -390,5 +428,31 @@ mod tests {
         let kinds: Vec<&str> = ev.items.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, vec!["image.delete", "image.capture", "image.capture"]);
         assert!(inv.gc().await.unwrap().freed_bytes < u64::MAX);
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_the_newest_and_what_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let inv = Inventory::open(&dir.path().join("data")).await.unwrap();
+        let quiet = CaptureOptions { quiet: true, default_excludes: false, ..Default::default() };
+        for v in 1..=4 {
+            std::fs::write(src.join("f"), format!("version {v}")).unwrap();
+            let (row, _) = inv.capture("img", &src, quiet.clone()).await.unwrap();
+            assert_eq!(row.version, v);
+        }
+        // A node pinned to img@1 keeps it; img@2 and img@3 go.
+        let node = crate::wire::NodeCreate {
+            name: "n1".into(),
+            role: None,
+            image: Some("img@1".into()),
+            macs: vec![],
+            ips: vec![],
+        };
+        inv.create_node(node).await.unwrap();
+        assert_eq!(inv.prune("img", 1).await.unwrap(), vec![3, 2]);
+        let left: Vec<i64> = inv.images().await.unwrap().iter().map(|r| r.version).collect();
+        assert_eq!(left, vec![1, 4]);
     }
 }

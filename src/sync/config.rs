@@ -83,6 +83,14 @@ pub struct CaptureConfig {
     /// More exclude patterns.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Versions of the image kept: older ones are deleted after each new version (not
+    /// those a node names as `NAME@N` or a deployment still uses); 0 keeps them all.
+    #[serde(default = "d_keep")]
+    pub keep: usize,
+}
+
+fn d_keep() -> usize {
+    24
 }
 
 /// `[sync]`: a standby that follows the primary's newest image version.

@@ -66,22 +66,24 @@ impl Schedule {
         let secs = t.elapsed().as_secs_f64();
         match r {
             Ok((row, cap)) => {
-                tracing::info!(
-                    "capture: {} in {secs:.1}s ({} bytes added{})",
-                    row.label(),
-                    row.added_bytes,
-                    if cap.warnings.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} warning(s)", cap.warnings.len())
-                    }
-                );
+                tracing::info!("capture: {} in {secs:.1}s ({} bytes added)", row.label(), row.added_bytes);
                 for w in &cap.warnings {
                     tracing::warn!("capture {}: {w}", row.label());
+                }
+                // Every run makes a version (an unchanged one shares its parent's manifest
+                // and chunks: it is how the standby knows it is still current); the old
+                // ones go.
+                let mut pruned = 0;
+                if self.cfg.keep > 0 {
+                    match self.inv.prune(&self.cfg.image, self.cfg.keep).await {
+                        Ok(gone) => pruned = gone.len() as u64,
+                        Err(e) => tracing::warn!("capture: pruning old versions of {}: {e}", self.cfg.image),
+                    }
                 }
                 self.status.send_modify(|s| {
                     s.running = false;
                     s.runs += 1;
+                    s.pruned += pruned;
                     s.last_version = Some(row.label());
                     s.last_seconds = secs;
                     s.last_added_bytes = row.added_bytes.max(0) as u64;
@@ -123,6 +125,7 @@ mod tests {
             source: root.clone(),
             interval: Duration::from_secs(3600),
             exclude: vec![],
+            keep: 2,
         };
         let (sched, mut rx, now) = Schedule::new(cfg, inv.clone());
         let stop = CancellationToken::new();
@@ -135,10 +138,16 @@ mod tests {
         assert_eq!(rx.borrow().last_version.as_deref(), Some("head-a@2"));
         let rows = inv.images().await.unwrap();
         assert_ne!(rows[0].id, rows[1].id, "the change makes another manifest");
+        // A third version: the oldest goes (keep = 2).
+        now.notify_one();
+        rx.wait_for(|s| s.runs == 3).await.unwrap();
+        let versions: Vec<i64> = inv.images().await.unwrap().iter().map(|r| r.version).collect();
+        assert_eq!(versions, vec![2, 3]);
+        assert_eq!(rx.borrow().pruned, 1);
         // The source gone: a failure, reported and logged, and the schedule goes on.
         std::fs::remove_dir_all(&root).unwrap();
         now.notify_one();
-        rx.wait_for(|s| s.runs == 3).await.unwrap();
+        rx.wait_for(|s| s.runs == 4).await.unwrap();
         let s = rx.borrow().clone();
         assert_eq!((s.failures, s.running), (1, false));
         assert!(s.last_error.as_deref().unwrap_or("").contains("not a directory"), "{s:?}");

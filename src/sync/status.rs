@@ -66,6 +66,8 @@ pub struct CaptureStatus {
     pub failures: u64,
     /// The last version made (`NAME@N`).
     pub last_version: Option<String>,
+    /// Old versions deleted since start (`keep`).
+    pub pruned: u64,
     /// Wall time of the last successful run.
     pub last_seconds: f64,
     /// Bytes the last run added to the store.
