@@ -15,10 +15,12 @@
 //! after Ctrl-C the same command resumes where it stopped.
 //!
 //! Pure here: what the observed state means for each step ([`deploy_view`], [`join_view`],
-//! [`new_mac`]). The I/O driver is [`run`].
+//! [`new_mac`], [`node_image`], [`network_settled`]), and all steps at once from what the
+//! inventory holds ([`steps`], the web console's wizard page). The command's I/O driver is
+//! in `cli.rs`; both use these functions, so both resume from the same facts.
 
 use crate::failover::status::Status;
-use crate::wire::{Deployment, DeploymentStatus, Discovered, Node, NodeState};
+use crate::wire::{Deployment, DeploymentStatus, Discovered, Node, NodeNetwork, NodeState};
 use std::time::Duration;
 
 /// The steps, in order.
@@ -102,6 +104,174 @@ pub fn new_mac<'a>(seen: &'a [Discovered], since: &str) -> Option<&'a Discovered
         seen.iter().filter(|d| d.assigned_to.is_none() && d.last_seen.as_str() >= since).collect();
     fresh.sort_by(|a, b| a.first_seen.cmp(&b.first_seen));
     fresh.first().copied()
+}
+
+/// The image step is done when the node has an image already (a resumed run keeps it).
+pub fn node_image(node: Option<&Node>) -> Option<&str> {
+    node.and_then(|n| n.image.as_deref())
+}
+
+/// The MAC step is done when the node has a MAC already.
+pub fn node_macs(node: Option<&Node>) -> Option<&[String]> {
+    node.map(|n| n.macs.as_slice()).filter(|m| !m.is_empty())
+}
+
+/// The network step is done when the node has an identity and the admin asks for no other:
+/// no new interfaces given, and not forcing one that is not forced yet.
+pub fn network_settled(cur: &NodeNetwork, new_interfaces: bool, force: bool) -> bool {
+    !cur.interfaces.is_empty() && !new_interfaces && (cur.force || !force)
+}
+
+/// One line for a network identity: `role name addresses` per interface.
+pub fn network_line(n: &NodeNetwork) -> String {
+    n.interfaces
+        .iter()
+        .map(|i| format!("{} {} {}", i.role, i.name.as_deref().unwrap_or("-"), i.addresses.join(",")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The node's newest deployment (the highest id: a later network boot supersedes).
+pub fn newest(ds: &[Deployment]) -> Option<&Deployment> {
+    ds.iter().max_by_key(|d| d.id)
+}
+
+/// What the inventory (and the failover service) holds about one standby, as [`steps`]
+/// reads it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observed<'a> {
+    /// The standby's name.
+    pub name: &'a str,
+    /// Its node, once registered.
+    pub node: Option<&'a Node>,
+    /// The image picked for a node not registered yet (`NAME` or `NAME@N`).
+    pub chosen_image: Option<&'a str>,
+    /// A capture of this host's `/` is running under this name.
+    pub capturing: Option<&'a str>,
+    /// MAC collection is open.
+    pub collecting: bool,
+    /// The machine that network-booted since collection opened, if any ([`new_mac`]).
+    pub candidate: Option<&'a Discovered>,
+    /// The node's network identity.
+    pub network: Option<&'a NodeNetwork>,
+    /// The node's newest deployment ([`newest`]).
+    pub newest: Option<&'a Deployment>,
+    /// The primary's failover status (`None`: no failover runs here).
+    pub failover: Option<&'a Status>,
+}
+
+/// Where one step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Done (now or in an earlier run).
+    Done,
+    /// Nothing to do here (no failover: nothing to join).
+    Skipped,
+    /// Under way: waiting for the machine, the capture or the heartbeats.
+    Running,
+    /// Waiting for the admin (pick, confirm).
+    Action,
+    /// Failed (the admin can start it again).
+    Failed,
+    /// An earlier step is not done yet.
+    Later,
+}
+
+impl Mark {
+    /// The word shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mark::Done => "done",
+            Mark::Skipped => "skipped",
+            Mark::Running => "running",
+            Mark::Action => "your turn",
+            Mark::Failed => "failed",
+            Mark::Later => "later",
+        }
+    }
+}
+
+/// One step as [`steps`] sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepView {
+    /// The step's name (one of [`STEPS`]).
+    pub step: &'static str,
+    /// Where it is.
+    pub mark: Mark,
+    /// What it holds or waits for.
+    pub detail: String,
+    /// The deploy step's progress while the agent runs.
+    pub deploy: Option<DeployView>,
+}
+
+/// Every step from what is there, in the command's order: the first step that is not done
+/// is the current one, the steps after it wait. Decided by the same functions the command
+/// uses, so the page and `understudy standby add` agree on where a standby is.
+pub fn steps(o: &Observed) -> Vec<StepView> {
+    let name = o.name;
+    let v = |step, mark, detail: String| StepView { step, mark, detail, deploy: None };
+    let image = match (node_image(o.node), o.chosen_image, o.capturing) {
+        (Some(img), _, _) => v("image", Mark::Done, format!("{img} (the node's)")),
+        (None, Some(img), _) => v("image", Mark::Done, format!("{img} (chosen)")),
+        (None, None, Some(c)) => v("image", Mark::Running, format!("capturing / as {c}")),
+        (None, None, None) => v("image", Mark::Action, "pick an image, or capture this host's /".into()),
+    };
+    let mac = match (node_macs(o.node), o.collecting, o.candidate) {
+        (Some(m), _, _) => v("mac", Mark::Done, format!("{} (the node's)", m.join(","))),
+        (None, true, Some(d)) => {
+            v("mac", Mark::Action, format!("{} network-booted on {}: use it for {name}?", d.mac, d.interface))
+        }
+        (None, true, None) => v("mac", Mark::Running, format!("MAC collection open: network-boot {name} now (PXE)")),
+        (None, false, _) => v("mac", Mark::Action, "open MAC collection, or enter the MAC".into()),
+    };
+    let node = match o.node {
+        Some(n) => v("node", Mark::Done, format!("{} ({}, {})", n.name, n.role, n.state)),
+        None => v("node", Mark::Action, "registered as a standby with its image and MAC".into()),
+    };
+    let network = match o.network {
+        Some(net) if network_settled(net, false, false) => v("network", Mark::Done, network_line(net)),
+        _ => v("network", Mark::Action, "the identity proposed from the primary's networks, to confirm".into()),
+    };
+    let deploy = match o.node.map(|n| deploy_view(n, o.newest)) {
+        Some(DeployView::Done) => v("deploy", Mark::Done, "deployed; it boots its own disk".into()),
+        Some(DeployView::Failed(why)) => v("deploy", Mark::Failed, why),
+        Some(DeployView::Running { phase, done, total }) => {
+            let h = crate::layout::doc::human;
+            let detail = format!("{phase}: {} of {}", h(done), h(total));
+            StepView {
+                step: "deploy",
+                mark: Mark::Running,
+                detail,
+                deploy: Some(DeployView::Running { phase, done, total }),
+            }
+        }
+        Some(DeployView::WaitingForBoot) | None => {
+            let img = node_image(o.node).or(o.chosen_image).unwrap_or("its image");
+            v("deploy", Mark::Running, format!("network-boot {name} now; it installs {img} and reboots into its disk"))
+        }
+    };
+    let join = match o.failover {
+        None => v("join", Mark::Skipped, "this primary runs no [failover]: nothing to join".into()),
+        Some(s) => match join_view(s, name) {
+            JoinView::Joined => v("join", Mark::Done, format!("{name} heard on every channel")),
+            JoinView::Waiting { up, total, peer } => v(
+                "join",
+                Mark::Running,
+                format!("{up}/{total} channels up, peer {}", peer.as_deref().unwrap_or("not heard yet")),
+            ),
+        },
+    };
+    let mut out = vec![image, mac, node, network, deploy, join];
+    let mut blocked = false;
+    for s in &mut out {
+        if blocked {
+            s.mark = Mark::Later;
+            s.deploy = None;
+        } else if !matches!(s.mark, Mark::Done | Mark::Skipped) {
+            blocked = true;
+        }
+    }
+    out
 }
 
 /// Step outcomes as the wizard reports them.
