@@ -446,4 +446,89 @@ mod tests {
         assert_eq!(new_mac(&seen, "2026-01-01T00:05:00.000Z").map(|d| d.mac.as_str()), Some("52:54:00:00:00:02"));
         assert!(new_mac(&seen, "2026-01-01T00:20:00.000Z").is_none());
     }
+
+    #[test]
+    fn steps_resume_from_what_is_there() {
+        let marks = |o: &Observed| steps(o).iter().map(|s| s.mark).collect::<Vec<_>>();
+        use Mark::*;
+        // Nothing yet: pick an image; everything after waits.
+        let o = Observed { name: "standby", ..Observed::default() };
+        assert_eq!(marks(&o), [Action, Later, Later, Later, Later, Later]);
+        // Capturing, then picked: the MAC step is next, collection open waits for the boot.
+        let o = Observed { capturing: Some("head-a"), ..o };
+        assert_eq!(marks(&o)[0], Running);
+        let o = Observed { chosen_image: Some("head-a@2"), collecting: true, ..o };
+        let s = steps(&o);
+        assert_eq!((s[0].mark, s[1].mark, s[2].mark), (Done, Running, Later));
+        assert_eq!(s[0].detail, "head-a@2 (chosen)");
+        let seen = Discovered {
+            mac: "52:54:00:00:00:07".into(),
+            arch: Some(0),
+            vendor_class: "PXEClient".into(),
+            interface: "eth1".into(),
+            first_seen: String::new(),
+            last_seen: String::new(),
+            count: 1,
+            assigned_to: None,
+        };
+        let o = Observed { candidate: Some(&seen), ..o };
+        let s = steps(&o);
+        assert_eq!(s[1].mark, Action);
+        assert!(s[1].detail.contains("52:54:00:00:00:07 network-booted on eth1"), "{s:?}");
+        // The node exists (a resumed run): image, MAC, node done; the network is to confirm.
+        let with_mac = |state| Node { macs: vec!["52:54:00:00:00:07".into()], ..node(state) };
+        let n = with_mac(NodeState::Assigned);
+        let empty = NodeNetwork::default();
+        let o = Observed { name: "standby", node: Some(&n), network: Some(&empty), ..Observed::default() };
+        let s = steps(&o);
+        assert_eq!(marks(&o), [Done, Done, Done, Action, Later, Later]);
+        assert_eq!(s[0].detail, "head-a (the node's)");
+        // With an identity: waiting for the network boot, then the agent's progress.
+        let net = NodeNetwork {
+            interfaces: vec![crate::wire::NetInterface::parse_spec("role=private,address=10.0.0.2/24").unwrap()],
+            force: false,
+        };
+        let o = Observed { network: Some(&net), ..o };
+        let s = steps(&o);
+        assert_eq!(marks(&o), [Done, Done, Done, Done, Running, Later]);
+        assert_eq!(s[3].detail, "private - 10.0.0.2/24");
+        assert!(s[4].detail.starts_with("network-boot standby now"), "{s:?}");
+        let dn = with_mac(NodeState::Deploying);
+        let running = dep(DeploymentStatus::Running, "chunks", None);
+        let o = Observed { node: Some(&dn), newest: Some(&running), ..o };
+        let s = steps(&o);
+        assert_eq!(s[4].mark, Running);
+        assert!(matches!(s[4].deploy, Some(DeployView::Running { done: 10, total: 100, .. })), "{s:?}");
+        let failed = dep(DeploymentStatus::Failed, "install", Some("disk too small"));
+        let fnode = with_mac(NodeState::Failed);
+        let o = Observed { node: Some(&fnode), newest: Some(&failed), ..o };
+        assert_eq!((steps(&o)[4].mark, steps(&o)[4].detail.as_str()), (Failed, "disk too small"));
+        // Deployed: without failover there is nothing to join; with it, the channels decide.
+        let done = with_mac(NodeState::Deployed);
+        let o = Observed { node: Some(&done), newest: None, ..o };
+        assert_eq!(marks(&o), [Done, Done, Done, Done, Done, Skipped]);
+        let st: Status = serde_json::from_value(serde_json::json!({
+            "node": "head-a", "role": "primary", "state": "holding", "holding": true, "holder": "head-a",
+            "term": 1, "boot": 1, "peer": null, "peer_last_heard_ms": null, "channels": [], "alarms": [],
+            "rejected": 0, "rx": {}, "counters": {}, "monitors": [], "events": [], "updated": "", "updated_unix_ms": 0
+        }))
+        .unwrap();
+        let o = Observed { failover: Some(&st), ..o };
+        assert_eq!(steps(&o)[5].mark, Running);
+        assert_eq!(steps(&o)[5].detail, "0/0 channels up, peer not heard yet");
+    }
+
+    #[test]
+    fn the_network_step_is_settled_as_the_command_decides() {
+        let none = NodeNetwork::default();
+        let one = NodeNetwork {
+            interfaces: vec![crate::wire::NetInterface::parse_spec("role=private,address=10.0.0.2/24").unwrap()],
+            force: false,
+        };
+        assert!(!network_settled(&none, false, false));
+        assert!(network_settled(&one, false, false));
+        assert!(!network_settled(&one, true, false), "new interfaces given replace it");
+        assert!(!network_settled(&one, false, true), "forcing an unforced one sets it again");
+        assert!(network_settled(&NodeNetwork { force: true, ..one }, false, true));
+    }
 }

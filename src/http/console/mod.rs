@@ -695,15 +695,16 @@ mod tests {
         _dir: tempfile::TempDir,
         router: Router,
         token: String,
+        inv: crate::inventory::Inventory,
     }
 
     async fn app(failover: Option<crate::failover::Handle>) -> App {
         let dir = tempfile::tempdir().unwrap();
         let inv = crate::inventory::Inventory::open(dir.path()).await.unwrap();
         let token = crate::inventory::tokens::new_token();
-        let st = AppState::new(inv, HttpConfig::default(), &token, tokio_util::sync::CancellationToken::new())
+        let st = AppState::new(inv.clone(), HttpConfig::default(), &token, tokio_util::sync::CancellationToken::new())
             .with_failover(failover);
-        App { _dir: dir, router: super::super::router(Arc::new(st)), token }
+        App { _dir: dir, router: super::super::router(Arc::new(st)), token, inv }
     }
 
     struct Answer {
@@ -839,5 +840,100 @@ mod tests {
         let next = tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap().unwrap().unwrap();
         let text = String::from_utf8_lossy(&next);
         assert!(text.starts_with("event: change\n") && text.contains("node.create"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_wizard_walks_its_steps_through_csrf_forms() {
+        let a = app(None).await;
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("f"), b"data").unwrap();
+        // The wizard's own capture (of a directory here, of / in use) runs in the background.
+        let console = Arc::new(Console::default());
+        spawn_capture_and_wait(&console, &a.inv, src.path()).await;
+        let (jar, csrf) = a.login().await;
+
+        let start = a.call("GET", "/console/standby", Some(&jar), None).await;
+        assert!(start.body.contains(r#"<label for="standby-name">Standby name</label>"#), "{}", start.body);
+        let bad = a.call("GET", "/console/standby?name=%3Cb%3E", Some(&jar), None).await;
+        assert!(bad.body.contains("&quot;&lt;b&gt;&quot; is not a node name"), "{}", bad.body);
+        let p = a.call("GET", "/console/standby?name=sb1", Some(&jar), None).await;
+        assert!(p.body.contains(r#"id="step-image" data-mark="your turn""#), "{}", p.body);
+        assert!(p.body.contains(r#"id="step-mac" data-mark="later""#), "{}", p.body);
+
+        for action in ["image", "capture", "collect", "node", "network", "redeploy"] {
+            let path = format!("/console/standby/{action}");
+            let r = a.call("POST", &path, Some(&jar), Some("name=sb1&image=cap&mac=52:54:00:00:00:09".into())).await;
+            assert_eq!(r.status, 403, "{action} without the token");
+            let r = a.call("POST", &path, None, Some(format!("csrf={csrf}&name=sb1"))).await;
+            assert_eq!((r.status, r.location()), (303, LOGIN_PATH), "{action} without a session");
+        }
+        assert!(a.inv.node("sb1").await.is_err(), "refused forms did nothing");
+        assert!(!a.inv.collecting(time::OffsetDateTime::now_utc().unix_timestamp()).await.unwrap());
+
+        let r =
+            a.call("POST", "/console/standby/image", Some(&jar), Some(format!("csrf={csrf}&name=sb1&image=cap"))).await;
+        assert_eq!((r.status, r.location()), (303, "/console/standby?name=sb1&image=cap"), "{}", r.body);
+        let p = a.call("GET", r.location(), Some(&jar), None).await;
+        assert!(
+            p.body.contains("cap (chosen)") && p.body.contains(r#"id="step-mac" data-mark="your turn""#),
+            "{}",
+            p.body
+        );
+        let r = a
+            .call("POST", "/console/standby/collect", Some(&jar), Some(format!("csrf={csrf}&name=sb1&image=cap")))
+            .await;
+        assert!(r.location().starts_with("/console/standby?name=sb1&image=cap&since="), "{}", r.location());
+        let p = a.call("GET", r.location(), Some(&jar), None).await;
+        assert!(p.body.contains(r#"id="step-mac" data-mark="running""#), "{}", p.body);
+        assert!(p.body.contains("MAC collection open until"), "{}", p.body);
+
+        let r = a
+            .call(
+                "POST",
+                "/console/standby/node",
+                Some(&jar),
+                Some(format!("csrf={csrf}&name=sb1&image=cap&mac=52:54:00:00:00:09")),
+            )
+            .await;
+        assert_eq!((r.status, r.location()), (303, "/console/standby?name=sb1"), "{}", r.body);
+        let n = a.inv.node("sb1").await.unwrap();
+        assert_eq!(
+            (n.role, n.image.as_deref(), n.macs.as_slice()),
+            (crate::wire::Role::Standby, Some("cap"), &["52:54:00:00:00:09".to_string()][..])
+        );
+        assert!(
+            !a.inv.collecting(time::OffsetDateTime::now_utc().unix_timestamp()).await.unwrap(),
+            "collection closed"
+        );
+        // Resumed from the inventory alone: the page needs only the name now.
+        let p = a.call("GET", "/console/standby?name=sb1", Some(&jar), None).await;
+        for (step, mark) in
+            [("image", "done"), ("mac", "done"), ("node", "done"), ("network", "your turn"), ("deploy", "later")]
+        {
+            assert!(p.body.contains(&format!(r#"id="step-{step}" data-mark="{mark}""#)), "{step} {mark}: {}", p.body);
+        }
+        assert!(p.body.contains("Node sb1 registered"), "{}", p.body);
+        // A refused identity says why.
+        let bad = serde_json::json!({"interfaces": [{"role": "private", "addresses": ["300.1.1.1/24"]}]}).to_string();
+        let form = serde_urlencoded::to_string([("csrf", csrf.as_str()), ("name", "sb1"), ("identity", &bad)]).unwrap();
+        let r = a.call("POST", "/console/standby/network", Some(&jar), Some(form)).await;
+        assert_eq!(r.status, 303);
+        let p = a.call("GET", r.location(), Some(&jar), None).await;
+        assert!(p.body.contains("flash error") && p.body.contains("300.1.1.1"), "{}", p.body);
+    }
+
+    async fn spawn_capture_and_wait(console: &Arc<Console>, inv: &crate::inventory::Inventory, root: &std::path::Path) {
+        standby::spawn_capture(console, inv.clone(), "cap".into(), root.to_path_buf()).unwrap();
+        let again = standby::spawn_capture(console, inv.clone(), "cap".into(), root.to_path_buf());
+        assert!(again.unwrap_err().contains("running already"));
+        for _ in 0..200 {
+            let r = console.capture.lock().unwrap().as_ref().and_then(|c| c.result.clone());
+            if let Some(r) = r {
+                assert_eq!(r.unwrap(), "cap@1");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the capture did not finish");
     }
 }
