@@ -560,3 +560,84 @@ fn in_a_browser_log_in_collect_a_mac_live_and_assign_it() {
     b.click("header form button[type=submit]");
     b.wait_text("h1", "understudy console", Duration::from_secs(5));
 }
+
+/// The actions added with the wizard, the node edit form and the node proposal: each one
+/// refuses a request without the session's CSRF token (none, empty, another session's,
+/// made up) and one without a session, and does nothing; a node name with HTML in it (put
+/// in the database behind the API's back, as only a damaged or hostile database could hold
+/// it) shows as text on every page that lists nodes.
+#[test]
+fn every_new_action_needs_the_csrf_token_and_a_session_and_names_are_escaped() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"alpha").unwrap();
+    sb.ok(&["capture", "--name", "base", src.to_str().unwrap()]);
+    let srv = Server::start(&sb, "");
+    let url = srv.url.clone();
+    let (s, b) = srv.curl(
+        "POST",
+        "/api/v1/nodes",
+        Some(&srv.token),
+        Some(r#"{"name":"n1","role":"standby","macs":["52:54:00:00:00:01"],"image":"base"}"#),
+    );
+    assert_eq!(s, 201, "{b}");
+    let before = srv.curl("GET", "/api/v1/nodes/n1", Some(&srv.token), None).1;
+    let net_before = srv.curl("GET", "/api/v1/nodes/n1/network", Some(&srv.token), None).1;
+
+    let jar = format!("Cookie: understudy_session={}", cookie_value(&login(&url, &srv.token, &[]).cookie("understudy_session").unwrap()));
+    let other = cookie_value(&login(&url, &srv.token, &[]).cookie("understudy_session").unwrap());
+    let other_csrf = curl(&format!("{url}/"), "GET", &["-H", &format!("Cookie: understudy_session={other}")]).csrf();
+    let csrf = curl(&format!("{url}/"), "GET", &["-H", &jar]).csrf();
+    assert_ne!(csrf, other_csrf);
+
+    let actions: &[(&str, &str)] = &[
+        ("/console/nodes/edit", "name=n1&role=compute&image=&macs=52:54:00:00:00:99&if-0-role=private&if-0-addresses=10.9.9.9/24"),
+        ("/console/nodes/propose", "name=n1"),
+        ("/console/standby/image", "name=n2&image=base"),
+        ("/console/standby/capture", "name=n2&capture_name=sneaky"),
+        ("/console/standby/collect", "name=n2"),
+        ("/console/standby/node", "name=n2&image=base&mac=52:54:00:00:00:02"),
+        ("/console/standby/network", "name=n1&identity=%7B%22interfaces%22%3A%5B%5D%7D"),
+        ("/console/standby/redeploy", "name=n1"),
+    ];
+    for (path, body) in actions {
+        for bad in ["", "&csrf=", &format!("&csrf={other_csrf}"), "&csrf=0123"] {
+            let r = curl(&format!("{url}{path}"), "POST", &["-H", &jar, "--data", &format!("{body}{bad}")]);
+            assert_eq!(r.status, 403, "{path} with {bad:?}: {}", r.body);
+            assert!(r.body.contains("CSRF token"), "{path}: {}", r.body);
+        }
+        let r = curl(&format!("{url}{path}"), "POST", &["--data", &format!("{body}&csrf={csrf}")]);
+        assert_eq!((r.status, r.header("location").as_deref()), (303, Some("/console/login")), "{path} without a session");
+    }
+    // Nothing happened: n1 as it was, no n2, no collection, no capture.
+    assert_eq!(srv.curl("GET", "/api/v1/nodes/n1", Some(&srv.token), None).1, before);
+    assert_eq!(srv.curl("GET", "/api/v1/nodes/n1/network", Some(&srv.token), None).1, net_before);
+    assert_eq!(srv.curl("GET", "/api/v1/nodes/n2", Some(&srv.token), None).0, 404);
+    let page = curl(&format!("{url}/console/nodes"), "GET", &["-H", &jar]);
+    assert!(page.body.contains("MAC collection is <strong>off</strong>"), "{}", page.body);
+    assert_eq!(srv.curl("GET", "/api/v1/images/sneaky", Some(&srv.token), None).0, 404);
+    // The pages behind them need a session too.
+    for p in ["/console/standby", "/console/standby?name=n1", "/console/nodes/edit?name=n1"] {
+        let r = curl(&format!("{url}{p}"), "GET", &[]);
+        assert_eq!((r.status, r.header("location").as_deref()), (303, Some("/console/login")), "{p}");
+    }
+
+    // A node name with HTML shows as text.
+    let db = sb.data().join("understudy.db");
+    let o = Command::new("sqlite3")
+        .arg(&db)
+        .arg("INSERT INTO nodes (name, role, image, state, created, updated) VALUES ('<img src=x onerror=alert(1)>', 'standby', NULL, 'discovered', '2026-12-01T10:00:00Z', '2026-12-01T10:00:00Z')")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for p in ["/console/nodes", "/", "/console/standby"] {
+        let r = curl(&format!("{url}{p}"), "GET", &["-H", &jar]);
+        assert_eq!(r.status, 200, "{p}: {}", r.body);
+        assert!(r.body.contains("&lt;img src=x onerror=alert(1)&gt;"), "{p}: {}", r.body);
+        assert!(!r.body.contains("<img src=x"), "{p}: {}", r.body);
+    }
+    // Its edit link carries the name URL-encoded, not as markup.
+    let nodes = curl(&format!("{url}/console/nodes"), "GET", &["-H", &jar]);
+    assert!(nodes.body.contains("/console/nodes/edit?name=%3Cimg+src%3Dx+onerror%3Dalert%281%29%3E"), "{}", nodes.body);
+}
