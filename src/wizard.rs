@@ -267,11 +267,25 @@ pub fn steps(o: &Observed) -> Vec<StepView> {
         if blocked {
             s.mark = Mark::Later;
             s.deploy = None;
+            s.detail = later_words(s.step, o.failover.is_some()).into();
         } else if !matches!(s.mark, Mark::Done | Mark::Skipped) {
             blocked = true;
         }
     }
     out
+}
+
+/// What a step that waits for an earlier one will do.
+fn later_words(step: &str, failover: bool) -> &'static str {
+    match step {
+        "mac" => "the standby's MAC: collected from its PXE request, or given",
+        "node" => "registered as a standby with its image and MAC",
+        "network" => "its addresses, proposed from the primary's networks and checked",
+        "deploy" => "its next network boot installs the image and reboots into its disk",
+        "join" if failover => "its heartbeats reach this primary on every channel",
+        "join" => "this primary runs no [failover]: nothing to join",
+        _ => "",
+    }
 }
 
 /// Step outcomes as the wizard reports them.

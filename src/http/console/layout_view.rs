@@ -3,7 +3,7 @@
 //! volumes; every row says what the volume holds (a filesystem with its mount point, a
 //! RAID member, an LVM physical volume) and its size in human units.
 
-use crate::layout::doc::{BootMode, Bootloader, Item, Layout, PtableType, human};
+use crate::layout::doc::{BootMode, Bootloader, Item, Layout, PartFlag, PtableType, human};
 use maud::{Markup, html};
 
 /// One row of the table.
@@ -108,8 +108,13 @@ pub fn rows(l: &Layout) -> Vec<Row> {
         });
         for p in l.partitions_of(&d.id) {
             let (mut holds, mount, ids) = contents(l, &p.id);
+            // Flags a filesystem or member does not already say (an ESP's vfat, a BIOS boot).
+            let flags: Vec<&str> =
+                p.flags.iter().filter(|f| !matches!(f, PartFlag::Raid | PartFlag::Lvm)).map(|f| f.name()).collect();
             if holds.is_empty() {
                 holds = p.flags.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ");
+            } else if !flags.is_empty() {
+                holds = format!("{holds} ({})", flags.join(", "));
             }
             let mut kind = "partition".to_string();
             if let Some(n) = &p.name {
@@ -235,7 +240,7 @@ mod tests {
         assert_eq!(dev, ["/dev/vda", "#1", "#2", "/dev/vdb", "#1", "/dev/md/0", "vg0", "vg0/root"]);
         assert_eq!(rows[0].size, human(21474836480));
         assert!(rows[0].holds.contains("serial S1"), "{:?}", rows[0]);
-        assert_eq!((rows[1].holds.as_str(), rows[1].mount.as_str()), ("vfat", "/boot/efi (umask=0077)"));
+        assert_eq!((rows[1].holds.as_str(), rows[1].mount.as_str()), ("vfat (esp)", "/boot/efi (umask=0077)"));
         assert_eq!(rows[2].holds, "RAID member of /dev/md/0");
         assert!(rows[5].kind.starts_with("raid1 on 2 device(s)"), "{:?}", rows[5]);
         assert_eq!(rows[5].holds, "LVM physical volume of vg0");
