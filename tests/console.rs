@@ -738,18 +738,18 @@ fn in_a_browser_the_standby_wizard_the_layout_table_and_a_node_edit() {
 
     // The wizard: a name, then step 1.
     b.go(&format!("{}/console/standby", srv.url));
-    b.wait_text("h1", "Add a standby", Duration::from_secs(5));
+    b.wait_text("h1", "Add a standby", Duration::from_secs(10));
     b.clear("#standby-name");
     b.type_into("#standby-name", "standby-w");
     b.click("main form button[type=submit]");
-    b.wait_text("#step-image", "your turn", Duration::from_secs(5));
+    b.wait_text("#step-image", "your turn", Duration::from_secs(10));
     assert!(b.text("#step-mac").contains("later"), "{}", b.text("#wizard"));
     b.screenshot(&shots, "wizard-start");
     b.select("#wizard-image", "base@1");
     b.click("#step-image form[action='/console/standby/image'] button");
-    b.wait_text("#step-image", "base@1 (chosen)", Duration::from_secs(5));
+    b.wait_text("#step-image", "base@1 (chosen)", Duration::from_secs(10));
     b.click("#step-mac form[action='/console/standby/collect'] button");
-    b.wait_text("#step-mac", "MAC collection open", Duration::from_secs(5));
+    b.wait_text("#step-mac", "MAC collection open", Duration::from_secs(10));
     b.wait_text("#live-state", "on", Duration::from_secs(10));
     b.screenshot(&shots, "wizard-collecting");
     // The PXE request comes in over the event stream: the page does not reload.
@@ -766,7 +766,7 @@ fn in_a_browser_the_standby_wizard_the_layout_table_and_a_node_edit() {
     b.screenshot(&shots, "wizard-mac-seen");
     b.click("#step-mac form[action='/console/standby/node'] button");
     b.wait_text("#step-node", "done", Duration::from_secs(10));
-    let net_step = b.wait_text("#step-network", "your turn", Duration::from_secs(5));
+    let net_step = b.wait_text("#step-network", "your turn", Duration::from_secs(10));
     assert!(net_step.contains(&format!("10.{n}.0.")), "the proposal on the server's network: {net_step}");
     let node: Value = serde_json::from_str(&api("GET", "/api/v1/nodes/standby-w", &srv.token, None).1).unwrap();
     assert_eq!((node["role"].as_str(), node["image"].as_str()), (Some("standby"), Some("base@1")), "{node}");
@@ -774,7 +774,7 @@ fn in_a_browser_the_standby_wizard_the_layout_table_and_a_node_edit() {
     b.screenshot(&shots, "wizard-network");
     b.click("#step-network form button");
     b.wait_text("#step-network", "done", Duration::from_secs(15));
-    b.wait_text("#step-deploy", "network-boot standby-w now", Duration::from_secs(5));
+    b.wait_text("#step-deploy", "network-boot standby-w now", Duration::from_secs(10));
     assert!(b.text("#step-join").contains("later"));
 
     // A deploy client reports; the deploy step follows without a reload.
@@ -803,21 +803,21 @@ fn in_a_browser_the_standby_wizard_the_layout_table_and_a_node_edit() {
     b.screenshot(&shots, "wizard-deploying");
     report("done", total);
     b.wait_text("#step-deploy", "deployed; it boots its own disk", Duration::from_secs(10));
-    let join = b.wait_text("#step-join", "nothing to join", Duration::from_secs(5));
+    let join = b.wait_text("#step-join", "nothing to join", Duration::from_secs(10));
     assert!(join.contains("skipped"), "{join}");
     assert_eq!(b.js("return window.__stay || null;"), json!(8), "the wizard reloaded instead of updating live");
     b.screenshot(&shots, "wizard-done");
     // The deployments page says how fast it went; the overview what the standby runs.
     b.go(&format!("{}/console/deployments", srv.url));
-    b.wait_text("#deployments", "standby-w", Duration::from_secs(5));
+    b.wait_text("#deployments", "standby-w", Duration::from_secs(10));
     b.go(&format!("{}/", srv.url));
-    let ov = b.wait_text("#overview", "standby-w", Duration::from_secs(5));
+    let ov = b.wait_text("#overview", "standby-w", Duration::from_secs(10));
     assert!(ov.contains("runs base@1"), "{ov}");
     b.screenshot(&shots, "overview-standby");
 
     // The Images page: dedup and age per version, the recorded layout as a table.
     b.go(&format!("{}/console/images", srv.url));
-    let row = b.wait_text("#images tr[data-image='base@1']", "base@1", Duration::from_secs(5));
+    let row = b.wait_text("#images tr[data-image='base@1']", "base@1", Duration::from_secs(10));
     assert!(row.contains("not since the server started"), "{row}");
     assert!(row.contains("just now") || row.contains("min ago"), "{row}");
     let table = b.text("#layout table");
@@ -843,7 +843,7 @@ fn in_a_browser_the_standby_wizard_the_layout_table_and_a_node_edit() {
     // address refused with the inventory's reason, the form keeping what was typed.
     b.go(&format!("{}/console/nodes", srv.url));
     b.click("a[href='/console/nodes/edit?name=standby-w']");
-    b.wait_text("main h2", "Edit node standby-w", Duration::from_secs(5));
+    b.wait_text("main h2", "Edit node standby-w", Duration::from_secs(10));
     b.screenshot(&shots, "node-edit");
     let fresh = format!("10.{n}.0.150/24");
     b.clear("#if-0-addresses");
@@ -866,7 +866,7 @@ fn in_a_browser_the_standby_wizard_the_layout_table_and_a_node_edit() {
     // On a phone: the wizard fits the screen.
     b.cmd("POST", "/window/rect", Some(json!({"width": 390, "height": 844})));
     b.go(&format!("{}/console/standby?name=standby-w", srv.url));
-    b.wait_text("#step-deploy", "done", Duration::from_secs(5));
+    b.wait_text("#step-deploy", "done", Duration::from_secs(10));
     let wide = b.js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;");
     assert_eq!(wide, json!(0), "the wizard is wider than a phone");
     b.screenshot(&shots, "wizard-phone");
@@ -913,7 +913,13 @@ fn in_a_browser_a_switchover_moves_the_vip_between_two_serves() {
             ),
         )
         .unwrap();
-        Server::start_cmd(sb, ns_cmd(ns, bin()).args(["serve", "--config", cfg.to_str().unwrap()]))
+        // The failover service logs each move; kept in the sandbox for a failure's message.
+        let log = std::fs::File::create(sb.path("serve.log")).unwrap();
+        Server::start_cmd(sb, ns_cmd(ns, bin()).args(["serve", "--config", cfg.to_str().unwrap()]).stderr(log))
+    };
+    let logs = || {
+        let read = |sb: &Sandbox| std::fs::read_to_string(sb.path("serve.log")).unwrap_or_default();
+        format!("primary log:\n{}\nstandby log:\n{}", read(&pa), read(&sa))
     };
     let primary = start(&pa, &p_ns, "head-a", "primary", 1, 2);
     let standby = start(&sa, &s_ns, "head-b", "standby", 2, 1);
@@ -931,7 +937,7 @@ fn in_a_browser_a_switchover_moves_the_vip_between_two_serves() {
             if ps["holder"] == who && ss["holder"] == who && on_iface {
                 return;
             }
-            assert!(t0.elapsed() < limit, "{who} never held the VIP alone:\nprimary {ps}\nstandby {ss}");
+            assert!(t0.elapsed() < limit, "{who} never held the VIP alone:\nprimary {ps}\nstandby {ss}\n{}", logs());
             std::thread::sleep(Duration::from_millis(100));
         }
     };
@@ -951,17 +957,17 @@ fn in_a_browser_a_switchover_moves_the_vip_between_two_serves() {
     b.type_into("#token", &standby.token);
     b.click("button[type=submit]");
     b.wait_text("h1", "Overview", Duration::from_secs(10));
-    let ov = b.wait_text("#overview", "VIP holder", Duration::from_secs(5));
+    let ov = b.wait_text("#overview", "VIP holder", Duration::from_secs(10));
     assert!(ov.contains("head-a"), "{ov}");
     b.go(&format!("{}/console/failover", standby.url));
-    let page = b.wait_text("#failover", "head-a", Duration::from_secs(5));
+    let page = b.wait_text("#failover", "head-a", Duration::from_secs(10));
     assert!(page.contains("backup"), "{page}");
     b.wait_text("#live-state", "on", Duration::from_secs(10));
     b.screenshot(&shots, "failover-backup");
 
     // Take over: the confirmation says what happens, then the VIP moves here.
     b.click("a[href='/console/failover/confirm?action=takeover']");
-    let confirm = b.wait_text("main", "Take over the VIP?", Duration::from_secs(5));
+    let confirm = b.wait_text("main", "Take over the VIP?", Duration::from_secs(10));
     assert!(confirm.contains("head-a holds the VIP"), "{confirm}");
     b.screenshot(&shots, "failover-confirm");
     b.click("section.confirm button[type=submit]");
@@ -976,7 +982,7 @@ fn in_a_browser_a_switchover_moves_the_vip_between_two_serves() {
 
     // Release: back to the primary, checked the same two ways.
     b.click("a[href='/console/failover/confirm?action=release']");
-    b.wait_text("main", "Release the VIP?", Duration::from_secs(5));
+    b.wait_text("main", "Release the VIP?", Duration::from_secs(10));
     b.click("section.confirm button[type=submit]");
     b.wait_text("main", "took the release request", Duration::from_secs(10));
     wait_holder("head-a", Duration::from_secs(10));

@@ -552,3 +552,90 @@ pub fn identity_table(net: &NodeNetwork) -> Markup {
         } }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wizard_at(mark_of: &[(&str, Mark)]) -> Wizard {
+        let steps = wizard::STEPS
+            .iter()
+            .map(|s| StepView {
+                step: s,
+                mark: mark_of.iter().find(|(k, _)| k == s).map(|(_, m)| *m).unwrap_or(Mark::Done),
+                detail: format!("<i>{s}</i>"),
+                deploy: None,
+            })
+            .collect();
+        Wizard {
+            name: "sb<1>".into(),
+            chosen_image: Some("base@1".into()),
+            since: "2026-12-01T00:00:00.000Z".into(),
+            steps,
+            images: vec!["base@1".into()],
+            candidate: Some(Discovered {
+                mac: "52:54:00:00:00:05".into(),
+                arch: Some(7),
+                vendor_class: "PXEClient".into(),
+                interface: "eth0".into(),
+                first_seen: String::new(),
+                last_seen: String::new(),
+                count: 1,
+                assigned_to: None,
+            }),
+            unowned: vec![],
+            proposal: Some(Ok(NodeNetwork {
+                interfaces: vec![crate::wire::NetInterface::parse_spec("role=private,address=10.0.0.9/24").unwrap()],
+                force: false,
+            })),
+            node: None,
+            newest: None,
+            rate: None,
+            capture: None,
+            failover: None,
+            host: "head-a".into(),
+        }
+    }
+
+    #[test]
+    fn every_action_is_a_csrf_form_with_labels_and_text_is_escaped() {
+        let ctx = Ctx { csrf: "c5rf".into(), flash: None };
+        for marks in [
+            vec![("image", Mark::Action)],
+            vec![("mac", Mark::Action)],
+            vec![("network", Mark::Action)],
+            vec![("deploy", Mark::Failed)],
+        ] {
+            let h = wizard_page(&ctx, &wizard_at(&marks)).into_string();
+            let posts = h.matches(r#"method="post""#).count();
+            assert!(posts >= 2, "{h}");
+            assert_eq!(h.matches(r#"name="csrf" value="c5rf""#).count(), posts, "{marks:?}: {h}");
+            assert!(h.contains("sb&lt;1&gt;") && !h.contains("sb<1>"), "{h}");
+            assert!(h.contains("&lt;i&gt;image&lt;/i&gt;"), "{h}");
+            // Every visible input has its label.
+            for id in ["wizard-image", "wizard-capture", "wizard-mac"] {
+                if h.contains(&format!(r#"id="{id}""#)) {
+                    assert!(h.contains(&format!(r#"<label for="{id}">"#)), "{id}: {h}");
+                }
+            }
+        }
+        let h = wizard_page(&ctx, &wizard_at(&[("network", Mark::Action)])).into_string();
+        assert!(h.contains("10.0.0.9/24") && h.contains(r#"name="identity""#), "{h}");
+        let h = wizard_page(&ctx, &wizard_at(&[("mac", Mark::Action)])).into_string();
+        assert!(h.contains("Use 52:54:00:00:00:05 for sb&lt;1&gt;"), "{h}");
+        let h = wizard_page(&ctx, &wizard_at(&[("deploy", Mark::Running)])).into_string();
+        assert!(h.contains(r#"data-poll="2""#), "a running deploy is polled: {h}");
+    }
+
+    #[test]
+    fn the_page_address_carries_the_picked_image_and_the_collection_start() {
+        assert_eq!(path("sb1", None, None), "/console/standby?name=sb1");
+        assert_eq!(
+            path("sb1", Some("base@2"), Some("2026-12-01T00:00:00.000Z")),
+            "/console/standby?name=sb1&image=base%402&since=2026-12-01T00%3A00%3A00.000Z"
+        );
+        let s = Start { standbys: vec![], refused: Some("<b>".into()) };
+        let h = start(&Ctx { csrf: "x".into(), flash: None }, &s).into_string();
+        assert!(h.contains("&lt;b&gt;") && h.contains(r#"<label for="standby-name">"#), "{h}");
+    }
+}
