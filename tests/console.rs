@@ -835,7 +835,14 @@ fn in_a_browser_the_standby_wizard_the_layout_table_and_a_node_edit() {
     }
     assert!(b.text("#layout").contains("boot mode UEFI, bootloader GRUB (UEFI)"), "{}", b.text("#layout"));
     b.click("#images tr[data-image='base@1'] form button");
-    let v = b.wait_text("#images tr[data-image='base@1'] td.verify", "ok", Duration::from_secs(15));
+    b.wait_text("main", "Verifying base@1", Duration::from_secs(10));
+    let t0 = Instant::now();
+    while !api("GET", "/api/v1/jobs/1", &srv.token, None).1.contains(r#""state":"done""#) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", api("GET", "/api/v1/jobs/1", &srv.token, None).1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    b.go(&format!("{}/console/images", srv.url));
+    let v = b.wait_text("#images tr[data-image='base@1'] td.verify", "ok", Duration::from_secs(10));
     assert!(!v.contains("fault"), "{v}");
     b.screenshot(&shots, "images-layout");
 
