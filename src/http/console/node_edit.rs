@@ -109,6 +109,7 @@ pub fn patch(cur: &Node, f: &NodeForm) -> Option<NodePatch> {
     any.then_some(p)
 }
 
+/// `?name=` of the edit page.
 #[derive(Deserialize)]
 pub(crate) struct NameQuery {
     #[serde(default)]
@@ -184,6 +185,7 @@ pub(crate) async fn save(State(st): St, Posted(admin, pairs): Posted<Vec<(String
     admin.done_at(&edit_path(&f.name), r)
 }
 
+/// The propose form: the node.
 #[derive(Deserialize)]
 pub(crate) struct ProposeForm {
     name: String,

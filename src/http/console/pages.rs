@@ -876,4 +876,29 @@ mod tests {
         assert_eq!(percent(-1, 200), Some(0));
         assert!(switchover_words("takeover").is_some() && switchover_words("x").is_none());
     }
+
+    #[test]
+    fn the_error_tail_keeps_the_end_and_dedup_is_size_over_added() {
+        assert_eq!(error_tail("disk too small\n"), ("disk too small".to_string(), false));
+        let long: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        let (tail, cut) = error_tail(&long);
+        assert!(cut && tail.starts_with("line 11\n") && tail.ends_with("line 30"), "{tail}");
+        let (tail, cut) = error_tail(&"x".repeat(5000));
+        assert!(cut && tail.len() == ERROR_TAIL_CHARS);
+        let img = |bytes, added| Image {
+            name: "a".into(),
+            version: 2,
+            id: String::new(),
+            created: String::new(),
+            source: String::new(),
+            entries: 1,
+            files: 1,
+            bytes,
+            stored_bytes: bytes,
+            added_bytes: added,
+        };
+        assert_eq!(dedup_ratio(&img(1000, 40)), "25.0\u{d7}");
+        assert_eq!(dedup_ratio(&img(1000, 0)), "all shared");
+        assert_eq!(dedup_ratio(&img(0, 0)), "-");
+    }
 }

@@ -123,6 +123,7 @@ pub struct Start {
     pub refused: Option<String>,
 }
 
+/// The page's query: the standby, the image picked, when collection opened.
 #[derive(Deserialize, Default)]
 pub(crate) struct PageQuery {
     #[serde(default)]
@@ -225,6 +226,7 @@ pub(crate) async fn page(State(st): St, admin: Admin, Query(q): Query<PageQuery>
 
 // ---------------------------------------------------------------- actions
 
+/// The fields every wizard form posts (each action reads the ones it needs).
 #[derive(Deserialize)]
 pub(crate) struct StepForm {
     name: String,
