@@ -980,11 +980,8 @@ fn in_a_browser_a_switchover_moves_the_vip_between_two_serves() {
     b.click("section.confirm button[type=submit]");
     b.wait_text("main", "took the takeover request", Duration::from_secs(10));
     wait_holder("head-b", Duration::from_secs(10));
-    // The page shows the new holder without a reload.
-    b.js("window.__stay = 9; return null;");
-    let live = b.wait_text("#failover dl", "holding", Duration::from_secs(10));
-    assert!(live.contains("head-b"), "{live}");
-    assert_eq!(b.js("return window.__stay || null;"), json!(9));
+    let shown = b.wait_text("#failover dl", "holding", Duration::from_secs(10));
+    assert!(shown.contains("head-b"), "{shown}");
     b.screenshot(&shots, "failover-holding");
 
     // Release: back to the primary, checked the same two ways.
@@ -997,4 +994,13 @@ fn in_a_browser_a_switchover_moves_the_vip_between_two_serves() {
     assert!(live.contains("head-a"), "{live}");
     let ev = status(&standby, &s_ns)["events"].to_string();
     assert!(ev.contains("failover.takeover") && ev.contains("failover.release"), "{ev}");
+    // A move made elsewhere (the API) shows on the open page without a reload.
+    b.wait_text("#live-state", "on", Duration::from_secs(10));
+    b.js("window.__stay = 9; return null;");
+    let (code, body) = standby.curl_in(Some(&s_ns), "POST", "/api/v1/failover/takeover", Some(&standby.token), None);
+    assert_eq!(code, 202, "{body}");
+    wait_holder("head-b", Duration::from_secs(10));
+    let live = b.wait_text("#failover dl", "holding", Duration::from_secs(10));
+    assert!(live.contains("head-b"), "{live}");
+    assert_eq!(b.js("return window.__stay || null;"), json!(9), "the page reloaded instead of updating live");
 }
