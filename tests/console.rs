@@ -870,13 +870,19 @@ fn in_a_browser_the_standby_wizard_the_layout_table_and_a_node_edit() {
     assert_eq!(net2, net, "a refused identity changed nothing");
     b.screenshot(&shots, "node-edit-refused");
 
-    // On a phone: the wizard fits the screen.
+    // On a phone: the new pages fit the screen (wide tables scroll inside their box).
     b.cmd("POST", "/window/rect", Some(json!({"width": 390, "height": 844})));
-    b.go(&format!("{}/console/standby?name=standby-w", srv.url));
-    b.wait_text("#step-deploy", "done", Duration::from_secs(10));
-    let wide = b.js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;");
-    assert_eq!(wide, json!(0), "the wizard is wider than a phone");
-    b.screenshot(&shots, "wizard-phone");
+    for (path, wait, name) in [
+        ("/console/standby?name=standby-w", "#step-deploy", "wizard-phone"),
+        ("/console/nodes/edit?name=standby-w", "form.edit", "node-edit-phone"),
+        ("/console/images", "#layout", "images-phone"),
+    ] {
+        b.go(&format!("{}{path}", srv.url));
+        b.wait_text(wait, "", Duration::from_secs(10));
+        let wide = b.js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;");
+        assert_eq!(wide, json!(0), "{path} is wider than a phone");
+        b.screenshot(&shots, name);
+    }
 }
 
 /// The failover pages against two real `serve` processes with `[failover]`, each in its own
