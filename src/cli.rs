@@ -1265,7 +1265,7 @@ async fn standby_steps(
     a: StandbyAddArgs,
     quiet: bool,
 ) -> anyhow::Result<i32> {
-    use crate::wizard::{DeployView, JoinView, Reporter, StepState as S};
+    use crate::wizard::{DeployView, JoinView, Reporter, StepState as S, network_line};
     use reqwest::Method;
     let rep = Reporter::new(a.json);
     let name = a.name.clone();
@@ -1280,9 +1280,9 @@ async fn standby_steps(
 
     // 1. image
     let t = Instant::now();
-    let image = if let Some(img) = existing.as_ref().and_then(|n| n.image.clone()) {
+    let image = if let Some(img) = crate::wizard::node_image(existing.as_ref()) {
         rep.step("image", S::Skipped, &format!("{img} (the node's)"), None);
-        img
+        img.to_string()
     } else if let Some(i) = &a.image {
         let d: ImageDetail = api.get(&format!("/api/v1/images/{}", encode(i))).await?;
         rep.step(
@@ -1328,10 +1328,10 @@ async fn standby_steps(
 
     // 2. mac
     let t = Instant::now();
-    let macs = match (&existing, &a.mac) {
-        (Some(n), _) if !n.macs.is_empty() => {
-            rep.step("mac", S::Skipped, &format!("{} (the node's)", n.macs.join(",")), None);
-            n.macs.clone()
+    let macs = match (crate::wizard::node_macs(existing.as_ref()), &a.mac) {
+        (Some(m), _) => {
+            rep.step("mac", S::Skipped, &format!("{} (the node's)", m.join(",")), None);
+            m.to_vec()
         }
         (_, Some(m)) => {
             rep.step("mac", S::Done, m, None);
@@ -1392,7 +1392,7 @@ async fn standby_steps(
     let t = Instant::now();
     let net_path = format!("{node_path}/network");
     let cur: NodeNetwork = api.get(&net_path).await?;
-    if !cur.interfaces.is_empty() && a.interfaces.is_empty() && (cur.force || !a.force_network) {
+    if crate::wizard::network_settled(&cur, !a.interfaces.is_empty(), a.force_network) {
         rep.step("network", S::Skipped, &network_line(&cur), None);
     } else {
         let mut next = if a.interfaces.is_empty() {
@@ -1446,8 +1446,7 @@ async fn standby_steps(
         loop {
             let n: Node = api.get(&node_path).await?;
             let ds: Vec<Deployment> = api.all(&format!("/api/v1/deployments?node={}", encode(&name))).await?;
-            let newest = ds.iter().max_by_key(|d| d.id);
-            match crate::wizard::deploy_view(&n, newest) {
+            match crate::wizard::deploy_view(&n, crate::wizard::newest(&ds)) {
                 DeployView::Done => break,
                 DeployView::Failed(why) => {
                     if let Some(b) = &bar {
@@ -1536,15 +1535,6 @@ async fn failover_status(api: &Api, data_dir: &std::path::Path) -> anyhow::Resul
         }
         Err(e) => Err(e),
     }
-}
-
-/// One line for a network identity.
-fn network_line(n: &NodeNetwork) -> String {
-    n.interfaces
-        .iter()
-        .map(|i| format!("{} {} {}", i.role, i.name.as_deref().unwrap_or("-"), i.addresses.join(",")))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 fn print_deployments(ds: &[Deployment]) {

@@ -138,6 +138,8 @@ async fn delete_layout(State(st): St, caller: Caller, ApiPath(image): ApiPath<St
 pub struct Jobs {
     next: AtomicU64,
     map: Mutex<HashMap<u64, Job>>,
+    /// The newest verify job of each image version (`NAME@N`), for the console's images page.
+    verifies: Mutex<HashMap<String, u64>>,
 }
 
 const JOBS_KEPT: usize = 1000;
@@ -185,6 +187,12 @@ impl Jobs {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
     }
 
+    /// The newest verify job of image version `label` since the server started.
+    pub(crate) fn verify_of(&self, label: &str) -> Option<Job> {
+        let id = *self.verifies.lock().unwrap_or_else(|e| e.into_inner()).get(label)?;
+        self.get(id)
+    }
+
     /// The `n` most recent jobs, newest first (the console's jobs table).
     pub(crate) fn recent(&self, n: usize) -> Vec<Job> {
         let mut v: Vec<Job> = self.map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
@@ -198,6 +206,7 @@ impl Jobs {
 /// both start it here.
 pub(crate) fn spawn_verify(st: &Arc<AppState>, label: String) -> Job {
     let job = st.jobs.start(JobKind::Verify);
+    st.jobs.verifies.lock().unwrap_or_else(|e| e.into_inner()).insert(label.clone(), job.id);
     let (st2, id) = (st.clone(), job.id);
     tokio::spawn(async move {
         let res = st2.inv.verify(Some(&label)).await;

@@ -6,8 +6,12 @@
 //! The console calls the same domain layer as the API ([`crate::inventory`], the
 //! failover [`crate::failover::Handle`], the API's job runner); it decides nothing itself.
 
+pub mod layout_view;
+pub mod node_edit;
 pub mod pages;
+pub mod rate;
 pub mod session;
+pub mod standby;
 
 use super::AppState;
 use super::auth::Caller;
@@ -51,11 +55,31 @@ const JS: &str = include_str!("assets/console.js");
 #[derive(Default)]
 pub struct Console {
     sessions: Mutex<Sessions>,
+    /// Running deployments' progress as the console read it (for rate and time left).
+    samples: Mutex<rate::Samples>,
+    /// The wizard's capture of this host's root, if one ran since the server started.
+    pub(crate) capture: Mutex<Option<standby::CaptureRun>>,
 }
 
 impl Console {
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sample the running deployments among `deps` and give each its rate.
+    pub(crate) fn rates(&self, deps: &[crate::wire::Deployment]) -> std::collections::HashMap<i64, rate::Rate> {
+        let now = Instant::now();
+        let unix = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = std::collections::HashMap::new();
+        for d in deps.iter().filter(|d| d.status == crate::wire::DeploymentStatus::Running) {
+            s.record(d.id, now, d.bytes_done);
+            let since = d.started.as_deref().and_then(|t| rate::since(t, unix));
+            if let Some(r) = s.rate(d.id, now, d.bytes_done, d.bytes_total, since) {
+                out.insert(d.id, r);
+            }
+        }
+        out
     }
 }
 
@@ -76,6 +100,15 @@ pub fn routes(cfg: &HttpConfig) -> Router<Arc<AppState>> {
         .route("/console/nodes/redeploy", post(redeploy))
         .route("/console/collect", post(collect))
         .route("/console/discovered/assign", post(assign))
+        .route("/console/nodes/edit", get(node_edit::page).post(node_edit::save))
+        .route("/console/nodes/propose", post(node_edit::propose))
+        .route("/console/standby", get(standby::page))
+        .route("/console/standby/image", post(standby::image))
+        .route("/console/standby/capture", post(standby::capture))
+        .route("/console/standby/collect", post(standby::collect))
+        .route("/console/standby/node", post(standby::node))
+        .route("/console/standby/network", post(standby::network))
+        .route("/console/standby/redeploy", post(standby::redeploy))
         .route("/console/deployments", get(deployments_page))
         .route("/console/failover", get(failover_page))
         .route("/console/failover/confirm", get(confirm_switchover))
@@ -120,7 +153,7 @@ fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| cookie_value(v, name))
 }
 
-fn html(status: StatusCode, m: Markup) -> Response {
+pub(crate) fn html(status: StatusCode, m: Markup) -> Response {
     (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], m.into_string()).into_response()
 }
 
@@ -135,7 +168,7 @@ fn redirect_with_cookie(to: &str, cookies: &[String]) -> Response {
 }
 
 /// A failure as a page: the API's status and message (internal details stay in the log).
-fn failure(e: InventoryError) -> Response {
+pub(crate) fn failure(e: InventoryError) -> Response {
     let a = ApiError::from(e);
     html(a.status, pages::refused("That did not work", &a.message))
 }
@@ -149,12 +182,17 @@ pub struct Admin {
 }
 
 impl Admin {
-    fn ctx(&self) -> Ctx {
+    pub(crate) fn ctx(&self) -> Ctx {
         Ctx { csrf: self.csrf.clone(), flash: self.flash.clone() }
     }
 
     /// Leave a message for the next page and go there.
     fn done(&self, to: Page, r: Result<String, String>) -> Response {
+        self.done_at(to.path(), r)
+    }
+
+    /// Leave a message for the next page and go to `path` (a console path with its query).
+    pub(crate) fn done_at(&self, path: &str, r: Result<String, String>) -> Response {
         let flash = match r {
             Ok(text) => Flash { error: false, text },
             Err(text) => Flash { error: true, text },
@@ -162,7 +200,7 @@ impl Admin {
         if let Some(s) = self.console.sessions().get(&self.id, Instant::now()) {
             s.flash = Some(flash);
         }
-        Redirect::to(to.path()).into_response()
+        Redirect::to(path).into_response()
     }
 }
 
@@ -306,6 +344,7 @@ async fn overview(State(st): St, admin: Admin) -> Response {
             collecting: st.inv.collecting(time::OffsetDateTime::now_utc().unix_timestamp()).await?,
             running: st.inv.running_deployments().await?,
             events: st.inv.events(&EventQuery::default(), OVERVIEW_EVENTS, 0).await?.items,
+            standbys: standby_deployments(&st, &nodes.items).await?,
         })
     };
     match load.await {
@@ -314,15 +353,48 @@ async fn overview(State(st): St, admin: Admin) -> Response {
     }
 }
 
-async fn images_page(State(st): St, admin: Admin) -> Response {
-    match st.inv.images_page(1000, 0).await {
-        Ok(p) => {
-            let mut images = p.items;
-            images.sort_by(|a, b| a.name.cmp(&b.name).then(b.version.cmp(&a.version)));
-            html(StatusCode::OK, pages::images(&admin.ctx(), &pages::Images { images, jobs: st.jobs.recent(20) }))
-        }
-        Err(e) => failure(e),
+/// Each standby node with the deployment it runs: its newest one that finished (done).
+async fn standby_deployments(
+    st: &AppState,
+    nodes: &[crate::wire::Node],
+) -> Result<Vec<(crate::wire::Node, Option<crate::wire::Deployment>)>, InventoryError> {
+    let mut out = Vec::new();
+    for n in nodes.iter().filter(|n| n.role == crate::wire::Role::Standby) {
+        let ds = st.inv.deployments(Some(&n.name), 100, 0).await?.items;
+        let done = ds.into_iter().filter(|d| d.status == crate::wire::DeploymentStatus::Done).max_by_key(|d| d.id);
+        out.push((n.clone(), done));
     }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct LayoutQuery {
+    #[serde(default)]
+    layout: String,
+}
+
+async fn images_page(State(st): St, admin: Admin, Query(q): Query<LayoutQuery>) -> Response {
+    let p = match st.inv.images_page(1000, 0).await {
+        Ok(p) => p,
+        Err(e) => return failure(e),
+    };
+    let mut images = p.items;
+    images.sort_by(|a, b| a.name.cmp(&b.name).then(b.version.cmp(&a.version)));
+    let verifies = images.iter().filter_map(|i| Some((i.label(), st.jobs.verify_of(&i.label())?))).collect();
+    // The version asked for, else the newest of the first name.
+    let pick = if q.layout.is_empty() { images.first().map(|i| i.label()) } else { Some(q.layout.clone()) };
+    let layout = match pick {
+        Some(l) => Some(st.inv.image_layout(&l).await.map_err(|e| ApiError::from(e).message)),
+        None => None,
+    };
+    let d = pages::Images {
+        images,
+        jobs: st.jobs.recent(20),
+        verifies,
+        now: time::OffsetDateTime::now_utc().unix_timestamp(),
+        layout,
+    };
+    html(StatusCode::OK, pages::images(&admin.ctx(), &d))
 }
 
 async fn nodes_page(State(st): St, admin: Admin) -> Response {
@@ -360,7 +432,10 @@ async fn nodes_page(State(st): St, admin: Admin) -> Response {
 
 async fn deployments_page(State(st): St, admin: Admin) -> Response {
     match st.inv.deployments(None, 100, 0).await {
-        Ok(p) => html(StatusCode::OK, pages::deployments(&admin.ctx(), &p.items)),
+        Ok(p) => {
+            let rates = admin.console.rates(&p.items);
+            html(StatusCode::OK, pages::deployments(&admin.ctx(), &p.items, &rates))
+        }
         Err(e) => failure(e),
     }
 }
@@ -386,7 +461,7 @@ async fn confirm_switchover(State(st): St, admin: Admin, Query(q): Query<ActionQ
 
 // ---------------------------------------------------------------- actions
 
-fn said<T>(r: Result<T, InventoryError>, ok: impl FnOnce(T) -> String) -> Result<String, String> {
+pub(crate) fn said<T>(r: Result<T, InventoryError>, ok: impl FnOnce(T) -> String) -> Result<String, String> {
     r.map(ok).map_err(|e| ApiError::from(e).message)
 }
 
@@ -424,7 +499,7 @@ struct AddForm {
     image: String,
 }
 
-fn some(s: &str) -> Option<String> {
+pub(crate) fn some(s: &str) -> Option<String> {
     let s = s.trim();
     (!s.is_empty()).then(|| s.to_string())
 }
@@ -620,15 +695,16 @@ mod tests {
         _dir: tempfile::TempDir,
         router: Router,
         token: String,
+        inv: crate::inventory::Inventory,
     }
 
     async fn app(failover: Option<crate::failover::Handle>) -> App {
         let dir = tempfile::tempdir().unwrap();
         let inv = crate::inventory::Inventory::open(dir.path()).await.unwrap();
         let token = crate::inventory::tokens::new_token();
-        let st = AppState::new(inv, HttpConfig::default(), &token, tokio_util::sync::CancellationToken::new())
+        let st = AppState::new(inv.clone(), HttpConfig::default(), &token, tokio_util::sync::CancellationToken::new())
             .with_failover(failover);
-        App { _dir: dir, router: super::super::router(Arc::new(st)), token }
+        App { _dir: dir, router: super::super::router(Arc::new(st)), token, inv }
     }
 
     struct Answer {
@@ -764,5 +840,100 @@ mod tests {
         let next = tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap().unwrap().unwrap();
         let text = String::from_utf8_lossy(&next);
         assert!(text.starts_with("event: change\n") && text.contains("node.create"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_wizard_walks_its_steps_through_csrf_forms() {
+        let a = app(None).await;
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("f"), b"data").unwrap();
+        // The wizard's own capture (of a directory here, of / in use) runs in the background.
+        let console = Arc::new(Console::default());
+        spawn_capture_and_wait(&console, &a.inv, src.path()).await;
+        let (jar, csrf) = a.login().await;
+
+        let start = a.call("GET", "/console/standby", Some(&jar), None).await;
+        assert!(start.body.contains(r#"<label for="standby-name">Standby name</label>"#), "{}", start.body);
+        let bad = a.call("GET", "/console/standby?name=%3Cb%3E", Some(&jar), None).await;
+        assert!(bad.body.contains("&quot;&lt;b&gt;&quot; is not a node name"), "{}", bad.body);
+        let p = a.call("GET", "/console/standby?name=sb1", Some(&jar), None).await;
+        assert!(p.body.contains(r#"id="step-image" data-mark="your turn""#), "{}", p.body);
+        assert!(p.body.contains(r#"id="step-mac" data-mark="later""#), "{}", p.body);
+
+        for action in ["image", "capture", "collect", "node", "network", "redeploy"] {
+            let path = format!("/console/standby/{action}");
+            let r = a.call("POST", &path, Some(&jar), Some("name=sb1&image=cap&mac=52:54:00:00:00:09".into())).await;
+            assert_eq!(r.status, 403, "{action} without the token");
+            let r = a.call("POST", &path, None, Some(format!("csrf={csrf}&name=sb1"))).await;
+            assert_eq!((r.status, r.location()), (303, LOGIN_PATH), "{action} without a session");
+        }
+        assert!(a.inv.node("sb1").await.is_err(), "refused forms did nothing");
+        assert!(!a.inv.collecting(time::OffsetDateTime::now_utc().unix_timestamp()).await.unwrap());
+
+        let r =
+            a.call("POST", "/console/standby/image", Some(&jar), Some(format!("csrf={csrf}&name=sb1&image=cap"))).await;
+        assert_eq!((r.status, r.location()), (303, "/console/standby?name=sb1&image=cap"), "{}", r.body);
+        let p = a.call("GET", r.location(), Some(&jar), None).await;
+        assert!(
+            p.body.contains("cap (chosen)") && p.body.contains(r#"id="step-mac" data-mark="your turn""#),
+            "{}",
+            p.body
+        );
+        let r = a
+            .call("POST", "/console/standby/collect", Some(&jar), Some(format!("csrf={csrf}&name=sb1&image=cap")))
+            .await;
+        assert!(r.location().starts_with("/console/standby?name=sb1&image=cap&since="), "{}", r.location());
+        let p = a.call("GET", r.location(), Some(&jar), None).await;
+        assert!(p.body.contains(r#"id="step-mac" data-mark="running""#), "{}", p.body);
+        assert!(p.body.contains("MAC collection open until"), "{}", p.body);
+
+        let r = a
+            .call(
+                "POST",
+                "/console/standby/node",
+                Some(&jar),
+                Some(format!("csrf={csrf}&name=sb1&image=cap&mac=52:54:00:00:00:09")),
+            )
+            .await;
+        assert_eq!((r.status, r.location()), (303, "/console/standby?name=sb1"), "{}", r.body);
+        let n = a.inv.node("sb1").await.unwrap();
+        assert_eq!(
+            (n.role, n.image.as_deref(), n.macs.as_slice()),
+            (crate::wire::Role::Standby, Some("cap"), &["52:54:00:00:00:09".to_string()][..])
+        );
+        assert!(
+            !a.inv.collecting(time::OffsetDateTime::now_utc().unix_timestamp()).await.unwrap(),
+            "collection closed"
+        );
+        // Resumed from the inventory alone: the page needs only the name now.
+        let p = a.call("GET", "/console/standby?name=sb1", Some(&jar), None).await;
+        for (step, mark) in
+            [("image", "done"), ("mac", "done"), ("node", "done"), ("network", "your turn"), ("deploy", "later")]
+        {
+            assert!(p.body.contains(&format!(r#"id="step-{step}" data-mark="{mark}""#)), "{step} {mark}: {}", p.body);
+        }
+        assert!(p.body.contains("Node sb1 registered"), "{}", p.body);
+        // A refused identity says why.
+        let bad = serde_json::json!({"interfaces": [{"role": "private", "addresses": ["300.1.1.1/24"]}]}).to_string();
+        let form = serde_urlencoded::to_string([("csrf", csrf.as_str()), ("name", "sb1"), ("identity", &bad)]).unwrap();
+        let r = a.call("POST", "/console/standby/network", Some(&jar), Some(form)).await;
+        assert_eq!(r.status, 303);
+        let p = a.call("GET", r.location(), Some(&jar), None).await;
+        assert!(p.body.contains("flash error") && p.body.contains("300.1.1.1"), "{}", p.body);
+    }
+
+    async fn spawn_capture_and_wait(console: &Arc<Console>, inv: &crate::inventory::Inventory, root: &std::path::Path) {
+        standby::spawn_capture(console, inv.clone(), "cap".into(), root.to_path_buf()).unwrap();
+        let again = standby::spawn_capture(console, inv.clone(), "cap".into(), root.to_path_buf());
+        assert!(again.unwrap_err().contains("running already"));
+        for _ in 0..200 {
+            let r = console.capture.lock().unwrap().as_ref().and_then(|c| c.result.clone());
+            if let Some(r) = r {
+                assert_eq!(r.unwrap(), "cap@1");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the capture did not finish");
     }
 }

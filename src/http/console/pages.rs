@@ -17,6 +17,8 @@ pub enum Page {
     Images,
     /// `/console/nodes`.
     Nodes,
+    /// `/console/standby`: the standby wizard.
+    Standby,
     /// `/console/deployments`.
     Deployments,
     /// `/console/failover`.
@@ -25,7 +27,8 @@ pub enum Page {
 
 impl Page {
     /// Every page, in navigation order.
-    pub const ALL: [Page; 5] = [Page::Overview, Page::Images, Page::Nodes, Page::Deployments, Page::Failover];
+    pub const ALL: [Page; 6] =
+        [Page::Overview, Page::Images, Page::Nodes, Page::Standby, Page::Deployments, Page::Failover];
 
     /// The page's path.
     pub fn path(self) -> &'static str {
@@ -33,6 +36,7 @@ impl Page {
             Page::Overview => "/",
             Page::Images => "/console/images",
             Page::Nodes => "/console/nodes",
+            Page::Standby => "/console/standby",
             Page::Deployments => "/console/deployments",
             Page::Failover => "/console/failover",
         }
@@ -44,6 +48,7 @@ impl Page {
             Page::Overview => "Overview",
             Page::Images => "Images",
             Page::Nodes => "Nodes",
+            Page::Standby => "Add a standby",
             Page::Deployments => "Deployments",
             Page::Failover => "Failover",
         }
@@ -59,7 +64,7 @@ pub struct Ctx {
 }
 
 /// Bytes for people.
-fn bytes(n: i64) -> String {
+pub(super) fn bytes(n: i64) -> String {
     crate::layout::doc::human(n.max(0) as u64)
 }
 
@@ -69,12 +74,12 @@ pub fn percent(done: i64, total: i64) -> Option<u8> {
 }
 
 /// The hidden CSRF field.
-fn csrf_field(csrf: &str) -> Markup {
+pub(super) fn csrf_field(csrf: &str) -> Markup {
     html! { input type="hidden" name="csrf" value=(csrf); }
 }
 
 /// A form of one button posting to `action` (with `fields` as hidden inputs).
-fn button_form(csrf: &str, action: &str, fields: &[(&str, &str)], label: &str, class: &str) -> Markup {
+pub(super) fn button_form(csrf: &str, action: &str, fields: &[(&str, &str)], label: &str, class: &str) -> Markup {
     html! {
         form.inline method="post" action=(action) {
             (csrf_field(csrf))
@@ -178,7 +183,7 @@ pub fn refused(title: &str, text: &str) -> Markup {
     }
 }
 
-fn state_badge(s: NodeState) -> Markup {
+pub(super) fn state_badge(s: NodeState) -> Markup {
     html! { span class={ "badge s-" (s.as_str()) } { (s.as_str()) } }
 }
 
@@ -221,6 +226,30 @@ pub struct Overview {
     pub running: i64,
     /// The last events, newest first.
     pub events: Vec<Event>,
+    /// Standby nodes with the deployment they run (their newest finished one), if any.
+    pub standbys: Vec<(Node, Option<Deployment>)>,
+}
+
+/// What each standby runs: the image version its last finished deployment installed.
+fn standby_images(standbys: &[(Node, Option<Deployment>)], peer: Option<&str>) -> Markup {
+    html! {
+        @if !standbys.is_empty() {
+            h3 { "Standbys" }
+            ul.standbys {
+                @for (n, d) in standbys {
+                    li data-standby=(n.name) {
+                        strong { (n.name) } " " (state_badge(n.state))
+                        @if peer == Some(n.name.as_str()) { " (the failover peer)" }
+                        ": "
+                        @match d {
+                            Some(d) => { "runs " strong.applied { (d.image) } " (deployment " (d.id) ", " time datetime=(d.finished.as_deref().unwrap_or("")) { (d.finished.as_deref().unwrap_or("")) } ")" },
+                            None => "no image deployed yet",
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn failover_summary(s: &Status) -> Markup {
@@ -260,6 +289,7 @@ pub fn overview(ctx: &Ctx, o: &Overview) -> Markup {
                         Some(s) => (failover_summary(s)),
                         None => p { "Failover is not running on this server (no " code { "[failover]" } " section)." },
                     }
+                    (standby_images(&o.standbys, o.failover.as_ref().and_then(|s| s.peer.as_deref())))
                     p { a href=(Page::Failover.path()) { "Failover details" } }
                 }
                 section.card aria-labelledby="h-nodes" {
@@ -287,9 +317,47 @@ pub struct Images {
     pub images: Vec<Image>,
     /// This server's recent jobs, newest first.
     pub jobs: Vec<Job>,
+    /// The newest verify job of each version (by `NAME@N`) since the server started.
+    pub verifies: std::collections::HashMap<String, Job>,
+    /// Now, in Unix seconds (for the ages).
+    pub now: i64,
+    /// The layout shown, or why it cannot be.
+    pub layout: Option<Result<crate::wire::ImageLayout, String>>,
 }
 
-/// Images: versions with sizes, verify and gc as jobs.
+/// A version's size over the bytes it added to the store: how much a re-capture saved.
+pub fn dedup_ratio(i: &Image) -> String {
+    if i.bytes <= 0 {
+        "-".into()
+    } else if i.added_bytes <= 0 {
+        "all shared".into()
+    } else {
+        format!("{:.1}\u{d7}", i.bytes as f64 / i.added_bytes as f64)
+    }
+}
+
+fn verify_cell(j: Option<&Job>) -> Markup {
+    html! {
+        @match j {
+            None => span.hint { "not since the server started" },
+            Some(j) if j.state == JobState::Running => span { "verifying\u{2026}" },
+            Some(j) if j.state == JobState::Failed => span.error { "could not verify: " (j.error.as_deref().unwrap_or("")) },
+            Some(j) => {
+                @let faults: Vec<String> = j.result.as_ref().and_then(|r| r.get("faults")).and_then(|f| f.as_array())
+                    .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+                @let when = j.finished.as_deref().unwrap_or("");
+                @if faults.is_empty() {
+                    span.badge.up { "ok" } " " time.hint datetime=(when) { (when) }
+                } @else {
+                    span.badge.down { (faults.len()) " fault(s)" } " " span.error { (faults[0]) }
+                }
+            }
+        }
+    }
+}
+
+/// Images: versions with sizes, dedup, verify status and age; verify and gc as jobs; the
+/// recorded disk layout of one version as a table.
 pub fn images(ctx: &Ctx, d: &Images) -> Markup {
     layout(
         ctx,
@@ -297,6 +365,7 @@ pub fn images(ctx: &Ctx, d: &Images) -> Markup {
         html! {
             section aria-labelledby="h-versions" {
                 h2 #h-versions { "Versions" }
+                p.hint { "Dedup: the version's size over the bytes it added to the store (compressed chunks no earlier version had); a re-capture that changed little shows a large ratio." }
                 div #images data-live {
                     @if d.images.is_empty() {
                         p { "No images yet: capture one with " code { "understudy capture NAME /" } "." }
@@ -304,26 +373,55 @@ pub fn images(ctx: &Ctx, d: &Images) -> Markup {
                         div.scroll {
                             table {
                                 thead { tr {
-                                    th scope="col" { "Image" } th scope="col" { "Created" } th scope="col" { "Files" }
+                                    th scope="col" { "Image" } th scope="col" { "Age" } th scope="col" { "Files" }
                                     th scope="col" { "Size" } th scope="col" { "Stored" } th scope="col" { "Added" }
+                                    th scope="col" { "Dedup" } th scope="col" { "Verified" }
                                     th scope="col" { "Source" } th scope="col" { span.visually-hidden { "Actions" } }
                                 } }
                                 tbody {
                                     @for i in &d.images {
                                         @let label = format!("{}@{}", i.name, i.version);
-                                        tr {
+                                        tr data-image=(label) {
                                             th scope="row" { (label) }
-                                            td { time datetime=(i.created) { (i.created) } }
+                                            td { time datetime=(i.created) title=(i.created) { (super::rate::age(&i.created, d.now).unwrap_or_else(|| i.created.clone())) } }
                                             td.num { (i.files) }
                                             td.num { (bytes(i.bytes)) }
                                             td.num { (bytes(i.stored_bytes)) }
                                             td.num { (bytes(i.added_bytes)) }
+                                            td.num.dedup { (dedup_ratio(i)) }
+                                            td.verify { (verify_cell(d.verifies.get(&label))) }
                                             td { (i.source) }
-                                            td { (button_form(&ctx.csrf, "/console/images/verify", &[("image", &label)], &format!("Verify {label}"), "")) }
+                                            td {
+                                                (button_form(&ctx.csrf, "/console/images/verify", &[("image", &label)], &format!("Verify {label}"), ""))
+                                                " " a href=(format!("/console/images?layout={label}#h-layout")) { "Layout of " (label) }
+                                            }
                                         }
                                     }
                                 }
                             }
+                        }
+                    }
+                }
+            }
+            @if !d.images.is_empty() {
+                section aria-labelledby="h-layout" {
+                    h2 #h-layout { "Disk layout" }
+                    form.inline method="get" action="/console/images" {
+                        label for="layout-pick" { "Version" }
+                        select #layout-pick name="layout" {
+                            @for i in &d.images {
+                                @let label = i.label();
+                                @let picked = matches!(&d.layout, Some(Ok(l)) if l.image == label);
+                                option value=(label) selected[picked] { (label) }
+                            }
+                        }
+                        button type="submit" { "Show layout" }
+                    }
+                    div #layout {
+                        @match &d.layout {
+                            Some(Ok(l)) => (super::layout_view::table(&l.image, l.recorded, &l.layout)),
+                            Some(Err(why)) => p.flash.error role="alert" { (why) },
+                            None => {},
                         }
                     }
                 }
@@ -377,7 +475,7 @@ pub struct Nodes {
     pub addresses: std::collections::HashMap<String, Vec<String>>,
 }
 
-fn image_select(id: &str, names: &[String]) -> Markup {
+pub(super) fn image_select(id: &str, names: &[String]) -> Markup {
     html! {
         select id=(id) name="image" {
             option value="" { "(none yet)" }
@@ -416,6 +514,8 @@ pub fn nodes(ctx: &Ctx, d: &Nodes) -> Markup {
                                             td { (n.image.as_deref().unwrap_or("-")) }
                                             td { time datetime=(n.updated) { (n.updated) } }
                                             td {
+                                                a href=(format!("/console/nodes/edit?{}", serde_urlencoded::to_string([("name", &n.name)]).unwrap_or_default())) { "Edit " (n.name) }
+                                                " "
                                                 @if n.image.is_some() {
                                                     (button_form(&ctx.csrf, "/console/nodes/redeploy", &[("name", &n.name)], &format!("Redeploy {}", n.name), ""))
                                                 }
@@ -502,12 +602,72 @@ pub fn nodes(ctx: &Ctx, d: &Nodes) -> Markup {
     )
 }
 
-/// Deployments: progress, and the error of a failed one.
-pub fn deployments(ctx: &Ctx, deps: &[Deployment]) -> Markup {
+/// Lines of a failed deployment's error shown (its end: where the agent stopped).
+pub const ERROR_TAIL_LINES: usize = 20;
+/// Characters of that tail at most.
+pub const ERROR_TAIL_CHARS: usize = 2000;
+
+/// The end of an agent's error: its last [`ERROR_TAIL_LINES`] lines, at most
+/// [`ERROR_TAIL_CHARS`] characters; true when something before it was left out.
+pub fn error_tail(e: &str) -> (String, bool) {
+    let lines: Vec<&str> = e.trim_end().lines().collect();
+    let from = lines.len().saturating_sub(ERROR_TAIL_LINES);
+    let mut tail = lines[from..].join("\n");
+    let mut cut = from > 0;
+    let n = tail.chars().count();
+    if n > ERROR_TAIL_CHARS {
+        tail = tail.chars().skip(n - ERROR_TAIL_CHARS).collect();
+        cut = true;
+    }
+    (tail, cut)
+}
+
+/// Rate and time left of a running deployment, in words.
+pub fn rate_words(r: &super::rate::Rate) -> (String, String) {
+    let speed = format!("{}/s", bytes(r.bytes_per_sec as i64));
+    let basis = match r.basis {
+        super::rate::Basis::Window(s) => format!("over the last {}", super::rate::duration_words(s)),
+        super::rate::Basis::SinceStart => "average since the start".to_string(),
+    };
+    let eta = r.eta_secs.map(super::rate::duration_words).unwrap_or_else(|| "unknown (no progress)".into());
+    (format!("{speed} ({basis})"), eta)
+}
+
+/// One deployment's progress cell: bar, bytes, rate and time left, the error tail.
+pub fn progress_cell(d: &Deployment, rate: Option<&super::rate::Rate>) -> Markup {
+    html! {
+        @let pct = percent(d.bytes_done, d.bytes_total);
+        @if let Some(p) = pct {
+            progress max="100" value=(p) aria-label=(format!("deployment {} progress", d.id)) { (p) "%" }
+            " " (p) "% "
+        }
+        span.hint { (bytes(d.bytes_done)) " of " (bytes(d.bytes_total)) }
+        @if let Some(r) = rate {
+            @let (speed, eta) = rate_words(r);
+            br;
+            span.rate { "Rate " (speed) } ", " span.eta { "time left " (eta) }
+        }
+        @if d.status == DeploymentStatus::Failed {
+            @if let Some(e) = &d.error {
+                @let (tail, cut) = error_tail(e);
+                @if cut { p.hint { "The end of the agent's error (the full text is in the API's deployment record):" } }
+                pre.error { (tail) }
+            }
+        }
+    }
+}
+
+/// Deployments: progress with rate and time left, and the error of a failed one.
+pub fn deployments(
+    ctx: &Ctx,
+    deps: &[Deployment],
+    rates: &std::collections::HashMap<i64, super::rate::Rate>,
+) -> Markup {
     layout(
         ctx,
         Page::Deployments,
         html! {
+            p.hint { "Rate: bytes written over the last 30 s of the agent's progress reports as this console sampled them (every 2 s while a page shows them), or the average since the agent started; time left: the bytes still to write at that rate." }
             // Progress reports are not events: while one runs, the script polls the table.
             div #deployments data-live data-poll=(if deps.iter().any(|d| d.status == DeploymentStatus::Running) { "2" } else { "" }) {
                 @if deps.is_empty() {
@@ -522,23 +682,13 @@ pub fn deployments(ctx: &Ctx, deps: &[Deployment]) -> Markup {
                             } }
                             tbody {
                                 @for d in deps {
-                                    tr {
+                                    tr data-deployment=(d.id) {
                                         td { (d.id) }
                                         th scope="row" { (d.node) }
                                         td { (d.image) }
                                         td { span class={ "badge d-" (d.status.as_str()) } { (d.status.as_str()) } }
                                         td { (if d.phase.is_empty() { "-" } else { &d.phase }) }
-                                        td {
-                                            @let pct = percent(d.bytes_done, d.bytes_total);
-                                            @if let Some(p) = pct {
-                                                progress max="100" value=(p) aria-label=(format!("deployment {} progress", d.id)) { (p) "%" }
-                                                " " (p) "% "
-                                            }
-                                            span.hint { (bytes(d.bytes_done)) " of " (bytes(d.bytes_total)) }
-                                            @if d.status == DeploymentStatus::Failed {
-                                                @if let Some(e) = &d.error { pre.error { (e) } }
-                                            }
-                                        }
+                                        td { (progress_cell(d, rates.get(&d.id))) }
                                         td { time datetime=(d.created) { (d.created) } }
                                         td { (d.finished.as_deref().unwrap_or("-")) }
                                     }
@@ -686,6 +836,7 @@ mod tests {
             collecting: false,
             running: 0,
             events: vec![ev],
+            standbys: vec![],
         };
         let html = overview(&ctx(), &o).into_string();
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
@@ -724,5 +875,30 @@ mod tests {
         assert_eq!(percent(300, 200), Some(100));
         assert_eq!(percent(-1, 200), Some(0));
         assert!(switchover_words("takeover").is_some() && switchover_words("x").is_none());
+    }
+
+    #[test]
+    fn the_error_tail_keeps_the_end_and_dedup_is_size_over_added() {
+        assert_eq!(error_tail("disk too small\n"), ("disk too small".to_string(), false));
+        let long: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        let (tail, cut) = error_tail(&long);
+        assert!(cut && tail.starts_with("line 11\n") && tail.ends_with("line 30"), "{tail}");
+        let (tail, cut) = error_tail(&"x".repeat(5000));
+        assert!(cut && tail.len() == ERROR_TAIL_CHARS);
+        let img = |bytes, added| Image {
+            name: "a".into(),
+            version: 2,
+            id: String::new(),
+            created: String::new(),
+            source: String::new(),
+            entries: 1,
+            files: 1,
+            bytes,
+            stored_bytes: bytes,
+            added_bytes: added,
+        };
+        assert_eq!(dedup_ratio(&img(1000, 40)), "25.0\u{d7}");
+        assert_eq!(dedup_ratio(&img(1000, 0)), "all shared");
+        assert_eq!(dedup_ratio(&img(0, 0)), "-");
     }
 }

@@ -41,7 +41,8 @@
     });
     es.addEventListener("change", soon);
     es.addEventListener("failover", function () {
-      if (document.getElementById("failover") || document.getElementById("overview")) soon();
+      if (document.getElementById("failover") || document.getElementById("overview") ||
+          document.getElementById("wizard")) soon();
     });
     es.onerror = function () {
       state.textContent = "Live updates: reconnecting…";
