@@ -345,6 +345,7 @@ async fn overview(State(st): St, admin: Admin) -> Response {
             running: st.inv.running_deployments().await?,
             events: st.inv.events(&EventQuery::default(), OVERVIEW_EVENTS, 0).await?.items,
             standbys: standby_deployments(&st, &nodes.items).await?,
+            sync: st.sync.as_ref().map(|h| h.report()).unwrap_or_default(),
         })
     };
     match load.await {
@@ -803,6 +804,46 @@ mod tests {
         assert_eq!(service.await.unwrap(), AdminRequest::Takeover);
         let page = a.call("GET", "/console/failover", Some(&jar), None).await;
         assert!(page.body.contains("took the takeover request"), "{}", page.body);
+    }
+
+    #[tokio::test]
+    async fn the_overview_shows_the_standbys_freshness() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = crate::inventory::Inventory::open(dir.path()).await.unwrap();
+        let token = crate::inventory::tokens::new_token();
+        let v = |n: i64| crate::sync::decide::Version {
+            label: format!("head-a@{n}"),
+            version: n,
+            manifest: format!("{n:064}"),
+            created: String::new(),
+            created_unix_ms: 0,
+        };
+        let status = crate::sync::SyncStatus {
+            image: "head-a".into(),
+            state: "behind".into(),
+            applied: Some(v(7)),
+            newest: Some(v(9)),
+            lag_seconds: 1200.0,
+            max_lag_seconds: 900.0,
+            alarm: true,
+            pending_bytes: 3 << 20,
+            ..Default::default()
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(status);
+        let handle = crate::sync::Handle {
+            follow: Some((rx, crate::sync::Gate::default(), Arc::new(tokio::sync::Notify::new()))),
+            capture: None,
+        };
+        let st = AppState::new(inv.clone(), HttpConfig::default(), &token, tokio_util::sync::CancellationToken::new())
+            .with_sync(Some(handle));
+        let a = App { _dir: dir, router: super::super::router(Arc::new(st)), token, inv };
+        let (jar, _) = a.login().await;
+        let page = a.call("GET", "/", Some(&jar), None).await;
+        let b = &page.body;
+        assert!(b.contains("Freshness (this standby)"), "{b}");
+        assert!(b.contains("<strong>head-a@7</strong>") && b.contains("head-a@9"), "{b}");
+        assert!(b.contains("1200 s") && b.contains("behind more than 900 s"), "{b}");
+        assert!(!b.contains("Scheduled capture"), "{b}");
     }
 
     #[tokio::test]

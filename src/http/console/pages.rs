@@ -228,6 +228,40 @@ pub struct Overview {
     pub events: Vec<Event>,
     /// Standby nodes with the deployment they run (their newest finished one), if any.
     pub standbys: Vec<(Node, Option<Deployment>)>,
+    /// Standby freshness on this server: its `[sync]` follower and `[capture]` schedule.
+    pub sync: crate::sync::SyncReport,
+}
+
+/// Freshness: on a standby, the version it runs against the primary's newest, the lag and
+/// the alarm; on a primary, its scheduled captures.
+fn freshness(r: &crate::sync::SyncReport) -> Markup {
+    let label = |v: &Option<crate::sync::decide::Version>| v.as_ref().map(|v| v.label.clone()).unwrap_or("-".into());
+    html! {
+        @if let Some(f) = &r.follow {
+            h3 { "Freshness (this standby)" }
+            dl.facts data-freshness=(f.state) {
+                dt { "Runs" } dd { strong { (label(&f.applied)) } }
+                dt { "Primary's newest" } dd { (label(&f.newest)) }
+                dt { "State" } dd { (f.state) @if f.partial.is_some() { " (partial: " (label(&f.partial)) ")" } }
+                dt { "Lag" } dd {
+                    (format!("{:.0} s", f.lag_seconds))
+                    @if f.alarm { " " span.badge.down { "behind more than " (format!("{:.0} s", f.max_lag_seconds)) } }
+                }
+                @if f.pending_bytes > 0 { dt { "Still to write" } dd { (bytes(f.pending_bytes as i64)) } }
+                @if let Some(e) = &f.last_error { dt { "Last error" } dd { (e) } }
+            }
+        }
+        @if let Some(c) = &r.capture {
+            h3 { "Scheduled capture" }
+            dl.facts {
+                dt { "Image" } dd { (c.last_version.clone().unwrap_or_else(|| c.image.clone())) }
+                dt { "Every" } dd { (format!("{:.0} s", c.interval_seconds)) " of " code { (c.source) } }
+                dt { "Runs" } dd { (c.runs) @if c.failures > 0 { ", " span.badge.down { (c.failures) " failed" } } }
+                @if c.running { dt { "Now" } dd { "capturing" } }
+                @if let Some(e) = &c.last_error { dt { "Last error" } dd { (e) } }
+            }
+        }
+    }
 }
 
 /// What each standby runs: the image version its last finished deployment installed.
@@ -290,6 +324,7 @@ pub fn overview(ctx: &Ctx, o: &Overview) -> Markup {
                         None => p { "Failover is not running on this server (no " code { "[failover]" } " section)." },
                     }
                     (standby_images(&o.standbys, o.failover.as_ref().and_then(|s| s.peer.as_deref())))
+                    (freshness(&o.sync))
                     p { a href=(Page::Failover.path()) { "Failover details" } }
                 }
                 section.card aria-labelledby="h-nodes" {
@@ -837,6 +872,7 @@ mod tests {
             running: 0,
             events: vec![ev],
             standbys: vec![],
+            sync: Default::default(),
         };
         let html = overview(&ctx(), &o).into_string();
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
