@@ -331,3 +331,124 @@ fn a_target_that_keeps_changing_is_named_and_the_rest_is_updated() {
     t.sb.ok(&["update", "img@2", dst.to_str().unwrap()]);
     assert_eq!(rsync_diff(&src, &dst, NOT_IMAGE), "");
 }
+
+/// Ten files of the old and new version, and one large new file.
+fn old_new(i: usize, new: bool) -> Vec<u8> {
+    noise(150_000 + i * 1000, i as u64 + if new { 500 } else { 0 })
+}
+
+/// Image v1 (ten files) and v2 (the ten changed, and `big` new) captured as img@1, img@2.
+fn with_big_file(sb: &Sandbox, big: usize) -> std::path::PathBuf {
+    let src = sb.path("src");
+    for i in 0..10 {
+        w(&src, &format!("data/f{i}"), &old_new(i, false));
+    }
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    for i in 0..10 {
+        w(&src, &format!("data/f{i}"), &old_new(i, true));
+    }
+    w(&src, "data/zz-big", &noise(big, 99));
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    src
+}
+
+/// Every one of the ten files old or new; no temporary left; how many are new.
+fn old_or_new(dst: &Path) -> usize {
+    let mut fresh = 0;
+    for i in 0..10 {
+        let got = std::fs::read(dst.join(format!("data/f{i}"))).unwrap();
+        assert!(got == old_new(i, false) || got == old_new(i, true), "f{i} is neither old nor new");
+        fresh += usize::from(got == old_new(i, true));
+    }
+    let temps: Vec<_> = std::fs::read_dir(dst.join("data"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".ustmp"))
+        .collect();
+    assert!(temps.is_empty(), "temporaries left: {temps:?}");
+    fresh
+}
+
+/// A target whose filesystem fills up during the update: a clear error naming the file
+/// and the cause, every file old or new, no temporary left; with room made, the next
+/// update completes.
+#[test]
+fn a_full_disk_mid_update_is_a_clear_error_and_leaves_every_file_old_or_new() {
+    let sb = Sandbox::new();
+    let src = with_big_file(&sb, 6 << 20);
+    let dst = sb.path("dst");
+    let _m = disk::Mount::tmpfs(&dst, "5m");
+    sb.ok(&["deploy", "img@1", dst.to_str().unwrap()]);
+    let out = sb.run(&["update", "img@2", dst.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "6 MiB more fit in 5 MiB?");
+    eprintln!("{}", err.trim());
+    assert!(err.contains("zz-big") && err.contains("No space left on device"), "{err}");
+    assert_eq!(old_or_new(&dst), 10, "the files before the big one were updated");
+    assert!(!dst.join("data/zz-big").exists());
+    sh(&format!("mount -o remount,size=16m {}", dst.display()));
+    sb.ok(&["update", "img@2", dst.to_str().unwrap()]);
+    assert_eq!(rsync_diff(&src, &dst, NOT_IMAGE), "");
+}
+
+/// The server killed mid-update: the update fails saying so (no hang) and leaves every
+/// file old or new; against the restarted server the next update fetches only what is
+/// still missing.
+#[test]
+fn the_server_lost_mid_update_is_reported_and_the_next_update_resumes() {
+    let sb = Sandbox::new();
+    let src = with_big_file(&sb, 2 << 20);
+    let dst = sb.path("dst");
+    sb.ok(&["deploy", "img@1", dst.to_str().unwrap()]);
+    let full = {
+        // How much a whole update transfers, on a scratch copy.
+        let probe = sb.path("probe");
+        sb.ok(&["deploy", "img@1", probe.to_str().unwrap()]);
+        let srv = Server::start(&sb, "");
+        let args = ["--server", &srv.url, "--token", &srv.token, "update", "img@2", probe.to_str().unwrap(), "--json"];
+        sb.json(&args)["bytes_transferred"].as_u64().unwrap()
+    };
+    // The kill's delay follows how far the last round got, so that one lands inside the
+    // update on a fast machine and on a loaded one.
+    let mut delay_ms = 30u64;
+    let mut cut = false;
+    for _ in 0..12 {
+        let mut srv = Server::start(&sb, "");
+        let child = sb
+            .cmd(&["--server", &srv.url, "--token", &srv.token, "update", "img@2", dst.to_str().unwrap(), "-q"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        // Gone at once, as a crashed or powered-off server is (no graceful shutdown).
+        let _ = srv.child.kill();
+        let _ = srv.child.wait();
+        let t = std::time::Instant::now();
+        let out = child.wait_with_output().unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_secs(120), "the update hung after the server went away");
+        let fresh = old_or_new(&dst);
+        if out.status.success() {
+            // Finished before the kill: back to the old version, and kill sooner.
+            assert_eq!(fresh, 10);
+            sb.ok(&["update", "img@1", dst.to_str().unwrap(), "-q"]);
+            delay_ms = (delay_ms / 2).max(1);
+            continue;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("killed at {delay_ms} ms: {fresh} of 10 new: {}", err.trim());
+        assert!(err.contains("server") || err.contains("connect") || err.contains("pulling"), "{err}");
+        if fresh == 0 && !dst.join("data/zz-big").exists() {
+            // Killed before anything was written: wait longer next time.
+            delay_ms = delay_ms * 3 / 2 + 5;
+            continue;
+        }
+        cut = true;
+        break;
+    }
+    assert!(cut, "no kill landed inside the update");
+    let srv = Server::start(&sb, "");
+    let args = ["--server", &srv.url, "--token", &srv.token, "update", "img@2", dst.to_str().unwrap(), "--json"];
+    let rest = sb.json(&args)["bytes_transferred"].as_u64().unwrap();
+    assert!(rest < full, "the second update fetched {rest} bytes of {full}: nothing was kept");
+    assert_eq!(rsync_diff(&src, &dst, NOT_IMAGE), "");
+}

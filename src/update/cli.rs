@@ -92,7 +92,7 @@ pub async fn run(
                 Ok(s) => rep.stats.add(&s),
                 // A change under the update can also make a step fail (a directory to
                 // remove gained an entry, a file vanished): listed again and retried.
-                Err(e) if attempt < CONVERGE_ATTEMPTS && !again.plan.changes.is_empty() => {
+                Err(e) if attempt < CONVERGE_ATTEMPTS && changed_under_us(&e) && !again.plan.changes.is_empty() => {
                     rep.notes.push(format!("the target changed during the update ({e:#}); applying again"));
                 }
                 Err(e) => return Err(e),
@@ -159,6 +159,18 @@ pub async fn run(
         }
     }
     Ok(0)
+}
+
+/// A failure that a change of the target under the update explains (an entry gone, a
+/// directory to remove no longer empty, a name taken meanwhile): worth a second pass. A
+/// lost server, a bad chunk or a full disk is not: the next pass would fail the same way.
+fn changed_under_us(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::{AlreadyExists, DirectoryNotEmpty, NotADirectory, NotFound};
+    matches!(
+        e.downcast_ref::<super::UpdateError>(),
+        Some(super::UpdateError::Apply(super::ApplyError::Entry { source, .. }))
+            if matches!(source.kind(), NotFound | DirectoryNotEmpty | AlreadyExists | NotADirectory)
+    )
 }
 
 /// Passes over a target that changes while it is updated before the update gives up.

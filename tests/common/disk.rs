@@ -55,6 +55,18 @@ impl Mount {
     }
 }
 
+impl Mount {
+    /// A tmpfs of `size` (mount's syntax: `4m`) on `dir` (made if missing): a small
+    /// filesystem to fill up.
+    pub fn tmpfs(dir: &Path, size: &str) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        let o = format!("size={size}");
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &o, "tmpfs", dir.to_str().unwrap()]).status();
+        assert!(ok.unwrap().success(), "mount tmpfs on {}", dir.display());
+        Mount(dir.to_path_buf())
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
