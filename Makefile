@@ -88,6 +88,7 @@ demo: deps pxe-kernel standby-root pxe-binaries
 bench: bench-deps build pxe-kernel standby-root
 	UNDERSTUDY_BIN=$(BIN) ./benches/store.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/deploy-remote.sh
+	UNDERSTUDY_BIN=$(BIN) ./benches/update.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/dhcp.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/tftp.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/failover.sh
