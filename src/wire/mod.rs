@@ -997,6 +997,27 @@ pub struct StandbyFailover {
     pub key: String,
     /// Where the key goes inside the root (the data dir's key file).
     pub key_path: String,
+    /// The token the standby's `[sync]` reads the primary's images with, when the
+    /// configuration has `[sync]` (the primary has `[capture]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<StandbySync>,
+}
+
+/// The token file of the standby's `[sync]` (secret: its `Debug` does not show it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StandbySync {
+    /// The primary's API token that `sync.token_file` holds. Image content holds the
+    /// primary's secrets, so the primary serves it to the admin only: this is the admin token.
+    pub token: String,
+    /// Where the token file goes inside the root (the data dir's `primary.token`, written 0600).
+    pub token_path: String,
+}
+
+impl std::fmt::Debug for StandbySync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandbySync").field("token", &"<secret>").field("token_path", &self.token_path).finish()
+    }
 }
 
 // ---------------------------------------------------------------- events, whoami
