@@ -965,7 +965,8 @@ pub struct NodeNetwork {
 
 /// What a deployed standby's agent applies to the written root: the primary's network
 /// identity, the node's, the VIPs it must never configure, and the standby's failover
-/// configuration. Served only to the deployment's own token.
+/// configuration (with the heartbeat key and the token of its `[sync]`: secrets). Served
+/// only to the deployment's own token and the admin.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NetworkPlan {
     /// The node.
@@ -988,8 +989,8 @@ pub struct NetworkPlan {
 /// The standby's side of the failover pair, written into its root by the agent.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StandbyFailover {
-    /// The configuration file's text (`[failover]` only: role standby, its own name, the
-    /// channels' ends swapped).
+    /// The configuration file's text (`[failover]`: role standby, its own name, the
+    /// channels' ends swapped; and `[sync]` when the primary has `[capture]`).
     pub config: String,
     /// Where it goes inside the root (`/etc/understudy/understudy.toml`).
     pub config_path: String,
