@@ -243,9 +243,9 @@ pub fn standby_config(primary_toml: &str, standby_node: &str, mapping: &Mapping)
 
     let header = format!(
         "# The failover configuration of the standby {standby_node}, written when it was deployed from the\n\
-         # primary {:?}'s: role standby, this node's name, each channel's local and peer swapped{}.\n\n",
+         # primary {:?}'s: role standby, this node's name, each channel's local and peer swapped.\n{}\n",
         fo.node,
-        if follows.is_some() { "; [sync] follows the primary's captures" } else { "" }
+        if follows.is_some() { "# [sync] follows the primary's scheduled captures.\n" } else { "" }
     );
     let text = format!("{header}{doc}");
     let cfg = Config::parse(&text, Path::new(STANDBY_FILE)).map_err(JoinError::Result)?;
