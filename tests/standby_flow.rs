@@ -19,7 +19,6 @@ use common::netns::{Bg, Netns, ns_cmd, ns_out, ns_sh};
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// MACs: the primary's NICs and the standby's.
@@ -98,8 +97,10 @@ fn standby_add_deploys_a_standby_that_joins_and_takes_over() {
          [failover]\nnode = \"head-a\"\nrole = \"primary\"\ninterval = \"100ms\"\ndead_time = \"600ms\"\n\
          [[failover.channel]]\nname = \"private\"\nlocal = \"10.{s}.1.1\"\npeer = \"10.{s}.1.3\"\n\
          [[failover.channel]]\nname = \"public\"\nlocal = \"10.{s}.2.1\"\npeer = \"10.{s}.2.3\"\n\
-         [[failover.vip]]\naddress = \"10.{s}.2.100/24\"\ninterface = \"ens4\"\n",
-        data = sb.data().to_str().unwrap()
+         [[failover.vip]]\naddress = \"10.{s}.2.100/24\"\ninterface = \"ens4\"\n\
+         [capture]\nimage = \"head-a\"\nsource = {src:?}\ninterval = \"20s\"\n",
+        data = sb.data().to_str().unwrap(),
+        src = sb.path("src").to_str().unwrap(),
     );
     let cfg = sb.path("serve.toml");
     std::fs::write(&cfg, &config).unwrap();
@@ -231,6 +232,25 @@ fn standby_add_deploys_a_standby_that_joins_and_takes_over() {
     let key_in_root = root.join(sb.data().strip_prefix("/").unwrap()).join("failover.key");
     let key = std::fs::read_to_string(&key_in_root).unwrap();
     assert_eq!(key, std::fs::read_to_string(sb.data().join("failover.key")).unwrap());
+    // The primary has [capture]: the standby follows it, at the primary's address on the LAN
+    // it booted from (the capture's 20 s interval gives a 2 s check and a 60 s alarm).
+    let sync = &parsed["sync"];
+    assert_eq!(sync["server"].as_str(), Some(format!("http://10.{s}.1.1:8080").as_str()), "{standby_cfg}");
+    assert_eq!(
+        (sync["image"].as_str(), sync["target"].as_str(), sync["token_file"].as_str()),
+        (Some("head-a"), Some("/"), Some("primary.token"))
+    );
+    assert_eq!((sync["interval"].as_str(), sync["max_lag"].as_str()), (Some("2s"), Some("1m")));
+    assert!(parsed.get("capture").is_none(), "{standby_cfg}");
+    assert!(agent.contains("follows the primary's image head-a"), "{agent}");
+    // Its token: the primary's admin token (image content is the admin's), root's, 0600, in
+    // the data dir beside the key, and never in the agent's log.
+    let token_in_root = key_in_root.with_file_name("primary.token");
+    assert_eq!(std::fs::read_to_string(&token_in_root).unwrap().trim(), srv.token);
+    let md = std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&token_in_root).unwrap());
+    assert_eq!(md & 0o7777, 0o600, "{}", token_in_root.display());
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&token_in_root).unwrap()), 0);
+    assert!(!agent.contains(&srv.token), "the agent logged the token:\n{agent}");
     let wants = root.join("etc/systemd/system/multi-user.target.wants/understudy.service");
     assert_eq!(std::fs::read_link(&wants).unwrap(), Path::new("/etc/systemd/system/understudy.service"));
     assert_eq!(read("etc/hostname"), "standby\n");
@@ -254,16 +274,20 @@ fn standby_add_deploys_a_standby_that_joins_and_takes_over() {
         &format!("data_dir = {:?}", sbd.data().to_str().unwrap()),
     );
     assert_ne!(moved, standby_cfg, "the standby's data_dir line: {standby_cfg}");
+    std::fs::copy(&token_in_root, sbd.data().join("primary.token")).unwrap();
+    // Its root stays mounted: [sync]'s target "/" is the standby's disk, here `root`. The
+    // standby also serves HTTP (on its private address) to show its sync status.
+    let moved = moved.replace("target = \"/\"", &format!("target = {:?}", root.to_str().unwrap()));
+    assert!(moved.contains(&format!("target = {:?}", root.to_str().unwrap())), "{moved}");
+    let moved = format!("{moved}\n[http]\nlisten = \"10.{s}.1.3:8080\"\n");
     let scfg = sbd.path("understudy.toml");
     std::fs::write(&scfg, moved).unwrap();
-    drop(mnt);
     let t = Instant::now();
-    let _standby = Bg(ns_cmd(&st, bin())
+    let mut standby_cmd = ns_cmd(&st, bin());
+    standby_cmd
         .args(["serve", "--config", scfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(sbd.path("serve.log")).unwrap())
-        .spawn()
-        .unwrap());
+        .stderr(std::fs::File::create(sbd.path("serve.log")).unwrap());
+    let standby = Server::start_cmd(&sbd, &mut standby_cmd);
 
     // The wizard ends once both channels carry the standby's heartbeats.
     wait_until("the wizard to finish", Duration::from_secs(60), || wizard.0.try_wait().unwrap().is_some());
@@ -288,6 +312,83 @@ fn standby_add_deploys_a_standby_that_joins_and_takes_over() {
     assert!(fo["channels"].as_array().unwrap().iter().all(|c| c["up"] == true), "{fo}");
     assert_eq!(fo["holder"], "head-a");
 
+    // The network plan: the deployment's own token or the admin only; another deployment's
+    // token is refused.
+    let deployment = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("understudy.deployment="))
+        .unwrap_or_else(|| panic!("no deployment id in {cmdline}"))
+        .to_string();
+    let plan_path = format!("/api/v1/deployments/{deployment}/network");
+    let (code, body) = srv.curl_in(
+        Some(&p),
+        "POST",
+        "/api/v1/nodes",
+        Some(&srv.token),
+        Some(r#"{"name":"other","role":"compute","image":"head-a"}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) =
+        srv.curl_in(Some(&p), "POST", "/api/v1/deployments", Some(&srv.token), Some(r#"{"node":"other"}"#));
+    assert_eq!(code, 201, "{body}");
+    let other: Value = serde_json::from_str(&body).unwrap();
+    let (code, body) = srv.curl_in(Some(&p), "GET", &plan_path, other["token"].as_str(), None);
+    assert_eq!(code, 403, "another deployment's token read the plan: {body}");
+    assert!(!body.contains(&srv.token), "{body}");
+    let (code, body) = srv.curl_in(Some(&p), "GET", &plan_path, None, None);
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = srv.curl_in(Some(&p), "GET", &plan_path, Some(&srv.token), None);
+    assert_eq!(code, 200, "{body}");
+    let plan: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(plan["failover"]["sync"]["token_path"], format!("{}/primary.token", sb.data().display()));
+
+    // The standby follows the primary by itself: it starts as running what it was deployed
+    // with, then a file changed on the primary and captured shows up in its root.
+    let sync_of = |srv: &Server, ns: &str| -> Value {
+        let (code, body) = srv.curl_in(Some(ns), "GET", "/api/v1/sync", Some(&srv.token), None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let serve_log = || std::fs::read_to_string(sbd.path("serve.log")).unwrap_or_default();
+    let current = |want: Option<i64>| {
+        let f = sync_of(&standby, &st)["follow"].clone();
+        f["state"] == "current"
+            && f["applied"]["manifest"] == f["newest"]["manifest"]
+            && want.is_none_or(|v| {
+                f["applied"]["version"].as_i64() >= Some(v) && f["newest"]["version"].as_i64() >= Some(v)
+            })
+    };
+    wait_until("the standby's [sync] to be current", Duration::from_secs(60), || current(None));
+    let t = Instant::now();
+    put("etc/motd", "changed on the primary\n");
+    // A run already going may have started before the change: the one asked for comes after it.
+    let cap = sync_of(&srv, &p)["capture"].clone();
+    let before = cap["runs"].as_u64().unwrap() + u64::from(cap["running"] == true);
+    let (code, body) = srv.curl_in(Some(&p), "POST", "/api/v1/sync/capture", Some(&srv.token), None);
+    assert_eq!(code, 202, "{body}");
+    wait_until("the primary's capture of the change", Duration::from_secs(60), || {
+        sync_of(&srv, &p)["capture"]["runs"].as_u64() > Some(before)
+    });
+    let newest = sync_of(&srv, &p)["capture"]["last_version"].clone();
+    let version: i64 = newest
+        .as_str()
+        .and_then(|l| l.rsplit_once('@')?.1.parse().ok())
+        .unwrap_or_else(|| panic!("capture.last_version {newest}"));
+    wait_until("the standby to apply the new version", Duration::from_secs(60), || current(Some(version)));
+    let t_sync = t.elapsed();
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/motd")).unwrap_or_default(),
+        "changed on the primary\n",
+        "{}",
+        serve_log()
+    );
+    // Its own identity and understudy stay.
+    assert_eq!(read("etc/hostname"), "standby\n");
+    assert_eq!(read("etc/understudy/understudy.toml"), standby_cfg);
+    let (_, metrics) = standby.curl_in(Some(&st), "GET", "/metrics", None, None);
+    let lag = metrics.lines().find_map(|l| l.strip_prefix("understudy_sync_lag_seconds ")?.trim().parse::<f64>().ok());
+    assert_eq!(lag, Some(0.0), "{metrics}");
+
     // The primary dies: its links go down and its process is killed.
     ns_sh(&p, "ip link set ens3 down; ip link set ens4 down");
     let _ = srv.child.kill();
@@ -300,9 +401,11 @@ fn standby_add_deploys_a_standby_that_joins_and_takes_over() {
         n[0]["lladdr"].as_str() == Some(sm4.as_str())
     });
     let t_takeover = t.elapsed();
+    drop(standby);
+    drop(mnt);
     eprintln!(
         "standby flow: server ready {t_ready:?}, PXE request collected and leased {t_pxe:?}, agent {t_deploy:?}, \
-         join {t_join:?}, takeover {t_takeover:?}, total {:?}",
+         join {t_join:?}, sync of a change {t_sync:?}, takeover {t_takeover:?}, total {:?}",
         t0.elapsed()
     );
 }

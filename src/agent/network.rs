@@ -98,6 +98,10 @@ pub enum NetworkError {
     /// The heartbeat key in the plan does not parse.
     #[error("the standby's heartbeat key from the server: {0}")]
     Key(#[source] KeyFileError),
+    /// The standby's `[sync]` and the plan's token do not go together (a `[sync]` without
+    /// its token would keep the standby's service from starting).
+    #[error("the standby's [sync] from the server: {0}")]
+    Sync(&'static str),
     /// The systemd unit's `[Install]` names something that is not a unit.
     #[error("{unit}: [Install] {key}={value:?} is not a unit name")]
     Install {
@@ -213,6 +217,9 @@ pub fn apply_recorded(root: &Path, plan: &NetworkPlan) -> Result<Applied, Networ
         lines.extend(write_failover(root, f)?);
         paths.push(image_path("config_path", &f.config_path)?);
         paths.push(image_path("key_path", &f.key_path)?);
+        if let Some(sync) = &f.sync {
+            paths.push(image_path("token_path", &sync.token_path)?);
+        }
         lines.extend(enable_service(root, &mut paths)?);
     }
     Ok(Applied { lines, paths })
@@ -370,15 +377,59 @@ fn write_failover(root: &Path, f: &StandbyFailover) -> Result<Vec<String>, Netwo
     let config_path = image_path("config_path", &f.config_path)?;
     let key_path = image_path("key_path", &f.key_path)?;
     let cfg = Config::parse(&f.config, &config_path).map_err(NetworkError::Config)?;
-    let Some(fo) = cfg.failover else { return Err(NetworkError::NoFailover) };
+    let Some(fo) = &cfg.failover else { return Err(NetworkError::NoFailover) };
     parse_key_file(&f.key).map_err(NetworkError::Key)?;
+    let token = sync_token(&cfg, f)?;
     write_file(root, &config_path, f.config.as_bytes(), 0o644, 0o755)?;
     write_file(root, &key_path, f.key.as_bytes(), 0o600, 0o700)?;
     let channels: Vec<String> = fo.channels.iter().map(|c| format!("{} {} → {}", c.name, c.local, c.peer)).collect();
-    Ok(vec![
+    let mut lines = vec![
         format!("{}: failover as {} ({:?}), channels {}", config_path.display(), fo.node, fo.role, channels.join(", ")),
         format!("{}: heartbeat key written (0600)", key_path.display()),
-    ])
+    ];
+    match (token, &cfg.sync) {
+        (Some((path, token)), Some(s)) => {
+            // The token itself is never logged.
+            write_file(root, &path, format!("{token}\n").as_bytes(), 0o600, 0o700)?;
+            lines.push(format!(
+                "{}: follows the primary's image {} from {} ([sync]); its API token written (0600)",
+                config_path.display(),
+                s.image,
+                s.server
+            ));
+            lines.push(format!("{}: the primary's API token written (0600)", path.display()));
+        }
+        _ => lines
+            .push(format!("{}: no [sync]: the standby does not follow the primary by itself", config_path.display())),
+    }
+    Ok(lines)
+}
+
+/// The token file the standby's `[sync]` reads, checked against the configuration: the
+/// plan's token goes exactly where `sync.token_file` points (relative to the data dir), and
+/// a `[sync]` reading a file needs the plan's token. Refused before anything is written.
+fn sync_token<'a>(cfg: &Config, f: &'a StandbyFailover) -> Result<Option<(PathBuf, &'a str)>, NetworkError> {
+    let wanted = cfg
+        .sync
+        .as_ref()
+        .and_then(|s| s.token_file.as_ref())
+        .map(|t| cfg.data_dir.clone().unwrap_or_else(|| crate::failover::join::STANDBY_DATA_DIR.into()).join(t));
+    match (&f.sync, wanted) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(NetworkError::Sync("it reads a token file, but the plan carries no token")),
+        (Some(_), None) => Err(NetworkError::Sync("the plan carries a token, but no [sync] reads a token file")),
+        (Some(s), Some(wanted)) => {
+            let path = image_path("token_path", &s.token_path)?;
+            if path != wanted {
+                return Err(NetworkError::Sync("the token's path is not the file sync.token_file names"));
+            }
+            let token = s.token.trim();
+            if token.is_empty() || token.len() > 256 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(NetworkError::Sync("the token is not one word of 1-256 characters"));
+            }
+            Ok(Some((path, token)))
+        }
+    }
 }
 
 /// Where the unit was found.
@@ -703,6 +754,7 @@ mod tests {
             key: crate::failover::generate_key_file(1, std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x5a))
                 .unwrap(),
             key_path: "/var/lib/understudy/failover.key".into(),
+            sync: None,
         });
         p
     }
@@ -842,6 +894,61 @@ mod tests {
         apply(&root, &failover_plan()).unwrap();
         assert!(fs::read_dir(&outside).unwrap().next().is_none(), "nothing written on the host");
         assert!(root.join(outside.strip_prefix("/").unwrap()).join("understudy/failover.key").is_file());
+    }
+
+    /// [`failover_plan`] with a `[sync]` reading `primary.token` and the token for it.
+    fn sync_plan() -> NetworkPlan {
+        let mut p = failover_plan();
+        let f = p.failover.as_mut().unwrap();
+        f.config.push_str(
+            "[sync]\nserver = \"http://10.0.0.1:8080\"\ntoken_file = \"primary.token\"\nimage = \"head-a\"\n",
+        );
+        f.sync = Some(crate::wire::StandbySync {
+            token: "s3cret-admin-token-0123456789".into(),
+            token_path: "/var/lib/understudy/primary.token".into(),
+        });
+        p
+    }
+
+    #[test]
+    fn the_sync_token_is_written_0600_and_never_logged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        bookworm(root);
+        let applied = apply_recorded(root, &sync_plan()).unwrap();
+        assert_eq!(read(root, "/var/lib/understudy/primary.token"), "s3cret-admin-token-0123456789\n");
+        assert_eq!(mode(&root.join("var/lib/understudy/primary.token")), 0o600);
+        assert_eq!(mode(&root.join("var/lib/understudy")), 0o700);
+        assert!(applied.paths.contains(&PathBuf::from("/var/lib/understudy/primary.token")), "{:?}", applied.paths);
+        assert!(applied.lines.iter().any(|l| l.contains("follows the primary's image head-a")), "{:?}", applied.lines);
+        assert!(!applied.lines.iter().any(|l| l.contains("s3cret")), "{:?}", applied.lines);
+        assert!(!format!("{:?}", sync_plan()).contains("s3cret"), "Debug shows the token");
+        // Without [sync], a line says the standby does not follow.
+        let lines = apply(tempfile::tempdir().unwrap().path(), &failover_plan()).unwrap();
+        assert!(lines.iter().any(|l| l.contains("no [sync]")), "{lines:?}");
+    }
+
+    #[test]
+    fn a_sync_token_that_does_not_fit_the_configuration_is_refused_before_anything_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        type Change = Box<dyn Fn(&mut StandbyFailover)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("no token", Box::new(|f| f.sync = None)),
+            ("no [sync]", Box::new(|f| f.config = failover_plan().failover.unwrap().config)),
+            ("elsewhere", Box::new(|f| f.sync.as_mut().unwrap().token_path = "/etc/primary.token".into())),
+            ("two words", Box::new(|f| f.sync.as_mut().unwrap().token = "a b".into())),
+            ("empty", Box::new(|f| f.sync.as_mut().unwrap().token = " \n".into())),
+        ];
+        for (what, change) in cases {
+            let mut p = sync_plan();
+            change(p.failover.as_mut().unwrap());
+            assert!(matches!(apply(root, &p), Err(NetworkError::Sync(_))), "{what}");
+            assert!(!root.join("etc/understudy/understudy.toml").exists(), "{what}: written anyway");
+        }
+        let mut p = sync_plan();
+        p.failover.as_mut().unwrap().sync.as_mut().unwrap().token_path = "/var/lib/../understudy/primary.token".into();
+        assert!(matches!(apply(root, &p), Err(NetworkError::BadPath { what: "token_path", .. })));
     }
 
     #[test]

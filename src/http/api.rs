@@ -461,8 +461,9 @@ async fn propose_network(
 }
 
 /// What the deployment's agent rewrites in the written root: the primary's and the node's
-/// network identities, the VIPs, and the standby's failover configuration with its key
-/// (that deployment's token, or the admin).
+/// network identities, the VIPs, and the standby's failover configuration with its key and
+/// the token its `[sync]` reads the primary's images with (that deployment's token, or the
+/// admin: another deployment's token is refused).
 #[utoipa::path(get, path = "/api/v1/deployments/{id}/network", tag = "deployments", params(("id" = i64, Path)),
     responses((status = 200, body = NetworkPlan), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn deployment_network(State(st): St, caller: Caller, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<NetworkPlan>> {

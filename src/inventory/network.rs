@@ -11,7 +11,7 @@ use crate::config::{Config, parse_range};
 use crate::db::InterfaceRecord;
 use crate::netcfg::live::{self, Networks, same_subnet};
 use crate::netcfg::{Cidr, Interface, Mac, Mapping, NodeIdentity, Role as NetRole};
-use crate::wire::{EventKind, NICS_MAX, NetInterface, NetworkPlan, NodeNetwork, Role, StandbyFailover};
+use crate::wire::{EventKind, NICS_MAX, NetInterface, NetworkPlan, NodeNetwork, Role, StandbyFailover, StandbySync};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -437,12 +437,31 @@ impl Inventory {
             .map_err(|e| InventoryError::Conflict(format!("the standby's failover configuration: {e}")))?;
         let (config_path, key_path) = crate::failover::join::standby_paths(&joined)
             .map_err(|e| InventoryError::Conflict(format!("the standby's failover configuration: {e}")))?;
+        let token_path = crate::failover::join::standby_token_path(&joined)
+            .map_err(|e| InventoryError::Conflict(format!("the standby's failover configuration: {e}")))?;
         notes.extend(joined.notes);
+        notes.push(joined.sync_note);
         let data_dir = cfg.data_dir.clone().unwrap_or_else(|| self.data_dir.clone());
         let key_file = data_dir.join(&f.key_file);
         let key = std::fs::read_to_string(&key_file)
             .map_err(|e| InventoryError::Conflict(format!("reading the failover key {}: {e}", key_file.display())))?;
-        Ok(StandbyFailover { config: joined.text, config_path, key, key_path })
+        // The standby's [sync] reads the primary's images, which only the admin token may
+        // (see crate::http::auth): it gets a copy, as it gets the heartbeat key.
+        let sync = match (token_path, &cfg.http) {
+            (Some(token_path), Some(http)) => {
+                let file = data_dir.join(&http.admin_token_file);
+                let token = std::fs::read_to_string(&file)
+                    .map_err(|e| InventoryError::Conflict(format!("reading the admin token {}: {e}", file.display())))?
+                    .trim()
+                    .to_string();
+                if token.is_empty() {
+                    return Err(InventoryError::Conflict(format!("the admin token file {} is empty", file.display())));
+                }
+                Some(StandbySync { token, token_path })
+            }
+            _ => None,
+        };
+        Ok(StandbyFailover { config: joined.text, config_path, key, key_path, sync })
     }
 }
 

@@ -965,7 +965,8 @@ pub struct NodeNetwork {
 
 /// What a deployed standby's agent applies to the written root: the primary's network
 /// identity, the node's, the VIPs it must never configure, and the standby's failover
-/// configuration. Served only to the deployment's own token.
+/// configuration (with the heartbeat key and the token of its `[sync]`: secrets). Served
+/// only to the deployment's own token and the admin.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NetworkPlan {
     /// The node.
@@ -988,8 +989,8 @@ pub struct NetworkPlan {
 /// The standby's side of the failover pair, written into its root by the agent.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StandbyFailover {
-    /// The configuration file's text (`[failover]` only: role standby, its own name, the
-    /// channels' ends swapped).
+    /// The configuration file's text (`[failover]`: role standby, its own name, the
+    /// channels' ends swapped; and `[sync]` when the primary has `[capture]`).
     pub config: String,
     /// Where it goes inside the root (`/etc/understudy/understudy.toml`).
     pub config_path: String,
@@ -997,6 +998,27 @@ pub struct StandbyFailover {
     pub key: String,
     /// Where the key goes inside the root (the data dir's key file).
     pub key_path: String,
+    /// The token the standby's `[sync]` reads the primary's images with, when the
+    /// configuration has `[sync]` (the primary has `[capture]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<StandbySync>,
+}
+
+/// The token file of the standby's `[sync]` (secret: its `Debug` does not show it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StandbySync {
+    /// The primary's API token that `sync.token_file` holds. Image content holds the
+    /// primary's secrets, so the primary serves it to the admin only: this is the admin token.
+    pub token: String,
+    /// Where the token file goes inside the root (the data dir's `primary.token`, written 0600).
+    pub token_path: String,
+}
+
+impl std::fmt::Debug for StandbySync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandbySync").field("token", &"<secret>").field("token_path", &self.token_path).finish()
+    }
 }
 
 // ---------------------------------------------------------------- events, whoami
