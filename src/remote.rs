@@ -127,12 +127,17 @@ impl Client {
     /// Fetch and check an image's manifest; returns it and its id.
     pub async fn manifest(&self, image: &str) -> Result<(Manifest, ChunkId, String), RemoteError> {
         let resp = Self::check(
-            self.req(reqwest::Method::GET, &format!("/api/v1/images/{}/manifest", encode(image))).send().await?,
+            self.req(reqwest::Method::GET, &format!("/api/v1/images/{}/manifest", encode(image)))
+                .header(reqwest::header::ACCEPT_ENCODING, "zstd")
+                .send()
+                .await?,
         )
         .await?;
         let label = resp.headers().get("x-understudy-image").and_then(|v| v.to_str().ok()).unwrap_or(image).to_string();
         let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).map(|s| s.trim_matches('"').to_string());
+        let zstd = resp.headers().get(reqwest::header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() == b"zstd");
         let body = resp.bytes().await?;
+        let body = if zstd { unzstd_bounded(&body)? } else { body.to_vec() };
         let id = *blake3::hash(&body).as_bytes();
         if let Some(e) = etag
             && e != hex_id(&id)
@@ -142,6 +147,21 @@ impl Client {
         let m = Manifest::decode(&body).map_err(|e| RemoteError::Protocol(e.to_string()))?;
         Ok((m, id, label))
     }
+}
+
+/// Largest manifest accepted once decompressed (about ten million entries).
+const MANIFEST_MAX: u64 = 1 << 30;
+
+/// A zstd-compressed manifest, decompressed up to [`MANIFEST_MAX`].
+fn unzstd_bounded(z: &[u8]) -> Result<Vec<u8>, RemoteError> {
+    use std::io::Read;
+    let bad = |e: std::io::Error| RemoteError::Protocol(format!("compressed manifest: {e}"));
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(z).map_err(bad)?.take(MANIFEST_MAX + 1).read_to_end(&mut out).map_err(bad)?;
+    if out.len() as u64 > MANIFEST_MAX {
+        return Err(RemoteError::Protocol(format!("manifest larger than {MANIFEST_MAX} bytes")));
+    }
+    Ok(out)
 }
 
 /// Percent-encode a path segment (image names are plain, but ids and `@` pass through).

@@ -477,3 +477,37 @@ fn stream_sends_deltas_whole_and_block_members_to_a_remote_deploy() {
         }
     }
 }
+
+/// The manifest goes zstd-compressed to a client that takes it (curl decodes it to the
+/// same bytes that hash to the id), plain to one that does not, and not at all to one
+/// that holds it already (If-None-Match with its id: 304).
+#[test]
+fn the_manifest_is_compressed_when_asked_and_not_sent_when_held() {
+    let (sb, srv) = setup("");
+    let id = sb.json(&["images", "show", "other", "--json"])["image"]["id"].as_str().unwrap().to_string();
+    let url = format!("{}/api/v1/images/other/manifest", srv.url);
+    let auth = format!("Authorization: Bearer {}", srv.token);
+    let get = |extra: &[&str], out: &str| {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "-D", "-", "-o", out, "-H", &auth])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_lowercase()
+    };
+    let (plain, z, dec) = (sb.path("plain"), sb.path("z"), sb.path("dec"));
+    let h = get(&[], plain.to_str().unwrap());
+    assert!(h.starts_with("http/1.1 200") && !h.contains("content-encoding"), "{h}");
+    let h = get(&["-H", "Accept-Encoding: gzip, zstd"], z.to_str().unwrap());
+    assert!(h.contains("content-encoding: zstd") && h.contains(&format!("etag: \"{id}\"")), "{h}");
+    sh(&format!("zstd -q -d -c {} > {}", z.display(), dec.display()));
+    let body = std::fs::read(&plain).unwrap();
+    assert_eq!(std::fs::read(&dec).unwrap(), body);
+    assert_eq!(blake3::hash(&body).to_hex().as_str(), id);
+    assert!(std::fs::metadata(&z).unwrap().len() < body.len() as u64);
+    let h = get(&["-H", &format!("If-None-Match: \"{id}\"")], sb.path("none").to_str().unwrap());
+    assert!(h.starts_with("http/1.1 304"), "{h}");
+    let h = get(&["-H", "If-None-Match: \"0000\""], sb.path("other").to_str().unwrap());
+    assert!(h.starts_with("http/1.1 200"), "{h}");
+}

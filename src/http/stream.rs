@@ -24,7 +24,7 @@ use crate::store::{self, ChunkId, Record, Store, hex_id, pack, parse_id};
 use crate::wire::StreamRequest;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -58,26 +58,58 @@ fn parse_ids(v: &[String], what: &str) -> ApiResult<Vec<ChunkId>> {
 /// The image's manifest in its canonical encoding; its BLAKE3 is the image id.
 #[utoipa::path(get, path = "/api/v1/images/{image}/manifest", tag = "images",
     params(("image" = String, Path, description = "NAME, NAME@N or id")),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>, description = "the encoding, zstd-compressed (Content-Encoding: zstd) when Accept-Encoding allows"), (status = 304, description = "If-None-Match names this manifest's id"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_manifest(
     State(st): State<Arc<AppState>>,
     caller: Caller,
+    headers: header::HeaderMap,
     ApiPath(image): ApiPath<String>,
 ) -> ApiResult<Response> {
     let row = st.inv.resolve(&image).await?;
     caller.image_content(&row.id)?;
+    let etag = format!("\"{}\"", row.id);
+    let label = format!("{}@{}", row.name, row.version);
+    let image_hdr = header::HeaderName::from_static("x-understudy-image");
+    // A client that holds this manifest already (its id is the ETag) gets no body.
+    let held = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag));
+    if held {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag), (image_hdr, label)]).into_response());
+    }
     let m = st.inv.manifest(&row).await?;
     let body = m.encode();
+    // A manifest is a few MB for a full root and compresses about 5x: sent compressed to
+    // a client that takes zstd (the ETag stays the id of the encoding inside).
+    let zstd = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.split(';').next().is_some_and(|e| e.trim() == "zstd")));
+    let (body, encoding) = if zstd {
+        let z = tokio::task::spawn_blocking(move || zstd::bulk::compress(&body, 3))
+            .await
+            .map_err(|e| ApiError::internal(format!("compressing the manifest: {e}")))?
+            .map_err(|e| ApiError::internal(format!("compressing the manifest: {e}")))?;
+        (z, Some("zstd"))
+    } else {
+        (body, None)
+    };
     st.metrics.bytes_served.fetch_add(body.len() as u64, Ordering::Relaxed);
-    Ok((
+    let mut resp = (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::ETAG, format!("\"{}\"", row.id)),
-            (header::HeaderName::from_static("x-understudy-image"), format!("{}@{}", row.name, row.version)),
+            (header::ETAG, etag),
+            (image_hdr, label),
+            (header::VARY, "accept-encoding".to_string()),
         ],
         body,
     )
-        .into_response())
+        .into_response();
+    if let Some(e) = encoding {
+        resp.headers_mut().insert(header::CONTENT_ENCODING, header::HeaderValue::from_static(e));
+    }
+    Ok(resp)
 }
 
 /// One chunk of an image, uncompressed and verified.

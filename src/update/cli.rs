@@ -87,6 +87,11 @@ pub async fn run(
         let mut p = p;
         for attempt in 1..=CONVERGE_ATTEMPTS {
             let stats = apply(&p, &m, &source, &rt, &l2, &id2, opts.sync);
+            if p.plan.changes.is_empty() {
+                // Nothing was to be done (the record is rewritten): nothing to list again.
+                rep.stats.add(&stats?);
+                return Ok(rep);
+            }
             let again = super::prepare(&target, &m, &opts)?;
             match stats {
                 Ok(s) => rep.stats.add(&s),
@@ -224,11 +229,69 @@ pub fn apply_remote(
     let needed = super::apply::needed_chunks(m, &p.plan, reuse, &cands);
     let src =
         RemoteSource::start(client.clone(), id.to_string(), &super::fetch_list(m, needed), PullOptions::default(), rt);
+    let ready = std::sync::Mutex::new(prefetch_deltas(p, m, &cands, (client, rt), id, reuse, ctl));
     let whole = |idx: usize| {
         cands.binary_search(&idx).ok()?;
-        Some(by_delta(p, m, idx, client, rt, id, reuse))
+        let got = ready.lock().unwrap_or_else(|e| e.into_inner()).remove(&idx);
+        Some(got.unwrap_or_else(|| by_delta(p, m, idx, client, rt, id, reuse)))
     };
     p.apply_with(m, super::Sources { reuse, chunks: &src, whole: &whole }, (label, id), sync, ctl)
+}
+
+/// Deltas in flight at once: each is a round trip in which the server reads the file and
+/// computes the delta, so several overlap the network, the server and this side.
+const DELTA_WORKERS: usize = 6;
+/// New content held from deltas fetched ahead of the apply.
+const DELTA_AHEAD_BYTES: u64 = 256 << 20;
+
+/// The deltas of the first candidates (up to [`DELTA_AHEAD_BYTES`] of new content),
+/// fetched by [`DELTA_WORKERS`] threads before the apply needs them; the rest are fetched
+/// when their turn comes. Nothing is written here, so a stop request only ends it early.
+fn prefetch_deltas(
+    p: &Prepared,
+    m: &Manifest,
+    cands: &[usize],
+    (client, rt): (&Client, &tokio::runtime::Handle),
+    id: &str,
+    reuse: &super::Reuse,
+    ctl: &super::Control,
+) -> std::collections::HashMap<usize, Result<(Vec<u8>, u64), StoreError>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut budget = DELTA_AHEAD_BYTES;
+    let ahead: Vec<usize> = cands
+        .iter()
+        .copied()
+        .take_while(|&i| {
+            let size = match &m.entries[i].kind {
+                Kind::File { size, .. } => *size,
+                _ => 0,
+            };
+            let fits = size <= budget;
+            budget = budget.saturating_sub(size);
+            fits
+        })
+        .collect();
+    if ahead.len() < 2 {
+        return Default::default();
+    }
+    let next = AtomicUsize::new(0);
+    let done = std::sync::Mutex::new(std::collections::HashMap::new());
+    std::thread::scope(|s| {
+        for _ in 0..DELTA_WORKERS.min(ahead.len()) {
+            s.spawn(|| {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&idx) = ahead.get(n) else { return };
+                    if ctl.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let r = by_delta(p, m, idx, client, rt, id, reuse);
+                    done.lock().unwrap_or_else(|e| e.into_inner()).insert(idx, r);
+                }
+            });
+        }
+    });
+    done.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The image's version of file `idx` by an rsync delta against the target's old version;
