@@ -392,12 +392,12 @@ fn write_failover(root: &Path, f: &StandbyFailover) -> Result<Vec<String>, Netwo
             // The token itself is never logged.
             write_file(root, &path, format!("{token}\n").as_bytes(), 0o600, 0o700)?;
             lines.push(format!(
-                "{}: follows the primary's image {} from {} ([sync]); its API token written (0600)",
+                "{}: follows the primary's image {} from {} ([sync]); its API token in {} (0600)",
                 config_path.display(),
                 s.image,
-                s.server
+                s.server,
+                path.display()
             ));
-            lines.push(format!("{}: the primary's API token written (0600)", path.display()));
         }
         _ => lines
             .push(format!("{}: no [sync]: the standby does not follow the primary by itself", config_path.display())),
