@@ -77,6 +77,14 @@ pub struct CaptureOptions {
     pub quiet: bool,
 }
 
+impl CaptureOptions {
+    /// This host's own root as the standby wizard captures it (CLI and console alike):
+    /// the usual root excludes, one filesystem.
+    pub fn this_root(quiet: bool) -> CaptureOptions {
+        CaptureOptions { default_excludes: true, one_file_system: true, quiet, ..CaptureOptions::default() }
+    }
+}
+
 /// Counters of one capture.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CaptureStats {

@@ -1308,14 +1308,7 @@ async fn standby_steps(
             None => rustix::system::uname().nodename().to_string_lossy().into_owned(),
         };
         rep.step("image", S::Running, &format!("capturing / as {cname}"), None);
-        let opts = CaptureOptions {
-            excludes: vec![],
-            default_excludes: true,
-            one_file_system: true,
-            skip_unreadable: false,
-            skip_paths: vec![],
-            quiet: quiet || a.json,
-        };
+        let opts = CaptureOptions::this_root(quiet || a.json);
         let (row, _) = inv.capture(&cname, std::path::Path::new("/"), opts).await?;
         rep.step(
             "image",

@@ -107,7 +107,7 @@ pub fn file_bytes(src: &dyn crate::deploy::ChunkSource, e: &Entry) -> Result<Vec
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::chunker::ChunkerParams;
     use crate::store::manifest::{ChunkRef, Extent};
@@ -132,7 +132,8 @@ mod tests {
         }
     }
 
-    fn noise(n: usize, mut x: u64) -> Vec<u8> {
+    /// Deterministic incompressible bytes (xorshift), for the update tests.
+    pub(crate) fn noise(n: usize, mut x: u64) -> Vec<u8> {
         (0..n)
             .map(|_| {
                 x ^= x << 13;

@@ -530,17 +530,7 @@ mod tests {
         std::fs::create_dir_all(&src).unwrap();
         std::fs::create_dir_all(&dst).unwrap();
         // Files of several chunks each, so the stop can land inside one.
-        let file = |seed: u64| -> Vec<u8> {
-            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            (0..400_000)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (x >> 24) as u8
-                })
-                .collect()
-        };
+        let file = |seed: u64| super::delta::tests::noise(400_000, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         for i in 0..6u64 {
             std::fs::write(src.join(format!("f{i}")), file(i)).unwrap();
             std::fs::write(dst.join(format!("f{i}")), b"old").unwrap();

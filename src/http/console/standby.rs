@@ -51,14 +51,7 @@ pub fn spawn_capture(console: &Arc<Console>, inv: Inventory, name: String, root:
     }
     let console = console.clone();
     tokio::spawn(async move {
-        let opts = CaptureOptions {
-            excludes: vec![],
-            default_excludes: true,
-            one_file_system: true,
-            skip_unreadable: false,
-            skip_paths: vec![],
-            quiet: true,
-        };
+        let opts = CaptureOptions::this_root(true);
         let r =
             inv.capture(&name, &root, opts).await.map(|(row, _)| row.label()).map_err(|e| ApiError::from(e).message);
         if let Err(e) = &r {
