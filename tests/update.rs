@@ -310,24 +310,36 @@ fn a_target_that_keeps_changing_is_named_and_the_rest_is_updated() {
     let (src, dst) = (t.sb.path("src"), t.sb.path("dst"));
     let busy = dst.join("etc/motd");
     assert!(busy.exists(), "the image has /etc/motd");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (stop, busy) = (stop.clone(), busy.clone());
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                n += 1;
-                let _ = std::fs::write(&busy, format!("written {n} times by a busy service\n"));
-            }
-        })
-    };
-    let out = t.sb.run(&["update", "img@2", dst.to_str().unwrap()]);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    writer.join().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "an update racing a writer cannot finish clean");
-    assert!(err.contains("keeps changing") && err.contains("etc/motd"), "{err}");
-    assert_eq!(rsync_diff(&src, &dst, &[NOT_IMAGE, &["--exclude=/etc/motd"]].concat()), "");
+    // A pass can still come out clean when the writer thread is not scheduled between
+    // the apply and the re-listing (a loaded CI machine, 1 run in 40): that update is
+    // right too, so the race is run again, and one of a few must name the busy file.
+    let mut named = false;
+    for _ in 0..5 {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, busy) = (stop.clone(), busy.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let _ = std::fs::write(&busy, format!("written {n} times by a busy service\n"));
+                }
+            })
+        };
+        let out = t.sb.run(&["update", "img@2", dst.to_str().unwrap()]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(rsync_diff(&src, &dst, &[NOT_IMAGE, &["--exclude=/etc/motd"]].concat()), "");
+        if out.status.success() {
+            eprintln!("this update won the race against the writer; racing again");
+            continue;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("keeps changing") && err.contains("etc/motd"), "{err}");
+        named = true;
+        break;
+    }
+    assert!(named, "five updates racing a writer all finished clean: the re-listing sees no change");
     t.sb.ok(&["update", "img@2", dst.to_str().unwrap()]);
     assert_eq!(rsync_diff(&src, &dst, NOT_IMAGE), "");
 }
