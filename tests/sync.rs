@@ -362,3 +362,56 @@ fn a_takeover_during_an_update_stops_it_at_a_safe_point() {
     t.wait_current("the update completed after the release");
     assert_eq!(diff(&t.root, &t.target), "");
 }
+
+/// The pair heals itself: the standby holds the versions it follows in its own store, so
+/// once the primary is dead and the standby took over, it serves the image to a fresh
+/// deploy with no other server.
+#[test]
+fn after_a_takeover_the_new_primary_serves_the_image_from_its_replica() {
+    let mut t = Pair::start(true, "1h", |r| tree(r, 0));
+    wait("the primary to hold the VIP", Duration::from_secs(15), &[&t.a, &t.b], || t.net.has_vip(&t.net.p));
+    t.wait_current("the first version applied");
+    let replica_current = |t: &Pair| {
+        let f = t.follow();
+        !f["replica"].is_null()
+            && f["replica"]["manifest"] == f["newest"]["manifest"]
+            && metric(&t.s, &t.net.s, "understudy_sync_replica_current") == Some(1.0)
+    };
+    wait("the first replica", Duration::from_secs(30), &[&t.a, &t.b], || replica_current(&t));
+    let first = t.follow()["replicated_bytes"].as_u64().unwrap();
+    assert!(first > 2 << 20, "the first replica pulls the whole image: {}", t.follow());
+    // A change: the replica takes only the chunks it lacks.
+    tree(&t.root, 2);
+    t.wait_captures();
+    t.wait_current("the change applied");
+    wait("the changed replica", Duration::from_secs(30), &[&t.a, &t.b], || replica_current(&t));
+    let f = t.follow();
+    let more = f["replicated_bytes"].as_u64().unwrap() - first;
+    assert!(more > 0 && more < 1 << 20, "the change pulled {more} bytes: {f}");
+    // The replica keeps the primary's numbers, creation times and layout state.
+    let label = f["replica"]["label"].as_str().unwrap().to_string();
+    let there = api(&t.p, &t.net.p, "GET", &format!("/api/v1/images/{label}"));
+    let here = api(&t.s, &t.net.s, "GET", &format!("/api/v1/images/{label}"));
+    for k in ["id", "version", "created", "entries", "bytes"] {
+        assert_eq!(here["image"][k], there["image"][k], "{k}: {here} vs {there}");
+    }
+    assert!(here["image"]["source"].as_str().unwrap().starts_with("replica of head-a@"), "{here}");
+    let ev = t.b.json(&["events", "--kind", "image.replica", "--json"]);
+    assert!(!ev.as_array().unwrap().is_empty(), "{ev}");
+
+    // The primary dies; the standby takes over.
+    t.p.child.kill().unwrap();
+    let _ = t.p.child.wait();
+    wait("the standby to take over", Duration::from_secs(20), &[&t.b], || t.net.has_vip(&t.net.s));
+    // A fresh machine on the LAN (the dead primary's namespace) deploys from the new primary.
+    let dest = t.a.path("fresh");
+    let url = format!("http://10.{}.1.2:8080", t.net.n);
+    let mut deploy = ns_cmd(&t.net.p, bin());
+    deploy.args(["--server", &url, "--token", &t.s.token, "deploy", "head-a", dest.to_str().unwrap()]);
+    let out = deploy.env("RUST_LOG", "warn").output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), log(&t.b));
+    assert_eq!(rsync_diff(&t.root, &dest, &[]), "", "the deployed tree is not the primary's");
+    // And it holds the version the old primary made last, under the same name.
+    let newest = api(&t.s, &t.net.s, "GET", "/api/v1/images/head-a");
+    assert_eq!(newest["image"]["id"], f["newest"]["manifest"], "{newest}");
+}

@@ -78,24 +78,50 @@ impl Db {
         .fetch_one(&mut *tx)
         .await?;
         let ts = now();
+        insert_row(&mut tx, img, version, &ts).await?;
+        super::events::insert(&mut tx, &ts, None, kind, &message(version)).await?;
+        tx.commit().await?;
+        self.image(img.name, Some(version))
+            .await?
+            .ok_or_else(|| DbError::NotFound(format!("image {}@{version} vanished", img.name)))
+    }
+
+    /// Record a version under the number and creation time another server gave it (a
+    /// standby's replica of its primary's image): the name's next number moves past it.
+    /// A version of that number already here is a conflict, whatever its manifest.
+    pub async fn add_image_at(
+        &self,
+        img: &NewImage<'_>,
+        version: i64,
+        created: &str,
+        kind: &str,
+        message: &str,
+    ) -> Result<ImageRecord> {
+        if version < 1 {
+            return Err(DbError::BadValue(format!("image version {version} of {} is not positive", img.name)));
+        }
+        let mut tx = self.write_tx().await?;
+        let taken: Option<(String,)> = sqlx::query_as("SELECT manifest_id FROM images WHERE name = ? AND version = ?")
+            .bind(img.name)
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some((other,)) = taken {
+            return Err(DbError::Conflict(format!(
+                "{}@{version} exists here with manifest {other}, not {}",
+                img.name, img.manifest_id
+            )));
+        }
         sqlx::query(
-            "INSERT INTO images (name, version, manifest_id, created, source, entries, files, bytes, stored_bytes, added_bytes, layout)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO image_names (name, next_version) VALUES (?1, ?2 + 1)
+             ON CONFLICT(name) DO UPDATE SET next_version = max(next_version, ?2 + 1)",
         )
         .bind(img.name)
         .bind(version)
-        .bind(img.manifest_id)
-        .bind(&ts)
-        .bind(img.source)
-        .bind(img.entries)
-        .bind(img.files)
-        .bind(img.bytes)
-        .bind(img.stored_bytes)
-        .bind(img.added_bytes)
-        .bind(img.layout)
         .execute(&mut *tx)
         .await?;
-        super::events::insert(&mut tx, &ts, None, kind, &message(version)).await?;
+        insert_row(&mut tx, img, version, created).await?;
+        super::events::insert(&mut tx, &now(), None, kind, message).await?;
         tx.commit().await?;
         self.image(img.name, Some(version))
             .await?
@@ -218,6 +244,33 @@ impl Db {
     }
 }
 
+/// Insert one image row (the caller holds the write transaction).
+async fn insert_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    img: &NewImage<'_>,
+    version: i64,
+    created: &str,
+) -> Result<()> {
+    sqlx::query(
+            "INSERT INTO images (name, version, manifest_id, created, source, entries, files, bytes, stored_bytes, added_bytes, layout)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(img.name)
+        .bind(version)
+        .bind(img.manifest_id)
+        .bind(created)
+        .bind(img.source)
+        .bind(img.entries)
+        .bind(img.files)
+        .bind(img.bytes)
+        .bind(img.stored_bytes)
+        .bind(img.added_bytes)
+        .bind(img.layout)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::db::testing::db;
@@ -266,5 +319,23 @@ mod tests {
         assert_eq!(ev[2].message, "b v1");
         // A third version after a delete still counts on: versions are never reused.
         assert_eq!(db.add_image(&new("a", "aa33"), "image.capture", |_| String::new()).await.unwrap().version, 3);
+    }
+
+    #[tokio::test]
+    async fn a_replica_keeps_the_primarys_numbers_and_never_overwrites_one() {
+        let (db, _d) = db().await;
+        let at = "2026-12-01T10:00:00Z";
+        let r = db.add_image_at(&new("a", "aa07"), 7, at, "image.replica", "replicated a@7").await.unwrap();
+        assert_eq!((r.version, r.created.as_str(), r.id.as_str()), (7, at, "aa07"));
+        // Older versions may come later (a standby that starts following mid-way).
+        assert_eq!(db.add_image_at(&new("a", "aa05"), 5, at, "image.replica", "").await.unwrap().version, 5);
+        let clash = db.add_image_at(&new("a", "ffff"), 7, at, "image.replica", "").await.unwrap_err();
+        assert!(clash.to_string().contains("a@7 exists here with manifest aa07"), "{clash}");
+        assert!(db.add_image_at(&new("a", "aa00"), 0, at, "image.replica", "").await.is_err());
+        // A capture here afterwards numbers on past the primary's.
+        assert_eq!(db.add_image(&new("a", "aa08"), "image.capture", |_| String::new()).await.unwrap().version, 8);
+        assert_eq!(db.image("a", Some(7)).await.unwrap().unwrap().id, "aa07");
+        let (ev, _) = db.events(&Default::default(), 10, 0).await.unwrap();
+        assert!(ev.iter().any(|e| e.kind == "image.replica" && e.message == "replicated a@7"), "{ev:?}");
     }
 }

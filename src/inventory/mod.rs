@@ -19,6 +19,7 @@ pub mod images;
 pub mod names;
 pub mod network;
 pub mod nodes;
+pub mod replica;
 pub mod rules;
 pub mod tokens;
 

@@ -20,6 +20,10 @@
 //! exclude = ["/var/log/**"]      # more paths the update leaves alone
 //! stop_timeout = "10s"           # a takeover waits at most this long for a running
 //!                                # update to reach its next safe point (default 10s)
+//! replicate = true               # hold each version followed in this node's own store
+//!                                # too, so that after a takeover it serves the image
+//!                                # itself (default true)
+//! keep = 24                      # replica versions kept (older ones are deleted; 0 keeps all)
 //! ```
 //!
 //! Whatever the exclude list says, an update run by `[sync]` never touches
@@ -120,6 +124,17 @@ pub struct SyncConfig {
     /// How long a takeover waits for a running update to stop at a safe point.
     #[serde(default = "d_stop_timeout", deserialize_with = "de_dur")]
     pub stop_timeout: Duration,
+    /// Hold each version followed in this node's store too (the pair heals itself: after
+    /// a takeover the new primary serves the image with no other server).
+    #[serde(default = "d_true")]
+    pub replicate: bool,
+    /// Replica versions kept, as `capture.keep` (0 keeps them all).
+    #[serde(default = "d_keep")]
+    pub keep: usize,
+}
+
+fn d_true() -> bool {
+    true
 }
 
 /// An image name as the inventory takes it: 1-64 of `[A-Za-z0-9._-]`, not starting with

@@ -12,11 +12,12 @@ use super::gate::{Closed, Gate};
 use super::status::{SYNC_FILE, SyncStatus};
 use super::{SyncError, now_ms, now_rfc3339};
 use crate::inventory::Inventory;
-use crate::remote::{Client, encode};
+use crate::inventory::replica::{ReplicaAction, ReplicaOf};
+use crate::remote::{Client, PullOptions, RemoteSource, encode};
 use crate::store::hex_id;
 use crate::update::record::{DEFAULT_KEEP, Deployed};
 use crate::update::{ApplyError, UpdateError, UpdateOptions};
-use crate::wire::{EventKind, ImageDetail};
+use crate::wire::{EventKind, ImageDetail, ImageLayout};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,8 @@ pub struct Follower {
     status: watch::Sender<SyncStatus>,
     wake: Arc<Notify>,
     held: Held,
+    /// The last replication failed (its event is recorded once until one succeeds).
+    replica_failing: bool,
 }
 
 /// What one check ended with, for the status.
@@ -85,7 +88,9 @@ impl Follower {
         };
         let (tx, rx) = watch::channel(initial);
         let wake = Arc::new(Notify::new());
-        Ok((Follower { cfg, data_dir, client, gate, inv, status: tx, wake: wake.clone(), held }, rx, wake))
+        let f =
+            Follower { cfg, data_dir, client, gate, inv, status: tx, wake: wake.clone(), held, replica_failing: false };
+        Ok((f, rx, wake))
     }
 
     /// Run until `shutdown` (a running update is stopped at its next safe point first).
@@ -247,26 +252,111 @@ impl Follower {
         }
     }
 
-    /// One round: ask, decide, act.
+    /// One round: ask, decide, act; then keep the replica (unless a takeover holds it).
     async fn check(&mut self) -> Result<Outcome, SyncError> {
         let newest = self.newest().await?;
         if self.held.applied.is_none() && self.held.partial.is_none() {
             self.adopt_record().await;
         }
         self.observe(&newest).await;
-        match decide::decide(&self.held, &newest, self.gate.closed()) {
-            Action::Current => Ok(Outcome::Current),
-            Action::Hold(c) => Ok(Outcome::Held(c)),
+        let outcome = match decide::decide(&self.held, &newest, self.gate.closed()) {
+            Action::Current => Outcome::Current,
+            Action::Hold(c) => Outcome::Held(c),
             Action::Relabel => {
                 let (target, v) = (self.cfg.target.clone(), newest.clone());
                 tokio::task::spawn_blocking(move || relabel(&target, &v)).await??;
                 tracing::info!("sync: {} has the content of the applied version: relabelled", newest.label);
                 self.held.applied = Some(newest.clone());
                 self.observe(&newest).await;
-                Ok(Outcome::Current)
+                Outcome::Current
             }
-            Action::Update => self.update(newest).await,
+            Action::Update => self.update(newest.clone()).await?,
+        };
+        let took_over = matches!(outcome, Outcome::Stopped(Closed::Takeover) | Outcome::Held(Closed::Takeover))
+            || self.gate.closed() == Some(Closed::Takeover);
+        if self.cfg.replicate && !took_over {
+            self.keep_replica(&newest).await;
         }
+        Ok(outcome)
+    }
+
+    /// Replicate `newest` into this node's store; the outcome goes to the status (and an
+    /// event when it starts or stops failing), never to the root's sync state.
+    async fn keep_replica(&mut self, newest: &Version) {
+        match self.replicate(newest).await {
+            Ok(pulled) => {
+                if self.replica_failing {
+                    self.replica_failing = false;
+                    let msg = format!("the replica of {} holds {} again", self.cfg.image, newest.label);
+                    self.event(EventKind::SyncRecovered, msg).await;
+                }
+                self.publish(|s| {
+                    s.replica = Some(newest.clone());
+                    s.replicated_bytes += pulled;
+                    s.replica_error = None;
+                });
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::warn!("sync: replicating {}: {msg}", newest.label);
+                if !self.replica_failing {
+                    self.replica_failing = true;
+                    let text =
+                        format!("replicating {} from {} into this node's store: {msg}", newest.label, self.cfg.server);
+                    self.event(EventKind::SyncReplicaFailed, text).await;
+                }
+                self.publish(|s| s.replica_error = Some(msg));
+            }
+        }
+    }
+
+    /// Hold `newest` in this node's store (the chunks it lacks); returns the bytes pulled.
+    async fn replicate(&self, newest: &Version) -> Result<u64, SyncError> {
+        let mut of = ReplicaOf {
+            name: self.cfg.image.clone(),
+            version: newest.version,
+            created: newest.created.clone(),
+            manifest: newest.manifest.clone(),
+            layout: None,
+            server: self.cfg.server.clone(),
+        };
+        let m = match self.inv.replica_action(&of).await.map_err(SyncError::Replica)? {
+            ReplicaAction::Have => return Ok(0),
+            ReplicaAction::Conflict(why) => {
+                return Err(SyncError::Replica(crate::inventory::InventoryError::Conflict(why)));
+            }
+            ReplicaAction::Record => None,
+            ReplicaAction::Pull => {
+                let (m, id, _) = self.client.manifest(&newest.label).await?;
+                if hex_id(&id) != newest.manifest {
+                    return Err(SyncError::Answer(format!(
+                        "{} has manifest {}, the image list said {}",
+                        newest.label,
+                        hex_id(&id),
+                        newest.manifest
+                    )));
+                }
+                Some(m)
+            }
+        };
+        // The layout travels with the version (a re-provisioned head is laid out the same).
+        let l: ImageLayout = self.client.get(&format!("/api/v1/images/{}/layout", encode(&newest.label))).await?;
+        of.layout = l.recorded.then(|| l.layout.to_json());
+        let (client, image, rt) = (self.client.clone(), newest.manifest.clone(), tokio::runtime::Handle::current());
+        let r = self
+            .inv
+            .replicate(&of, m, move |list| RemoteSource::start(client, image, list, PullOptions::default(), &rt))
+            .await
+            .map_err(SyncError::Replica)?;
+        tracing::info!("sync: the store holds {} ({} chunks, {} bytes pulled)", r.image.label(), r.chunks, r.bytes);
+        if self.cfg.keep > 0 {
+            match self.inv.prune(&self.cfg.image, self.cfg.keep).await {
+                Ok(gone) if !gone.is_empty() => tracing::info!("sync: replica versions pruned: {gone:?}"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("sync: pruning replica versions of {}: {e}", self.cfg.image),
+            }
+        }
+        Ok(r.bytes)
     }
 
     async fn update(&mut self, newest: Version) -> Result<Outcome, SyncError> {

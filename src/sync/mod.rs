@@ -16,6 +16,11 @@
 //! status naming the version it stopped short of ([`status::SyncStatus::partial`]); the
 //! next update completes it.
 //!
+//! The pair heals itself: with `sync.replicate` (the default) the follower also holds each
+//! version it follows in this node's own store ([`crate::inventory::replica`]: the chunks
+//! it lacks, verified, under the primary's version numbers), so that after a takeover the
+//! new primary serves the image itself and can re-provision the failed head.
+//!
 //! - [`config`]: the two sections; [`decide`]: the pure decisions (what to do, the lag,
 //!   the alarm); [`gate`]: the safe point; [`status`]: status, status file and metrics.
 
@@ -69,6 +74,9 @@ pub enum SyncError {
     /// A scheduled capture failed.
     #[error("capture: {0}")]
     Capture(#[from] crate::inventory::InventoryError),
+    /// Replicating the primary's image into this node's store failed.
+    #[error("replica: {0}")]
+    Replica(#[source] crate::inventory::InventoryError),
 }
 
 /// What the HTTP service sees of the sync and capture tasks of this process.

@@ -47,6 +47,16 @@ pub struct SyncStatus {
     pub last_check: Option<String>,
     /// When this status was made, milliseconds since the Unix epoch.
     pub updated_unix_ms: u64,
+    /// The newest version this node's store holds as its replica of the primary's image
+    /// (`sync.replicate`): what it would serve after a takeover.
+    #[serde(default)]
+    pub replica: Option<Version>,
+    /// Chunk bytes pulled into the replica since start.
+    #[serde(default)]
+    pub replicated_bytes: u64,
+    /// The last replication failure, until one succeeds again.
+    #[serde(default)]
+    pub replica_error: Option<String>,
 }
 
 /// The primary's scheduled capture.
@@ -110,6 +120,15 @@ impl SyncStatus {
         }
         if let Some(e) = &self.last_error {
             let _ = write!(o, ", last error: {e}");
+        }
+        match (&self.replica, &self.replica_error) {
+            (_, Some(e)) => {
+                let _ = write!(o, ", store replica FAILING: {e}");
+            }
+            (Some(r), None) => {
+                let _ = write!(o, ", store replica {}", r.label);
+            }
+            (None, None) => {}
         }
         o.push('\n');
         o
@@ -188,6 +207,23 @@ pub fn render_metrics(r: &SyncReport) -> String {
             "counter",
             f.failures.to_string(),
         );
+        g(
+            &mut s,
+            "understudy_sync_replicated_bytes_total",
+            "Chunk bytes pulled into this node's replica of the primary's image.",
+            "counter",
+            f.replicated_bytes.to_string(),
+        );
+        if f.newest.is_some() {
+            let current = f.replica.as_ref().zip(f.newest.as_ref()).is_some_and(|(r, n)| r.manifest == n.manifest);
+            g(
+                &mut s,
+                "understudy_sync_replica_current",
+                "1 while this node's store holds the primary's newest version (it can serve it after a takeover).",
+                "gauge",
+                u8::from(current).to_string(),
+            );
+        }
         if let Some(a) = &f.applied {
             let _ = writeln!(
                 s,
@@ -251,6 +287,8 @@ mod tests {
             pending_bytes: 4096,
             max_lag_seconds: 30.0,
             alarm: true,
+            replica: Some(v(3)),
+            replicated_bytes: 123,
             ..SyncStatus::default()
         }
     }
@@ -258,8 +296,15 @@ mod tests {
     #[test]
     fn the_line_says_what_runs_and_how_far_behind() {
         let l = status().render_line();
-        for want in ["runs head-a@2", "newest head-a@3", "lag 42s", "PARTIAL update to head-a@3", "4096 bytes", "ALARM"]
-        {
+        for want in [
+            "runs head-a@2",
+            "newest head-a@3",
+            "lag 42s",
+            "PARTIAL update to head-a@3",
+            "4096 bytes",
+            "ALARM",
+            "store replica head-a@3",
+        ] {
             assert!(l.contains(want), "{want}: {l}");
         }
     }
@@ -271,6 +316,10 @@ mod tests {
         assert!(m.contains("understudy_sync_pending_bytes 4096\n"), "{m}");
         assert!(m.contains("understudy_sync_applied_info{image=\"head-a\",version=\"2\","), "{m}");
         assert!(m.contains("understudy_sync_alarm 1\n"), "{m}");
+        assert!(m.contains("understudy_sync_replica_current 1\n"), "{m}");
+        assert!(m.contains("understudy_sync_replicated_bytes_total 123\n"), "{m}");
+        let failing = SyncStatus { replica_error: Some("disk full".into()), ..status() };
+        assert!(failing.render_line().contains("store replica FAILING: disk full"));
         assert!(!m.contains("capture"), "{m}");
         let unseen = SyncStatus { newest: None, ..status() };
         let m = render_metrics(&SyncReport { follow: Some(unseen), capture: None });

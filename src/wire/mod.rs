@@ -266,6 +266,11 @@ pub enum EventKind {
     SyncLagAlarm,
     /// The lag is back under half of `sync.max_lag`.
     SyncLagCleared,
+    /// The standby's store took a version of the primary's image (its replica).
+    ImageReplica,
+    /// Replicating the primary's image into the standby's store failed (recorded once
+    /// until it works again).
+    SyncReplicaFailed,
     /// A failover event: the part after `failover.` (lower case, digits and `_`).
     Failover(String),
 }
@@ -306,6 +311,8 @@ impl EventKind {
             SyncRecovered => "sync.recovered",
             SyncLagAlarm => "sync.lag_alarm",
             SyncLagCleared => "sync.lag_cleared",
+            ImageReplica => "image.replica",
+            SyncReplicaFailed => "sync.replica_failed",
             Failover(s) => return std::borrow::Cow::Owned(format!("failover.{s}")),
         })
     }
@@ -349,6 +356,8 @@ impl EventKind {
         EventKind::SyncRecovered,
         EventKind::SyncLagAlarm,
         EventKind::SyncLagCleared,
+        EventKind::ImageReplica,
+        EventKind::SyncReplicaFailed,
     ];
 }
 

@@ -827,6 +827,7 @@ mod tests {
             max_lag_seconds: 900.0,
             alarm: true,
             pending_bytes: 3 << 20,
+            replica: Some(v(8)),
             ..Default::default()
         };
         let (_tx, rx) = tokio::sync::watch::channel(status);
@@ -843,6 +844,7 @@ mod tests {
         assert!(b.contains("Freshness (this standby)"), "{b}");
         assert!(b.contains("<strong>head-a@7</strong>") && b.contains("head-a@9"), "{b}");
         assert!(b.contains("1200 s") && b.contains("behind more than 900 s"), "{b}");
+        assert!(b.contains("head-a@8 (served from here after a takeover)"), "{b}");
         assert!(!b.contains("Scheduled capture"), "{b}");
     }
 

@@ -249,6 +249,13 @@ fn freshness(r: &crate::sync::SyncReport) -> Markup {
                 }
                 @if f.pending_bytes > 0 { dt { "Still to write" } dd { (bytes(f.pending_bytes as i64)) } }
                 @if let Some(e) = &f.last_error { dt { "Last error" } dd { (e) } }
+                dt { "Store replica" } dd data-replica=(label(&f.replica)) {
+                    @match (&f.replica, &f.replica_error) {
+                        (_, Some(e)) => { span.badge.down { "failing" } " " (e) },
+                        (Some(r), None) => { (r.label) " (served from here after a takeover)" },
+                        (None, None) => "none yet",
+                    }
+                }
             }
         }
         @if let Some(c) = &r.capture {
