@@ -1909,8 +1909,15 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         });
     }
     if let (Some(c), Some((gate, _))) = (cfg.sync.clone(), sync_gate) {
-        let (follower, rx, wake) = crate::sync::follow::Follower::new(c, data_dir.clone(), gate.clone(), inv.clone())
-            .context("starting [sync]")?;
+        // The primary shows this standby under its failover node name (its host name
+        // without failover).
+        let node = match &cfg.failover {
+            Some(f) => f.node.clone(),
+            None => rustix::system::uname().nodename().to_string_lossy().into_owned(),
+        };
+        let (follower, rx, wake) =
+            crate::sync::follow::Follower::new(node, c, data_dir.clone(), gate.clone(), inv.clone())
+                .context("starting [sync]")?;
         sync_handle.follow = Some((rx, gate, wake));
         let shutdown = shutdown.clone();
         tasks.spawn(async move {

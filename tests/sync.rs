@@ -398,6 +398,16 @@ fn after_a_takeover_the_new_primary_serves_the_image_from_its_replica() {
     assert!(here["image"]["source"].as_str().unwrap().starts_with("replica of head-a@"), "{here}");
     let ev = t.b.json(&["events", "--kind", "image.replica", "--json"]);
     assert!(!ev.as_array().unwrap().is_empty(), "{ev}");
+    // The primary sees its standby's freshness: the standby reports after every check.
+    wait("the standby's report on the primary", Duration::from_secs(10), &[&t.a, &t.b], || {
+        let r = api(&t.p, &t.net.p, "GET", "/api/v1/sync");
+        let s = &r["standbys"][0];
+        s["node"] == "head-b"
+            && s["status"]["applied"]["manifest"] == f["newest"]["manifest"]
+            && s["status"]["replica"]["manifest"] == f["newest"]["manifest"]
+    });
+    let (_, m) = t.p.curl_in(Some(&t.net.p), "GET", "/metrics", None, None);
+    assert!(m.contains("understudy_standby_lag_seconds{standby=\"head-b\",image=\"head-a\"} 0.000"), "{m}");
 
     // The primary dies; the standby takes over.
     t.p.child.kill().unwrap();

@@ -3,8 +3,9 @@
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::sync::SyncReport;
+use crate::sync::board::StandbyReport;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -21,12 +22,13 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(sync_pause))
         .routes(routes!(sync_resume))
         .routes(routes!(sync_capture))
+        .routes(routes!(standby_report))
 }
 
 fn configured(st: &AppState) -> ApiResult<&crate::sync::Handle> {
     st.sync
         .as_ref()
-        .filter(|h| h.follow.is_some() || h.capture.is_some())
+        .filter(|h| h.follow.is_some() || h.capture.is_some() || !h.standbys.list(0).is_empty())
         .ok_or_else(|| ApiError::not_found("neither [sync] nor [capture] is configured on this server"))
 }
 
@@ -79,4 +81,19 @@ async fn sync_capture(State(st): St, caller: Caller) -> ApiResult<(StatusCode, J
         .ok_or_else(|| ApiError::not_found("[capture] is not configured on this server"))?;
     now.notify_one();
     Ok((StatusCode::ACCEPTED, Json(configured(&st)?.report())))
+}
+
+/// A standby's follower reports its status after each check, so the primary's console,
+/// API (`standbys` of `GET /api/v1/sync`) and metrics show its freshness. Admin only (the
+/// follower holds the primary's admin token).
+#[utoipa::path(post, path = "/api/v1/sync/standby", tag = "system",
+    request_body = StandbyReport,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn standby_report(State(st): St, caller: Caller, ApiJson(r): ApiJson<StandbyReport>) -> ApiResult<StatusCode> {
+    caller.admin()?;
+    let h = st.sync.as_ref().ok_or_else(|| ApiError::not_found("this server keeps no standby reports"))?;
+    let size = serde_json::to_vec(&r).map(|v| v.len()).unwrap_or(usize::MAX);
+    r.validate(size).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    h.standbys.put(r, crate::sync::now_ms());
+    Ok(StatusCode::NO_CONTENT)
 }

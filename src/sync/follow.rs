@@ -6,6 +6,7 @@
 //! the root's own `deployed.json`, which names the last version applied completely
 //! (the update writes it only at the end).
 
+use super::board::StandbyReport;
 use super::config::SyncConfig;
 use super::decide::{self, Action, Held, Version};
 use super::gate::{Closed, Gate};
@@ -37,6 +38,8 @@ pub struct Follower {
     held: Held,
     /// The last replication failed (its event is recorded once until one succeeds).
     replica_failing: bool,
+    /// This node's name in its reports to the primary.
+    node: String,
 }
 
 /// What one check ended with, for the status.
@@ -48,9 +51,11 @@ enum Outcome {
 }
 
 impl Follower {
-    /// A follower for `cfg` (validated) that updates only through `gate`. Reads what the
-    /// root holds from the status file. Returns it with its status receiver and wake-up.
+    /// A follower for `cfg` (validated) that updates only through `gate` and reports to
+    /// the primary as `node`. Reads what the root holds from the status file. Returns it
+    /// with its status receiver and wake-up.
     pub fn new(
+        node: String,
         cfg: SyncConfig,
         data_dir: PathBuf,
         gate: Gate,
@@ -88,8 +93,18 @@ impl Follower {
         };
         let (tx, rx) = watch::channel(initial);
         let wake = Arc::new(Notify::new());
-        let f =
-            Follower { cfg, data_dir, client, gate, inv, status: tx, wake: wake.clone(), held, replica_failing: false };
+        let f = Follower {
+            cfg,
+            data_dir,
+            client,
+            gate,
+            inv,
+            status: tx,
+            wake: wake.clone(),
+            held,
+            replica_failing: false,
+            node,
+        };
         Ok((f, rx, wake))
     }
 
@@ -143,6 +158,9 @@ impl Follower {
                         s.state = state.into();
                         s.last_error = None;
                     });
+                    if state != "held" {
+                        self.report().await;
+                    }
                 }
                 Err(e) => {
                     let msg = e.to_string();
@@ -160,6 +178,7 @@ impl Follower {
                         s.failures += 1;
                         s.last_error = Some(msg);
                     });
+                    self.report().await;
                 }
             }
             tokio::select! {
@@ -180,6 +199,22 @@ impl Follower {
             s.partial = self.held.partial.clone();
             s.updated_unix_ms = now_ms();
         });
+    }
+
+    /// Tell the primary how fresh this node is (its console and metrics show it). Best
+    /// effort: a primary that does not listen, or a slow one, changes nothing here.
+    async fn report(&self) {
+        let body = StandbyReport {
+            node: self.node.clone(),
+            interval_seconds: self.cfg.interval.as_secs_f64(),
+            status: self.status.borrow().clone(),
+        };
+        let call = self.client.call::<_, serde_json::Value>(reqwest::Method::POST, "/api/v1/sync/standby", Some(&body));
+        match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!("sync: reporting to the primary: {e}"),
+            Err(_) => tracing::debug!("sync: reporting to the primary: no answer in 2 s"),
+        }
     }
 
     async fn event(&self, kind: EventKind, msg: String) {

@@ -21,9 +21,13 @@
 //! it lacks, verified, under the primary's version numbers), so that after a takeover the
 //! new primary serves the image itself and can re-provision the failed head.
 //!
+//! The primary sees its standbys' freshness too: each follower reports its status after
+//! every check ([`board`]).
+//!
 //! - [`config`]: the two sections; [`decide`]: the pure decisions (what to do, the lag,
 //!   the alarm); [`gate`]: the safe point; [`status`]: status, status file and metrics.
 
+pub mod board;
 pub mod config;
 pub mod decide;
 pub mod follow;
@@ -86,6 +90,8 @@ pub struct Handle {
     pub follow: Option<(watch::Receiver<SyncStatus>, Gate, Arc<tokio::sync::Notify>)>,
     /// The capture schedule's status and its "run now" trigger (a primary with `[capture]`).
     pub capture: Option<(watch::Receiver<CaptureStatus>, Arc<tokio::sync::Notify>)>,
+    /// The last report of each standby following this server (a primary).
+    pub standbys: board::Board,
 }
 
 impl Handle {
@@ -94,6 +100,7 @@ impl Handle {
         SyncReport {
             follow: self.follow.as_ref().map(|(rx, _, _)| rx.borrow().clone()),
             capture: self.capture.as_ref().map(|(rx, _)| rx.borrow().clone()),
+            standbys: self.standbys.list(now_ms()),
         }
     }
 }

@@ -93,6 +93,9 @@ pub struct SyncReport {
     pub follow: Option<SyncStatus>,
     /// The `[capture]` schedule on this node (a primary), if any.
     pub capture: Option<CaptureStatus>,
+    /// The standbys following this node, as they last reported (a primary).
+    #[serde(default)]
+    pub standbys: Vec<super::board::ReportedStandby>,
 }
 
 impl SyncStatus {
@@ -236,6 +239,38 @@ pub fn render_metrics(r: &SyncReport) -> String {
             );
         }
     }
+    if !r.standbys.is_empty() {
+        let mut fam = |name: &str, help: &str, v: &dyn Fn(&super::board::ReportedStandby) -> String| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for b in &r.standbys {
+                let _ = writeln!(
+                    s,
+                    "{name}{{standby=\"{}\",image=\"{}\"}} {}",
+                    label(&b.node),
+                    label(&b.status.image),
+                    v(b)
+                );
+            }
+        };
+        fam("understudy_standby_lag_seconds", "A standby's lag, as it last reported.", &|b| {
+            format!("{:.3}", b.status.lag_seconds)
+        });
+        fam("understudy_standby_alarm", "1 while a standby reports its lag alarm.", &|b| {
+            u8::from(b.status.alarm).to_string()
+        });
+        fam("understudy_standby_report_age_seconds", "Seconds since a standby last reported.", &|b| {
+            format!("{:.3}", b.age_seconds)
+        });
+        fam(
+            "understudy_standby_replica_current",
+            "1 while a standby reports its store holds the newest version.",
+            &|b| {
+                let s = &b.status;
+                let cur = s.replica.as_ref().zip(s.newest.as_ref()).is_some_and(|(r, n)| r.manifest == n.manifest);
+                u8::from(cur).to_string()
+            },
+        );
+    }
     if let Some(c) = &r.capture {
         g(&mut s, "understudy_capture_runs_total", "Scheduled captures finished.", "counter", c.runs.to_string());
         g(
@@ -311,7 +346,7 @@ mod tests {
 
     #[test]
     fn metrics_name_the_applied_version() {
-        let m = render_metrics(&SyncReport { follow: Some(status()), capture: None });
+        let m = render_metrics(&SyncReport { follow: Some(status()), capture: None, standbys: vec![] });
         assert!(m.contains("understudy_sync_lag_seconds 42.000\n"), "{m}");
         assert!(m.contains("understudy_sync_pending_bytes 4096\n"), "{m}");
         assert!(m.contains("understudy_sync_applied_info{image=\"head-a\",version=\"2\","), "{m}");
@@ -322,13 +357,30 @@ mod tests {
         assert!(failing.render_line().contains("store replica FAILING: disk full"));
         assert!(!m.contains("capture"), "{m}");
         let unseen = SyncStatus { newest: None, ..status() };
-        let m = render_metrics(&SyncReport { follow: Some(unseen), capture: None });
+        let m = render_metrics(&SyncReport { follow: Some(unseen), capture: None, standbys: vec![] });
         assert!(!m.contains("understudy_sync_lag_seconds") && m.contains("understudy_sync_pending_bytes"), "{m}");
         let m = render_metrics(&SyncReport {
             follow: None,
             capture: Some(CaptureStatus { runs: 3, ..Default::default() }),
+            standbys: vec![],
         });
         assert!(m.contains("understudy_capture_runs_total 3\n") && !m.contains("sync_"), "{m}");
+        let m = render_metrics(&SyncReport {
+            follow: None,
+            capture: None,
+            standbys: vec![super::super::board::ReportedStandby {
+                node: "head-b".into(),
+                status: status(),
+                age_seconds: 2.5,
+                stale: false,
+            }],
+        });
+        assert!(m.contains("understudy_standby_lag_seconds{standby=\"head-b\",image=\"head-a\"} 42.000\n"), "{m}");
+        assert!(
+            m.contains("understudy_standby_report_age_seconds{standby=\"head-b\",image=\"head-a\"} 2.500\n"),
+            "{m}"
+        );
+        assert!(m.contains("understudy_standby_replica_current{standby=\"head-b\",image=\"head-a\"} 1\n"), "{m}");
     }
 
     #[test]

@@ -806,18 +806,23 @@ mod tests {
         assert!(page.body.contains("took the takeover request"), "{}", page.body);
     }
 
-    #[tokio::test]
-    async fn the_overview_shows_the_standbys_freshness() {
-        let dir = tempfile::tempdir().unwrap();
-        let inv = crate::inventory::Inventory::open(dir.path()).await.unwrap();
-        let token = crate::inventory::tokens::new_token();
-        let v = |n: i64| crate::sync::decide::Version {
+    /// Version `n` of head-a as the follower knows it.
+    fn sync_version(n: i64) -> crate::sync::decide::Version {
+        crate::sync::decide::Version {
             label: format!("head-a@{n}"),
             version: n,
             manifest: format!("{n:064}"),
             created: String::new(),
             created_unix_ms: 0,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn the_overview_shows_the_standbys_freshness() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = crate::inventory::Inventory::open(dir.path()).await.unwrap();
+        let token = crate::inventory::tokens::new_token();
+        let v = sync_version;
         let status = crate::sync::SyncStatus {
             image: "head-a".into(),
             state: "behind".into(),
@@ -834,6 +839,7 @@ mod tests {
         let handle = crate::sync::Handle {
             follow: Some((rx, crate::sync::Gate::default(), Arc::new(tokio::sync::Notify::new()))),
             capture: None,
+            standbys: Default::default(),
         };
         let st = AppState::new(inv.clone(), HttpConfig::default(), &token, tokio_util::sync::CancellationToken::new())
             .with_sync(Some(handle));
@@ -846,6 +852,58 @@ mod tests {
         assert!(b.contains("1200 s") && b.contains("behind more than 900 s"), "{b}");
         assert!(b.contains("head-a@8 (served from here after a takeover)"), "{b}");
         assert!(!b.contains("Scheduled capture"), "{b}");
+    }
+
+    #[tokio::test]
+    async fn the_primarys_overview_shows_what_its_standby_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = crate::inventory::Inventory::open(dir.path()).await.unwrap();
+        let token = crate::inventory::tokens::new_token();
+        let handle = crate::sync::Handle::default();
+        let st = AppState::new(inv.clone(), HttpConfig::default(), &token, tokio_util::sync::CancellationToken::new())
+            .with_sync(Some(handle.clone()));
+        let a = App { _dir: dir, router: super::super::router(Arc::new(st)), token, inv };
+        let (jar, _) = a.login().await;
+        let v = sync_version;
+        let status = crate::sync::SyncStatus {
+            image: "head-a".into(),
+            state: "current".into(),
+            applied: Some(v(4)),
+            newest: Some(v(5)),
+            replica: Some(v(5)),
+            lag_seconds: 60.0,
+            last_error: Some("<b>disk</b> full".into()),
+            ..Default::default()
+        };
+        let body = serde_json::json!({"node": "head-b", "interval_seconds": 30.0, "status": status}).to_string();
+        // The admin's token only (the follower holds the primary's); a bad report is refused.
+        let post = |tok: Option<String>, body: String| {
+            let r = &a.router;
+            async move {
+                let mut req =
+                    axum::http::Request::post("/api/v1/sync/standby").header("content-type", "application/json");
+                if let Some(t) = tok {
+                    req = req.header("authorization", format!("Bearer {t}"));
+                }
+                let resp = tower::ServiceExt::oneshot(r.clone(), req.body(axum::body::Body::from(body)).unwrap())
+                    .await
+                    .unwrap();
+                resp.status().as_u16()
+            }
+        };
+        assert_eq!(post(None, body.clone()).await, 401);
+        let bad = body.replace("\"head-b\"", "\"../x\"");
+        assert_eq!(post(Some(a.token.clone()), bad).await, 400);
+        assert_eq!(post(Some(a.token.clone()), "{\"node\":1}".into()).await, 422);
+        assert_eq!(post(Some(a.token.clone()), body).await, 204);
+        let page = a.call("GET", "/", Some(&jar), None).await;
+        let b = &page.body;
+        assert!(b.contains("Freshness of standby head-b"), "{b}");
+        assert!(b.contains("<strong>head-a@4</strong>") && b.contains("head-a@5") && b.contains("60 s"), "{b}");
+        assert!(b.contains("&lt;b&gt;disk&lt;/b&gt; full") && !b.contains("<b>disk</b>"), "{b}");
+        assert!(!b.contains("overdue"), "{b}");
+        let r = handle.report();
+        assert_eq!((r.standbys.len(), r.standbys[0].node.as_str()), (1, "head-b"));
     }
 
     #[tokio::test]

@@ -233,28 +233,23 @@ pub struct Overview {
 }
 
 /// Freshness: on a standby, the version it runs against the primary's newest, the lag and
-/// the alarm; on a primary, its scheduled captures.
+/// the alarm; on a primary, the same as each standby last reported, and its scheduled
+/// captures.
 fn freshness(r: &crate::sync::SyncReport) -> Markup {
-    let label = |v: &Option<crate::sync::decide::Version>| v.as_ref().map(|v| v.label.clone()).unwrap_or("-".into());
     html! {
         @if let Some(f) = &r.follow {
             h3 { "Freshness (this standby)" }
             dl.facts data-freshness=(f.state) {
-                dt { "Runs" } dd { strong { (label(&f.applied)) } }
-                dt { "Primary's newest" } dd { (label(&f.newest)) }
-                dt { "State" } dd { (f.state) @if f.partial.is_some() { " (partial: " (label(&f.partial)) ")" } }
-                dt { "Lag" } dd {
-                    (format!("{:.0} s", f.lag_seconds))
-                    @if f.alarm { " " span.badge.down { "behind more than " (format!("{:.0} s", f.max_lag_seconds)) } }
-                }
-                @if f.pending_bytes > 0 { dt { "Still to write" } dd { (bytes(f.pending_bytes as i64)) } }
-                @if let Some(e) = &f.last_error { dt { "Last error" } dd { (e) } }
-                dt { "Store replica" } dd data-replica=(label(&f.replica)) {
-                    @match (&f.replica, &f.replica_error) {
-                        (_, Some(e)) => { span.badge.down { "failing" } " " (e) },
-                        (Some(r), None) => { (r.label) " (served from here after a takeover)" },
-                        (None, None) => "none yet",
-                    }
+                (follower_facts(f, "Primary's newest", " (served from here after a takeover)"))
+            }
+        }
+        @for b in &r.standbys {
+            h3 { "Freshness of standby " (b.node) }
+            dl.facts data-standby-freshness=(b.node) {
+                (follower_facts(&b.status, "Newest here", ""))
+                dt { "Reported" } dd {
+                    (format!("{:.0} s ago", b.age_seconds))
+                    @if b.stale { " " span.badge.down { "overdue: the standby may be down" } }
                 }
             }
         }
@@ -266,6 +261,30 @@ fn freshness(r: &crate::sync::SyncReport) -> Markup {
                 dt { "Runs" } dd { (c.runs) @if c.failures > 0 { ", " span.badge.down { (c.failures) " failed" } } }
                 @if c.running { dt { "Now" } dd { "capturing" } }
                 @if let Some(e) = &c.last_error { dt { "Last error" } dd { (e) } }
+            }
+        }
+    }
+}
+
+/// A follower's status as facts: what it runs, the newest version (`newest` names it),
+/// state, lag and alarm, bytes to write, the last error and its store replica.
+fn follower_facts(f: &crate::sync::SyncStatus, newest: &str, replica_note: &str) -> Markup {
+    let label = |v: &Option<crate::sync::decide::Version>| v.as_ref().map(|v| v.label.clone()).unwrap_or("-".into());
+    html! {
+        dt { "Runs" } dd { strong { (label(&f.applied)) } }
+        dt { (newest) } dd { (label(&f.newest)) }
+        dt { "State" } dd { (f.state) @if f.partial.is_some() { " (partial: " (label(&f.partial)) ")" } }
+        dt { "Lag" } dd {
+            (format!("{:.0} s", f.lag_seconds))
+            @if f.alarm { " " span.badge.down { "behind more than " (format!("{:.0} s", f.max_lag_seconds)) } }
+        }
+        @if f.pending_bytes > 0 { dt { "Still to write" } dd { (bytes(f.pending_bytes as i64)) } }
+        @if let Some(e) = &f.last_error { dt { "Last error" } dd { (e) } }
+        dt { "Store replica" } dd data-replica=(label(&f.replica)) {
+            @match (&f.replica, &f.replica_error) {
+                (_, Some(e)) => { span.badge.down { "failing" } " " (e) },
+                (Some(r), None) => { (r.label) (replica_note) },
+                (None, None) => "none yet",
             }
         }
     }
