@@ -537,8 +537,14 @@ impl Store {
             let excl = rustix::fs::FlockOperation::NonBlockingLockExclusive;
             if rustix::fs::flock(&f, excl).is_ok() {
                 drop(f);
-                // Nobody else is in the store: take it exclusively to recover, then reopen shared.
+                // Nobody else is in the store: take it exclusively to recover, then keep
+                // it shared. The kernel converts a flock under one lock of the inode, so
+                // no gc can slip in between and the index just loaded stays true (a
+                // failed conversion drops the store and opens it afresh).
                 let s = Store::open(data_dir, LockMode::Exclusive)?;
+                if rustix::fs::flock(&s._lock, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok() {
+                    return Ok(s);
+                }
                 drop(s);
             }
         }
@@ -1296,6 +1302,26 @@ pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_opened_for_write_holds_the_lock_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), LockMode::Shared).unwrap());
+        let try_lock = |op| {
+            let f = OpenOptions::new().write(true).open(dir.path().join("store/lock")).unwrap();
+            rustix::fs::flock(&f, op).is_ok()
+        };
+        // Alone in the store, it recovered exclusively and kept the lock, now shared:
+        // other writers get in, gc does not.
+        let s = Store::open_for_write(dir.path()).unwrap();
+        assert!(try_lock(rustix::fs::FlockOperation::NonBlockingLockShared));
+        assert!(!try_lock(rustix::fs::FlockOperation::NonBlockingLockExclusive));
+        let (id, _) = s.put(b"still writable").unwrap();
+        s.flush().unwrap();
+        assert_eq!(s.read(&id).unwrap(), b"still writable");
+        drop(s);
+        assert!(try_lock(rustix::fs::FlockOperation::NonBlockingLockExclusive));
+    }
 
     /// A store whose blocks are tiny, so that tests cross block and pack boundaries.
     fn store(dir: &Path, chunk_max: usize, target: usize) -> Store {
