@@ -1,8 +1,13 @@
 //! Carry out a [`Plan`] on the target: removals first (deepest first), then every entry
 //! the image writes in manifest order, then hard links, then directory metadata (deepest
 //! first, after their contents). Every file is written to a temporary in its own directory
-//! and renamed into place once all its chunks are verified, so a crash or a full disk
-//! leaves each path either old or new.
+//! and renamed into place once all its chunks are verified and its data is on disk, so a
+//! crash or a full disk leaves each path either old or new.
+//!
+//! Files are made durable in batches ([`Batch`]: up to [`BATCH_FILES`] files or
+//! [`BATCH_BYTES`]): one `syncfs` per filesystem the batch wrote to, then its renames.
+//! A journal commit per file (`fdatasync` each) cost more than the rest of a small
+//! update; a batch keeps the rule (no rename before its data is durable) at one commit.
 //!
 //! File data comes from chunks the target already has ([`Reuse`]: the old versions of the
 //! files being replaced or removed, cut with the image's chunker and re-hashed) and the
@@ -264,77 +269,97 @@ pub fn apply_with(
     }
     let mut meta_dirs: Vec<usize> = Vec::new();
     let mut links: Vec<usize> = Vec::new();
-    for c in &plan.changes {
-        if ctl.stopped() {
-            return Err(ApplyError::Stopped { done: st });
-        }
-        let (idx, create) = match c {
-            Change::Create { idx } => (*idx, true),
-            Change::Replace { idx, .. } => (*idx, false),
-            Change::Meta { idx, .. } => {
-                let e = &entries[*idx];
-                if e.kind == Kind::Dir {
-                    meta_dirs.push(*idx);
-                } else {
-                    let (parent, _) = split_parent(&e.path).unwrap_or((b"", b""));
-                    let d = dirs.get(parent).map_err(entry_err(&e.path))?;
-                    meta_in_place(d, e, as_root).map_err(entry_err(&e.path))?;
-                }
-                st.changed += 1;
-                continue;
+    let mut batch = Batch::default();
+    // The files written before a failure are whole and verified: they go into place
+    // (the failing one keeps its old version), so the next run has less to do.
+    let written = (|| -> Result<(), ApplyError> {
+        for c in &plan.changes {
+            if ctl.stopped() {
+                // The files written so far are whole: they go into place before the stop.
+                batch.commit(ctl)?;
+                return Err(ApplyError::Stopped { done: st.clone() });
             }
-            Change::Link { idx } => {
-                links.push(*idx);
-                continue;
-            }
-            Change::Remove { .. } => continue,
-        };
-        let e = &entries[idx];
-        if create {
-            st.created += 1;
-        } else {
-            st.changed += 1;
-        }
-        parent_of(&e.path);
-        let (parent, _) = split_parent(&e.path).unwrap_or((b"", b""));
-        let d = dirs.get(parent).map_err(entry_err(&e.path))?;
-        match &e.kind {
-            Kind::Dir => {
-                let cn = fsx::cname(name_of(e)).map_err(entry_err(&e.path))?;
-                match rustix::fs::mkdirat(d, cn.as_c_str(), Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(x) => return Err(entry_err(&e.path)(x.into())),
-                }
-                meta_dirs.push(idx);
-            }
-            Kind::File { .. } => {
-                let content = match whole(idx) {
-                    Some(Ok(c)) => Some(c),
-                    Some(Err(source)) => return Err(ApplyError::Chunk { path: display_path(&e.path), source }),
-                    None => None,
-                };
-                let (fetched, reused) = match write_file(d, e, reuse, src, content, as_root, ctl) {
-                    Err(ApplyError::Stopped { .. }) => {
-                        // Counted as begun above; it was not changed.
-                        if create {
-                            st.created -= 1
-                        } else {
-                            st.changed -= 1
-                        }
-                        return Err(ApplyError::Stopped { done: st });
+            let (idx, create) = match c {
+                Change::Create { idx } => (*idx, true),
+                Change::Replace { idx, .. } => (*idx, false),
+                Change::Meta { idx, .. } => {
+                    let e = &entries[*idx];
+                    if e.kind == Kind::Dir {
+                        meta_dirs.push(*idx);
+                    } else {
+                        let (parent, _) = split_parent(&e.path).unwrap_or((b"", b""));
+                        let d = dirs.get(parent).map_err(entry_err(&e.path))?;
+                        meta_in_place(d, e, as_root).map_err(entry_err(&e.path))?;
                     }
-                    r => r?,
-                };
-                st.bytes_transferred += fetched;
-                st.bytes_reused += reused;
-                if let Kind::File { size, .. } = &e.kind {
-                    ctl.done_bytes.fetch_add(*size, Ordering::Relaxed);
+                    st.changed += 1;
+                    continue;
                 }
+                Change::Link { idx } => {
+                    links.push(*idx);
+                    continue;
+                }
+                Change::Remove { .. } => continue,
+            };
+            let e = &entries[idx];
+            if create {
+                st.created += 1;
+            } else {
+                st.changed += 1;
             }
-            Kind::Hardlink { .. } => links.push(idx),
-            _ => write_special(d, e, as_root).map_err(entry_err(&e.path))?,
+            parent_of(&e.path);
+            let (parent, _) = split_parent(&e.path).unwrap_or((b"", b""));
+            let d = dirs.get(parent).map_err(entry_err(&e.path))?;
+            match &e.kind {
+                Kind::Dir => {
+                    let cn = fsx::cname(name_of(e)).map_err(entry_err(&e.path))?;
+                    match rustix::fs::mkdirat(d, cn.as_c_str(), Mode::from_raw_mode(0o700)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(x) => return Err(entry_err(&e.path)(x.into())),
+                    }
+                    meta_dirs.push(idx);
+                }
+                Kind::File { .. } => {
+                    let content = match whole(idx) {
+                        Some(Ok(c)) => Some(c),
+                        Some(Err(source)) => return Err(ApplyError::Chunk { path: display_path(&e.path), source }),
+                        None => None,
+                    };
+                    let (staged, fetched, reused) = match write_file(d, e, reuse, src, content, as_root, ctl) {
+                        Err(ApplyError::Stopped { .. }) => {
+                            // Counted as begun above; it was not changed.
+                            if create {
+                                st.created -= 1
+                            } else {
+                                st.changed -= 1
+                            }
+                            batch.commit(ctl)?;
+                            return Err(ApplyError::Stopped { done: st.clone() });
+                        }
+                        r => r?,
+                    };
+                    st.bytes_transferred += fetched;
+                    st.bytes_reused += reused;
+                    batch.add(staged);
+                    if batch.full() {
+                        batch.commit(ctl)?;
+                    }
+                }
+                Kind::Hardlink { .. } => links.push(idx),
+                _ => write_special(d, e, as_root).map_err(entry_err(&e.path))?,
+            }
         }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        if !matches!(e, ApplyError::Stopped { .. })
+            && let Err(c) = batch.commit(ctl)
+        {
+            tracing::warn!("update: putting the files written before the failure in place: {c}");
+        }
+        return Err(e);
     }
+    // Hard links name their targets by path: every file is in place first.
+    batch.commit(ctl)?;
     for idx in links {
         if ctl.stopped() {
             return Err(ApplyError::Stopped { done: st });
@@ -470,8 +495,8 @@ fn write_special(dir: BorrowedFd<'_>, e: &Entry, as_root: bool) -> std::io::Resu
     res
 }
 
-/// Write a regular file under a temporary name, every chunk verified, and rename it into
-/// place; returns (bytes fetched, bytes reused).
+/// Write a regular file under a temporary name, every chunk verified; returns it staged
+/// for its [`Batch`] with (bytes fetched, bytes reused).
 fn write_file(
     dir: BorrowedFd<'_>,
     e: &Entry,
@@ -480,8 +505,10 @@ fn write_file(
     content: Option<(Vec<u8>, u64)>,
     as_root: bool,
     ctl: &Control,
-) -> Result<(u64, u64), ApplyError> {
-    let Kind::File { size, extents } = &e.kind else { return Ok((0, 0)) };
+) -> Result<(Staged, u64, u64), ApplyError> {
+    let Kind::File { size, extents } = &e.kind else {
+        return Err(entry_err(&e.path)(std::io::Error::other("not a regular file")));
+    };
     let tmp = tmp_name();
     let ct = fsx::cname(&tmp).map_err(entry_err(&e.path))?;
     let fd = rustix::fs::openat(
@@ -549,18 +576,83 @@ fn write_file(
         }
         file.set_len(*size).map_err(entry_err(&e.path))?;
         fd_meta(file.as_fd(), e, as_root).map_err(entry_err(&e.path))?;
-        // On disk before it replaces the old version: after a crash a path holds one or
-        // the other, never a file whose data was not written yet.
-        file.sync_data().map_err(entry_err(&e.path))?;
-        let cn = fsx::cname(name_of(e)).map_err(entry_err(&e.path))?;
-        rustix::fs::renameat(dir, ct.as_c_str(), dir, cn.as_c_str()).map_err(|x| entry_err(&e.path)(x.into()))?;
         Ok((fetched, reused))
     })();
-    if res.is_err() {
-        drop(file);
+    drop(file);
+    let staged = res.and_then(|(fetched, reused)| {
+        let cn = fsx::cname(name_of(e)).map_err(entry_err(&e.path))?;
+        let own = rustix::io::fcntl_dupfd_cloexec(dir, 0).map_err(|x| entry_err(&e.path)(x.into()))?;
+        let dev = rustix::fs::fstat(&own).map_err(|x| entry_err(&e.path)(x.into()))?.st_dev;
+        Ok((Staged { dir: own, dev, tmp: ct.clone(), name: cn, path: e.path.clone(), size: *size }, fetched, reused))
+    });
+    if staged.is_err() {
         let _ = rustix::fs::unlinkat(dir, ct.as_c_str(), AtFlags::empty());
     }
-    res
+    staged
+}
+
+/// Files a batch holds at most before it is made durable and renamed into place.
+pub const BATCH_FILES: usize = 128;
+/// File bytes a batch holds at most (bounds the data one `syncfs` waits for).
+pub const BATCH_BYTES: u64 = 32 << 20;
+
+/// A file written under its temporary name, waiting for its batch.
+struct Staged {
+    dir: OwnedFd,
+    dev: u64,
+    tmp: std::ffi::CString,
+    name: std::ffi::CString,
+    path: Vec<u8>,
+    size: u64,
+}
+
+/// Files written, not yet renamed into place. Dropped uncommitted (an error), their
+/// temporaries are removed: those paths keep their old version.
+#[derive(Default)]
+struct Batch {
+    files: Vec<Staged>,
+    bytes: u64,
+}
+
+impl Batch {
+    fn add(&mut self, s: Staged) {
+        self.bytes += s.size;
+        self.files.push(s);
+    }
+
+    fn full(&self) -> bool {
+        self.files.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES
+    }
+
+    /// Make every file durable (one `syncfs` per filesystem written to), then rename each
+    /// into place, counting its bytes in `ctl.done_bytes`.
+    fn commit(&mut self, ctl: &Control) -> Result<(), ApplyError> {
+        let mut synced: Vec<u64> = Vec::new();
+        for s in &self.files {
+            if !synced.contains(&s.dev) {
+                rustix::fs::syncfs(&s.dir).map_err(|x| entry_err(&s.path)(x.into()))?;
+                synced.push(s.dev);
+            }
+        }
+        while !self.files.is_empty() {
+            let s = self.files.remove(0);
+            if let Err(x) = rustix::fs::renameat(&s.dir, s.tmp.as_c_str(), &s.dir, s.name.as_c_str()) {
+                let _ = rustix::fs::unlinkat(&s.dir, s.tmp.as_c_str(), AtFlags::empty());
+                return Err(entry_err(&s.path)(x.into()));
+            }
+            ctl.done_bytes.fetch_add(s.size, Ordering::Relaxed);
+        }
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        for s in self.files.drain(..) {
+            let _ = rustix::fs::unlinkat(&s.dir, s.tmp.as_c_str(), AtFlags::empty());
+        }
+    }
 }
 
 #[cfg(test)]
