@@ -205,7 +205,7 @@ impl Excludes {
 
 /// Capture metadata of one regular file or symlink, used to skip unchanged ones next time.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-struct CacheRec {
+pub(crate) struct CacheRec {
     #[serde(with = "serde_bytes")]
     path: Vec<u8>,
     size: u64,
@@ -217,7 +217,8 @@ struct CacheRec {
 }
 
 impl CacheRec {
-    fn new(path: Vec<u8>, st: &rustix::fs::Stat) -> CacheRec {
+    /// The record of `path` with stat `st`.
+    pub(crate) fn new(path: Vec<u8>, st: &rustix::fs::Stat) -> CacheRec {
         CacheRec {
             path,
             size: st.st_size as u64,
@@ -234,9 +235,24 @@ impl CacheRec {
     /// with a coarse clock (one tick, at most 10 ms), and a filesystem with whole-second
     /// times (ctime_nsec 0) is given two seconds; a record newer than that is read again
     /// next time (git's "racily clean" entries).
-    fn settled(&self, started_ns: i128) -> bool {
+    pub(crate) fn settled(&self, started_ns: i128) -> bool {
         let margin = if self.ctime_nsec == 0 { 2_000_000_000 } else { 100_000_000 };
         (self.ctime as i128) * 1_000_000_000 + self.ctime_nsec as i128 + margin < started_ns
+    }
+
+    /// Its path.
+    pub(crate) fn path(&self) -> &[u8] {
+        &self.path
+    }
+
+    /// `st` has the size, times and inode recorded (without building a record).
+    pub(crate) fn same_stat(&self, st: &rustix::fs::Stat) -> bool {
+        self.size == st.st_size as u64
+            && self.mtime == st.st_mtime
+            && self.mtime_nsec == st.st_mtime_nsec as u32
+            && self.ctime == st.st_ctime
+            && self.ctime_nsec == st.st_ctime_nsec as u32
+            && self.ino == st.st_ino
     }
 }
 

@@ -464,3 +464,40 @@ fn the_server_lost_mid_update_is_reported_and_the_next_update_resumes() {
     assert!(rest < full, "the second update fetched {rest} bytes of {full}: nothing was kept");
     assert_eq!(rsync_diff(&src, &dst, NOT_IMAGE), "");
 }
+
+/// The listing cache (the data dir's `update-cache`) skips what an unchanged entry holds,
+/// never a change: after an update whose listing was cached (and had settled), an xattr
+/// added, a symlink retargeted and a file added to a directory are all found and undone.
+#[test]
+fn the_listing_cache_never_hides_a_change() {
+    let t = two_versions();
+    let (src, dst) = (t.sb.path("src"), t.sb.path("dst"));
+    t.sb.ok(&["update", "img@2", dst.to_str().unwrap()]);
+    let caches = || std::fs::read_dir(t.sb.data().join("update-cache")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(caches(), 1, "the listing was not cached");
+    // Past the racily-clean margin, so the next listing trusts the records.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    t.sb.ok(&["update", "img@2", dst.to_str().unwrap()]);
+    assert_eq!(rsync_diff(&src, &dst, NOT_IMAGE), "");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let file = dst.join("etc/motd");
+    xattr(&file, "user.sneaked-in", b"1");
+    let link = dst.join("usr/bin/alias");
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("/elsewhere", &link).unwrap();
+    std::fs::write(dst.join("etc/new-in-etc"), b"x").unwrap();
+    assert_ne!(rsync_diff(&src, &dst, NOT_IMAGE), "");
+    // Settled too: only their changed stat tells them from the cached records.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let rep = t.sb.json(&["update", "img@2", dst.to_str().unwrap(), "--json"]);
+    assert_eq!(rsync_diff(&src, &dst, NOT_IMAGE), "", "{rep}");
+    assert!(rep["removed"].as_u64().unwrap() >= 1 && rep["changed"].as_u64().unwrap() >= 1, "{rep}");
+    // A damaged cache is no cache.
+    for e in std::fs::read_dir(t.sb.data().join("update-cache")).unwrap().flatten() {
+        std::fs::write(e.path(), b"damaged").unwrap();
+    }
+    xattr(&file, "user.again", b"1");
+    t.sb.ok(&["update", "img@2", dst.to_str().unwrap()]);
+    assert_eq!(rsync_diff(&src, &dst, NOT_IMAGE), "");
+}

@@ -412,6 +412,7 @@ impl Follower {
             dry_run: false,
             sync: true,
             skip_paths: vec![self.data_dir.clone()],
+            cache_dir: Some(self.data_dir.join(crate::update::scan_cache::CACHE_DIR)),
         };
         // u64::MAX until the plan is made.
         let planned = Arc::new(AtomicU64::new(u64::MAX));

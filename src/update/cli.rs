@@ -44,6 +44,7 @@ pub async fn run(
         dry_run: a.dry_run,
         sync: !a.no_sync,
         skip_paths: vec![data_dir.to_path_buf()],
+        cache_dir: Some(data_dir.join(super::scan_cache::CACHE_DIR)),
     };
     let (m, id, label, source) = match server {
         Some(url) => {

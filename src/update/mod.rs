@@ -11,6 +11,7 @@ pub mod cli;
 pub mod delta;
 pub mod plan;
 pub mod record;
+pub mod scan_cache;
 
 use crate::capture::{CaptureError, DEFAULT_ROOT_EXCLUDES, Excludes};
 use crate::deploy::ChunkSource;
@@ -74,6 +75,9 @@ pub struct UpdateOptions {
     /// Absolute paths left alone with everything under them when they are inside the
     /// target (this machine's own data dir: its store and inventory).
     pub skip_paths: Vec<PathBuf>,
+    /// Where the target's listing is cached for the next update ([`scan_cache`]; this
+    /// machine's data dir), if anywhere.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// What an update did (or, with `--dry-run`, would do).
@@ -99,21 +103,40 @@ pub struct UpdateReport {
 /// [`Kind::Hardlink`]. Kept paths are listed but not descended into; the contents of
 /// virtual filesystems (proc, sysfs, ...) are not listed.
 pub fn scan(root: BorrowedFd<'_>, keep: &dyn Fn(&[u8], bool) -> bool) -> Result<Vec<Entry>, UpdateError> {
-    scan_with_mounts(root, keep).map(|(entries, _)| entries)
+    scan_with_mounts(root, keep, None).map(|s| s.entries)
+}
+
+/// What [`scan_with_mounts`] found.
+pub struct Scanned {
+    /// The target's entries.
+    pub entries: Vec<Entry>,
+    /// Where virtual filesystems are mounted.
+    pub mounts: Vec<Vec<u8>>,
+    /// This listing, for the next one.
+    pub cache: scan_cache::ScanCache,
 }
 
 /// [`scan`], also returning the paths where virtual filesystems are mounted (a live root's
-/// `/proc`, `/sys`, ...): an update leaves those directories alone entirely.
+/// `/proc`, `/sys`, ...: an update leaves those directories alone entirely) and this
+/// listing as a cache; with the last one's `cache`, what it holds for an unchanged entry
+/// is not read again.
 pub fn scan_with_mounts(
     root: BorrowedFd<'_>,
     keep: &dyn Fn(&[u8], bool) -> bool,
-) -> Result<(Vec<Entry>, Vec<Vec<u8>>), UpdateError> {
+    cache: Option<&scan_cache::ScanCache>,
+) -> Result<Scanned, UpdateError> {
+    use scan_cache::ScanRec;
+    use serde_bytes::ByteBuf;
+    let started_ns =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
     let mut virtual_mounts: Vec<Vec<u8>> = Vec::new();
     let serr = |p: &[u8]| {
         let path = display_path(p);
         move |source: std::io::Error| UpdateError::Scan { path: path.clone(), source }
     };
     let root_st = rustix::fs::fstat(root).map_err(|e| serr(b"")(e.into()))?;
+    let lookup = scan_cache::Lookup::new(cache, (root_st.st_dev, root_st.st_ino));
+    let mut recs: Vec<ScanRec> = Vec::new();
     let mut out =
         vec![crate::capture::meta_entry(Vec::new(), Kind::Dir, &root_st, fsx::fd_xattrs(root).map_err(serr(b""))?)];
     let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
@@ -145,7 +168,11 @@ pub fn scan_with_mounts(
             }
             inodes.insert(key, rel.clone());
         }
-        let xattrs = || fsx::link_xattrs(dir.as_fd(), &name).map_err(serr(&rel));
+        let hit = lookup.hit(&rel, &st);
+        let xattrs = |hit: Option<&ScanRec>| match hit {
+            Some(h) => Ok(h.xattrs.clone()),
+            None => fsx::link_xattrs(dir.as_fd(), &name).map_err(serr(&rel)),
+        };
         let kind = match ft {
             FileType::Directory => {
                 let fd = match fsx::open_dir_at(dir.as_fd(), &name) {
@@ -153,33 +180,68 @@ pub fn scan_with_mounts(
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(serr(&rel)(e)),
                 };
-                let x = fsx::fd_xattrs(fd.as_fd()).map_err(serr(&rel))?;
-                out.push(crate::capture::meta_entry(rel.clone(), Kind::Dir, &st, x));
+                let hit = hit.filter(|h| h.target.is_none() && h.names.is_some());
+                let x = match hit {
+                    Some(h) => h.xattrs.clone(),
+                    None => fsx::fd_xattrs(fd.as_fd()).map_err(serr(&rel))?,
+                };
+                out.push(crate::capture::meta_entry(rel.clone(), Kind::Dir, &st, x.clone()));
                 let virt = st.st_dev != root_st.st_dev && is_virtual_fs(fd.as_fd());
                 if virt {
                     virtual_mounts.push(rel.clone());
                 } else if !kept {
-                    let names = list_dir(fd.as_fd()).map_err(serr(&rel))?;
+                    let names = match hit.and_then(|h| h.names.as_ref()) {
+                        Some(n) => n.iter().map(|b| b.to_vec()).collect(),
+                        None => list_dir(fd.as_fd()).map_err(serr(&rel))?,
+                    };
+                    recs.push(ScanRec {
+                        stat: crate::capture::CacheRec::new(rel.clone(), &st),
+                        xattrs: x,
+                        target: None,
+                        names: Some(names.iter().map(|n| ByteBuf::from(n.clone())).collect()),
+                    });
                     stack.push((fd, rel, names.into_iter()));
                 }
                 continue;
             }
+            FileType::Symlink => {
+                let hit = hit.filter(|h| h.target.is_some());
+                let target = match hit.and_then(|h| h.target.as_ref()) {
+                    Some(t) => t.to_vec(),
+                    None => match rustix::fs::readlinkat(dir.as_fd(), cn.as_c_str(), Vec::new()) {
+                        Ok(t) => t.into_bytes(),
+                        Err(rustix::io::Errno::NOENT) => continue,
+                        Err(e) => return Err(serr(&rel)(e.into())),
+                    },
+                };
+                let x = xattrs(hit)?;
+                recs.push(ScanRec {
+                    stat: crate::capture::CacheRec::new(rel.clone(), &st),
+                    xattrs: x.clone(),
+                    target: Some(ByteBuf::from(target.clone())),
+                    names: None,
+                });
+                out.push(crate::capture::meta_entry(rel, Kind::Symlink { target }, &st, x));
+                continue;
+            }
             FileType::RegularFile => Kind::File { size: st.st_size as u64, extents: vec![] },
-            FileType::Symlink => match rustix::fs::readlinkat(dir.as_fd(), cn.as_c_str(), Vec::new()) {
-                Ok(t) => Kind::Symlink { target: t.into_bytes() },
-                Err(rustix::io::Errno::NOENT) => continue,
-                Err(e) => return Err(serr(&rel)(e.into())),
-            },
             FileType::CharacterDevice => Kind::CharDev { rdev: st.st_rdev },
             FileType::BlockDevice => Kind::BlockDev { rdev: st.st_rdev },
             FileType::Fifo => Kind::Fifo,
             FileType::Socket => Kind::Socket,
             FileType::Unknown => continue,
         };
-        let x = xattrs()?;
+        let x = xattrs(hit.filter(|h| h.target.is_none() && h.names.is_none()))?;
+        recs.push(ScanRec {
+            stat: crate::capture::CacheRec::new(rel.clone(), &st),
+            xattrs: x.clone(),
+            target: None,
+            names: None,
+        });
         out.push(crate::capture::meta_entry(rel, kind, &st, x));
     }
-    Ok((out, virtual_mounts))
+    let cache = scan_cache::ScanCache { root: (root_st.st_dev, root_st.st_ino), started_ns, recs };
+    Ok(Scanned { entries: out, mounts: virtual_mounts, cache })
 }
 
 fn is_virtual_fs(fd: BorrowedFd<'_>) -> bool {
@@ -273,7 +335,19 @@ pub fn prepare(target: &Path, m: &Manifest, opts: &UpdateOptions) -> Result<Prep
         patterns.extend(DEFAULT_ROOT_EXCLUDES.iter().map(|s| s.to_string()));
     }
     let ex = Excludes::new(&patterns)?;
-    let (current, mounts) = scan_with_mounts(root.as_fd(), &|p: &[u8], d: bool| ex.matches(p, d))?;
+    let cache_file = opts.cache_dir.as_ref().map(|d| scan_cache::path_for(d, &canonical));
+    let last = cache_file.as_deref().and_then(scan_cache::load);
+    let Scanned { entries: current, mounts, cache } =
+        scan_with_mounts(root.as_fd(), &|p: &[u8], d: bool| ex.matches(p, d), last.as_ref())?;
+    // Rewritten when its records changed, or when some were too fresh to be trusted by
+    // the last listing and have settled since.
+    let stale =
+        last.as_ref().is_none_or(|l| l.recs != cache.recs || l.recs.iter().any(|r| !r.stat.settled(l.started_ns)));
+    if let Some(f) = cache_file.filter(|_| stale)
+        && let Err(e) = scan_cache::save(&f, &cache)
+    {
+        tracing::warn!("update: writing the listing cache {}: {e}", f.display());
+    }
     // Their metadata belongs to the mounted filesystem, not to the image.
     patterns.extend(mounts.iter().map(|p| record::escape_glob(&format!("/{}", String::from_utf8_lossy(p)))));
     let ex = Excludes::new(&patterns)?;
@@ -410,8 +484,13 @@ impl Prepared {
         });
         rec.image = image.to_string();
         rec.manifest = manifest_id.to_string();
-        rec.write(&self.target)?;
-        if sync {
+        // An update that changed nothing leaves the target as it was, record included
+        // (and has nothing of its own to sync).
+        let same = self.record.as_ref() == Some(&rec) && self.plan.changes.is_empty();
+        if !same {
+            rec.write(&self.target)?;
+        }
+        if sync && !same {
             rustix::fs::syncfs(&self.root)
                 .map_err(|e| UpdateError::Target { path: self.target.clone(), source: e.into() })?;
         }
