@@ -1751,8 +1751,9 @@ async fn deploy_remote(client: &Client, a: DeployArgs, quiet: bool) -> anyhow::R
 
 // ---------------------------------------------------------------- serve
 
-/// Read the admin token, or create it (0600) and print it once.
-fn admin_token(data_dir: &std::path::Path, file: &std::path::Path) -> anyhow::Result<String> {
+/// Read a token file (the admin's or the followers'), or create it (0600); a new one is
+/// printed once when `shown` names it (the followers' token travels with the join instead).
+fn token_file(data_dir: &std::path::Path, file: &std::path::Path, shown: Option<&str>) -> anyhow::Result<String> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let path = data_dir.join(file);
     match std::fs::read_to_string(&path) {
@@ -1760,12 +1761,12 @@ fn admin_token(data_dir: &std::path::Path, file: &std::path::Path) -> anyhow::Re
             let t = t.trim().to_string();
             if t.len() < 16 {
                 bail!(
-                    "admin token file {} holds no usable token (16+ characters); delete it to make a new one",
+                    "token file {} holds no usable token (16+ characters); delete it to make a new one",
                     path.display()
                 );
             }
             if std::fs::metadata(&path)?.permissions().mode() & 0o077 != 0 {
-                tracing::warn!("admin token file {} is readable by others; chmod 600 it", path.display());
+                tracing::warn!("token file {} is readable by others; chmod 600 it", path.display());
             }
             Ok(t)
         }
@@ -1779,7 +1780,9 @@ fn admin_token(data_dir: &std::path::Path, file: &std::path::Path) -> anyhow::Re
                 .with_context(|| format!("creating {}", path.display()))?;
             f.write_all(format!("{t}\n").as_bytes())?;
             f.sync_all()?;
-            println!("admin token (saved to {}, shown only now): {t}", path.display());
+            if let Some(what) = shown {
+                println!("{what} (saved to {}, shown only now): {t}", path.display());
+            }
             Ok(t)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -1927,7 +1930,9 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
     }
     let mut http_state = None;
     if let Some(h) = cfg.http.clone() {
-        let token = admin_token(&data_dir, &h.admin_token_file)?;
+        let token = token_file(&data_dir, &h.admin_token_file, Some("admin token"))?;
+        // The standbys' token: it reads images and reports freshness, nothing else.
+        let sync_token = token_file(&data_dir, &h.sync_token_file, None)?;
         let listener =
             tokio::net::TcpListener::bind(h.listen).await.with_context(|| format!("binding HTTP to {}", h.listen))?;
         let addr = listener.local_addr()?;
@@ -1937,7 +1942,8 @@ async fn serve_cmd(data_dir_flag: &std::path::Path, config: Option<&std::path::P
         let state = crate::http::AppState::new(inv.clone(), h, &token, shutdown.clone())
             .with_boot(cfg.boot.clone(), cfg.tftp.as_ref().map(|t| t.root.clone()))
             .with_failover(failover.clone())
-            .with_sync(Some(sync_handle.clone()));
+            .with_sync(Some(sync_handle.clone()))
+            .with_sync_token(&sync_token);
         let state = std::sync::Arc::new(state);
         http_state = Some((state.clone(), addr));
         tasks.spawn(async move { crate::http::serve(state, listener).await.context("HTTP service") });

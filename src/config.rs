@@ -320,6 +320,9 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Admin bearer token file, relative to the data dir; created 0600 when missing.
     pub admin_token_file: PathBuf,
+    /// The followers' token file (a standby's `[sync]`: it reads images and reports its
+    /// freshness, nothing else), relative to the data dir; created 0600 when missing.
+    pub sync_token_file: PathBuf,
     /// Allow GET on image and node lists without a token.
     pub public_reads: bool,
     /// Largest accepted request body for ordinary API calls.
@@ -348,6 +351,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token_file: PathBuf::from("admin.token"),
+            sync_token_file: PathBuf::from("sync.token"),
             public_reads: false,
             body_limit: 1 << 20,
             stream_body_limit: 64 << 20,
@@ -432,10 +436,13 @@ impl Config {
             }
         }
         if let Some(h) = &self.http {
-            if h.admin_token_file.is_absolute()
-                || h.admin_token_file.components().any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                return bad("http.admin_token_file must be a relative path inside the data dir".into());
+            for (key, f) in [("admin_token_file", &h.admin_token_file), ("sync_token_file", &h.sync_token_file)] {
+                if f.is_absolute() || f.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                    return bad(format!("http.{key} must be a relative path inside the data dir"));
+                }
+            }
+            if h.admin_token_file == h.sync_token_file {
+                return bad("http.sync_token_file must not be the admin token file".into());
             }
             if h.body_limit < 1024 {
                 return bad("http.body_limit must be at least 1KiB".into());
@@ -643,5 +650,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("admin_token_file"), "{e}");
+        for bad in ["sync_token_file = \"/etc/shadow\"", "sync_token_file = \"admin.token\""] {
+            let e = Config::parse(&format!("[http]\n{bad}\n"), Path::new("c.toml")).unwrap_err().to_string();
+            assert!(e.contains("sync_token_file"), "{bad}: {e}");
+        }
     }
 }

@@ -243,10 +243,16 @@ fn standby_add_deploys_a_standby_that_joins_and_takes_over() {
     assert_eq!((sync["interval"].as_str(), sync["max_lag"].as_str()), (Some("2s"), Some("1m")));
     assert!(parsed.get("capture").is_none(), "{standby_cfg}");
     assert!(agent.contains("follows the primary's image head-a"), "{agent}");
-    // Its token: the primary's admin token (image content is the admin's), root's, 0600, in
-    // the data dir beside the key, and never in the agent's log.
+    // Its token: the primary's sync token (it reads images and reports freshness, nothing
+    // else; never the admin token), root's, 0600, in the data dir beside the key, and never
+    // in the agent's log.
     let token_in_root = key_in_root.with_file_name("primary.token");
-    assert_eq!(std::fs::read_to_string(&token_in_root).unwrap().trim(), srv.token);
+    let sync_token = std::fs::read_to_string(sb.data().join("sync.token")).unwrap().trim().to_string();
+    assert_eq!(std::fs::read_to_string(&token_in_root).unwrap().trim(), sync_token);
+    assert_ne!(sync_token, srv.token);
+    assert_eq!(srv.curl_in(Some(&p), "GET", "/api/v1/images/head-a/manifest", Some(&sync_token), None).0, 200);
+    assert_eq!(srv.curl_in(Some(&p), "DELETE", "/api/v1/images/no-such", Some(&sync_token), None).0, 403);
+    assert!(!agent.contains(&sync_token), "the agent logged the token:\n{agent}");
     let md = std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&token_in_root).unwrap());
     assert_eq!(md & 0o7777, 0o600, "{}", token_in_root.display());
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&token_in_root).unwrap()), 0);

@@ -171,9 +171,10 @@ impl Pair {
                  interval = \"1s\"\n{extra_p}"
             ),
         );
-        // The primary's admin token, copied to the standby: image content is only for the admin.
+        // The primary's sync token, copied to the standby (as the join does): it reads image
+        // content and reports freshness, nothing else.
         std::fs::create_dir_all(b.data()).unwrap();
-        std::fs::write(b.data().join("primary.token"), format!("{}\n", p.token)).unwrap();
+        std::fs::copy(a.data().join("sync.token"), b.data().join("primary.token")).unwrap();
         let target = b.path("target");
         std::fs::create_dir_all(&target).unwrap();
         let s = serve(
@@ -408,6 +409,15 @@ fn after_a_takeover_the_new_primary_serves_the_image_from_its_replica() {
     });
     let (_, m) = t.p.curl_in(Some(&t.net.p), "GET", "/metrics", None, None);
     assert!(m.contains("understudy_standby_lag_seconds{standby=\"head-b\",image=\"head-a\"} 0.000"), "{m}");
+    // The standby's token follows and reports, and does nothing else on the primary.
+    let follower = std::fs::read_to_string(t.b.data().join("primary.token")).unwrap().trim().to_string();
+    let (code, who) = t.p.curl_in(Some(&t.net.p), "GET", "/api/v1/whoami", Some(&follower), None);
+    assert!(code == 200 && who.contains("\"follower\""), "{code} {who}");
+    for (method, path) in
+        [("DELETE", "/api/v1/images/head-a"), ("POST", "/api/v1/failover/takeover"), ("GET", "/api/v1/sync")]
+    {
+        assert_eq!(t.p.curl_in(Some(&t.net.p), method, path, Some(&follower), None).0, 403, "{method} {path}");
+    }
 
     // The primary dies; the standby takes over.
     t.p.child.kill().unwrap();

@@ -526,6 +526,7 @@ async fn whoami(caller: Caller) -> Json<WhoAmI> {
     Json(match caller {
         Caller::Admin => WhoAmI { role: CallerRole::Admin, deployment: None },
         Caller::Deploy(d) => WhoAmI { role: CallerRole::Deploy, deployment: Some(*d) },
+        Caller::Follower => WhoAmI { role: CallerRole::Follower, deployment: None },
         Caller::Anonymous => WhoAmI { role: CallerRole::Anonymous, deployment: None },
     })
 }

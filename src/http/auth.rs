@@ -18,6 +18,9 @@ pub enum Caller {
     Admin,
     /// A valid, unexpired deployment token.
     Deploy(Box<Deployment>),
+    /// The followers' token: a standby's `[sync]`, which reads images (to follow and
+    /// replicate them) and reports its freshness, and may do nothing else.
+    Follower,
 }
 
 pub use crate::inventory::tokens::{new_token, token_hash};
@@ -54,6 +57,9 @@ impl Caller {
         if hash == state.admin_hash {
             return Ok(Caller::Admin);
         }
+        if state.sync_hash == Some(hash) {
+            return Ok(Caller::Follower);
+        }
         match state.inv.deployment_for_token(token).await {
             Ok(Some(d)) => Ok(Caller::Deploy(Box::new(d))),
             Ok(None) => Err(ApiError::unauthorized("invalid token")),
@@ -69,23 +75,35 @@ impl Caller {
             Caller::Admin => Ok(()),
             Caller::Anonymous => Err(ApiError::unauthorized("this needs the admin token")),
             Caller::Deploy(_) => Err(ApiError::forbidden("a deployment token cannot do this")),
+            Caller::Follower => {
+                Err(ApiError::forbidden("the sync token only reads images and reports a standby's freshness"))
+            }
+        }
+    }
+
+    /// A standby's report of its freshness: the admin or the followers' token.
+    pub fn follower(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Follower => Ok(()),
+            _ => self.admin(),
         }
     }
 
     /// Inventory reads: the admin, or anyone when `public_reads` is on.
     pub fn read(&self, public_reads: bool) -> Result<(), ApiError> {
         match self {
-            Caller::Admin => Ok(()),
+            Caller::Admin | Caller::Follower => Ok(()),
             _ if public_reads => Ok(()),
             Caller::Anonymous => Err(ApiError::unauthorized("this needs a token (or http.public_reads = true)")),
             Caller::Deploy(_) => Err(ApiError::forbidden("a deployment token cannot do this")),
         }
     }
 
-    /// Image content (manifest, chunks): the admin, or the deployment of that image.
+    /// Image content (manifest, chunks, layout, deltas): the admin, a follower (it holds a
+    /// whole copy of the primary anyway), or the deployment of that image.
     pub fn image_content(&self, manifest_id: &str) -> Result<(), ApiError> {
         match self {
-            Caller::Admin => Ok(()),
+            Caller::Admin | Caller::Follower => Ok(()),
             Caller::Deploy(d) if d.manifest_id == manifest_id => Ok(()),
             Caller::Deploy(_) => Err(ApiError::forbidden("this deployment token is for another image")),
             Caller::Anonymous => {

@@ -250,6 +250,7 @@ async fn boot_env_file(st: &AppState, file: &str, q: &BootQuery, req: Request) -
     };
     match caller {
         Caller::Admin | Caller::Deploy(_) => send_file(st.boot_dir().join(file), req).await,
+        Caller::Follower => Err(ApiError::forbidden("the sync token does not open the boot environment")),
         Caller::Anonymous => Err(ApiError::unauthorized("the boot environment needs a deployment token")),
     }
 }

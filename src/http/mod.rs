@@ -35,6 +35,8 @@ pub struct AppState {
     pub cfg: HttpConfig,
     /// BLAKE3 of the admin token.
     pub admin_hash: blake3::Hash,
+    /// BLAKE3 of the followers' token (`http.sync_token_file`), when this server has one.
+    pub sync_hash: Option<blake3::Hash>,
     /// Counters.
     pub metrics: metrics::Metrics,
     /// Background jobs (verify, gc).
@@ -60,6 +62,7 @@ impl AppState {
             inv,
             cfg,
             admin_hash: auth::token_hash(admin_token),
+            sync_hash: None,
             metrics: metrics::Metrics::default(),
             jobs: api::Jobs::default(),
             index_cache: IndexCache::default(),
@@ -69,6 +72,12 @@ impl AppState {
             failover: None,
             sync: None,
         }
+    }
+
+    /// Accept `token` as the followers' token ([`auth::Caller::Follower`]).
+    pub fn with_sync_token(mut self, token: &str) -> AppState {
+        self.sync_hash = Some(auth::token_hash(token));
+        self
     }
 
     /// Serve the failover endpoints and metrics from this service's handle (`None`: the

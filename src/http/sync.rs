@@ -84,13 +84,13 @@ async fn sync_capture(State(st): St, caller: Caller) -> ApiResult<(StatusCode, J
 }
 
 /// A standby's follower reports its status after each check, so the primary's console,
-/// API (`standbys` of `GET /api/v1/sync`) and metrics show its freshness. Admin only (the
-/// follower holds the primary's admin token).
+/// API (`standbys` of `GET /api/v1/sync`) and metrics show its freshness. The admin or
+/// the followers' sync token.
 #[utoipa::path(post, path = "/api/v1/sync/standby", tag = "system",
     request_body = StandbyReport,
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn standby_report(State(st): St, caller: Caller, ApiJson(r): ApiJson<StandbyReport>) -> ApiResult<StatusCode> {
-    caller.admin()?;
+    caller.follower()?;
     let h = st.sync.as_ref().ok_or_else(|| ApiError::not_found("this server keeps no standby reports"))?;
     let size = serde_json::to_vec(&r).map(|v| v.len()).unwrap_or(usize::MAX);
     r.validate(size).map_err(|e| ApiError::bad_request(e.to_string()))?;

@@ -445,17 +445,18 @@ impl Inventory {
         let key_file = data_dir.join(&f.key_file);
         let key = std::fs::read_to_string(&key_file)
             .map_err(|e| InventoryError::Conflict(format!("reading the failover key {}: {e}", key_file.display())))?;
-        // The standby's [sync] reads the primary's images, which only the admin token may
-        // (see crate::http::auth): it gets a copy, as it gets the heartbeat key.
+        // The standby's [sync] reads the primary's images and reports its freshness: it
+        // gets a copy of the followers' token (see crate::http::auth), which can do only
+        // that, as it gets the heartbeat key.
         let sync = match (token_path, &cfg.http) {
             (Some(token_path), Some(http)) => {
-                let file = data_dir.join(&http.admin_token_file);
+                let file = data_dir.join(&http.sync_token_file);
                 let token = std::fs::read_to_string(&file)
-                    .map_err(|e| InventoryError::Conflict(format!("reading the admin token {}: {e}", file.display())))?
+                    .map_err(|e| InventoryError::Conflict(format!("reading the sync token {}: {e}", file.display())))?
                     .trim()
                     .to_string();
                 if token.is_empty() {
-                    return Err(InventoryError::Conflict(format!("the admin token file {} is empty", file.display())));
+                    return Err(InventoryError::Conflict(format!("the sync token file {} is empty", file.display())));
                 }
                 Some(StandbySync { token, token_path })
             }

@@ -10,8 +10,9 @@
 //!
 //! [sync]                         # on the standby
 //! server = "http://10.0.0.1:8080"  # the primary's HTTP API
-//! token_file = "primary.token"   # the primary's admin token (a copy of its admin.token);
-//!                                # relative to the data dir; or `token = "..."` inline
+//! token_file = "primary.token"   # the primary's sync token (a copy of its sync.token, which
+//!                                # only reads images and reports freshness; its admin token
+//!                                # works too); relative to the data dir; or `token = "..."`
 //! image = "head-a"               # the image followed
 //! target = "/"                   # the root brought to each new version (default "/")
 //! interval = "30s"               # how often the primary is asked for its newest version
@@ -103,7 +104,7 @@ fn d_keep() -> usize {
 pub struct SyncConfig {
     /// The primary's HTTP API (`http://host:port`).
     pub server: String,
-    /// The primary's admin token, inline.
+    /// The primary's sync (or admin) token, inline.
     pub token: Option<String>,
     /// A file holding it (relative to the data dir, or absolute).
     pub token_file: Option<PathBuf>,
@@ -177,8 +178,8 @@ impl SyncConfig {
         match (&self.token, &self.token_file) {
             (Some(_), Some(_)) => return Err("sync: give token or token_file, not both".into()),
             (None, None) => {
-                return Err("sync: token or token_file is required (the primary's admin token: images hold \
-                            its secrets, so the primary serves them only to the admin)"
+                return Err("sync: token or token_file is required (the primary's sync token: images hold \
+                            its secrets, so the primary serves them only to its followers and the admin)"
                     .into());
             }
             (Some(t), None) if t.trim().is_empty() || t.len() > 256 => {

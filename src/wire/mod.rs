@@ -205,6 +205,8 @@ closed_set!(
         Admin = "admin",
         /// A deployment token.
         Deploy = "deploy",
+        /// The followers' (standbys') sync token.
+        Follower = "follower",
         /// No token.
         Anonymous = "anonymous",
     }
@@ -1017,8 +1019,8 @@ pub struct StandbyFailover {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StandbySync {
-    /// The primary's API token that `sync.token_file` holds. Image content holds the
-    /// primary's secrets, so the primary serves it to the admin only: this is the admin token.
+    /// The primary's API token that `sync.token_file` holds: its followers' token
+    /// (`http.sync_token_file`), which reads images and reports freshness, nothing else.
     pub token: String,
     /// Where the token file goes inside the root (the data dir's `primary.token`, written 0600).
     pub token_path: String,

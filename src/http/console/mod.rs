@@ -313,6 +313,9 @@ async fn login(State(st): St, headers: HeaderMap, console: axum::Extension<Arc<C
         Ok(Caller::Deploy(_)) => {
             again(StatusCode::FORBIDDEN, "A deployment token cannot open the console; log in with the admin token.")
         }
+        Ok(Caller::Follower) => {
+            again(StatusCode::FORBIDDEN, "The sync token cannot open the console; log in with the admin token.")
+        }
         Ok(Caller::Anonymous) | Err(_) => again(StatusCode::UNAUTHORIZED, "That is not the admin token."),
     }
 }
