@@ -91,9 +91,13 @@ impl Inventory {
     /// What replicating `of` takes here.
     pub async fn replica_action(&self, of: &ReplicaOf) -> Result<ReplicaAction> {
         let local = self.db.image(&of.name, Some(of.version)).await?.map(|r| r.id);
+        if local.is_some() {
+            // Asked after every check of the follower: the usual answer needs no store.
+            return Ok(replica_action(&of.label(), local.as_deref(), true, &of.manifest));
+        }
         let (dd, want) = (self.data_dir.clone(), id_of(&of.manifest)?);
-        let stored = blocking(move || Ok(Store::open(&dd, store::LockMode::Shared)?.has_manifest(&want))).await?;
-        Ok(replica_action(&of.label(), local.as_deref(), stored, &of.manifest))
+        let stored = blocking(move || Ok(store::manifest_exists(&dd, &want))).await?;
+        Ok(replica_action(&of.label(), None, stored, &of.manifest))
     }
 
     /// Hold `of` here. `m` is its manifest (`None`: the store has it already, as

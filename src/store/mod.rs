@@ -72,6 +72,12 @@ impl std::hash::Hasher for IdHasher {
 /// A map keyed by chunk id.
 pub type IdMap<V> = HashMap<ChunkId, V, std::hash::BuildHasherDefault<IdHasher>>;
 
+/// Whether the store in `data_dir` holds manifest `id` (a hint, read without the lock:
+/// whoever then uses the manifest opens the store and reads it).
+pub fn manifest_exists(data_dir: &Path, id: &ChunkId) -> bool {
+    data_dir.join("store").join("manifests").join(format!("{}.mf", hex_id(id))).exists()
+}
+
 /// Hex form of an id.
 pub fn hex_id(id: &ChunkId) -> String {
     hex::encode(id)
