@@ -1243,10 +1243,28 @@ impl Machine {
 
     // ---- alarms ----
 
+    /// Raise (with `message`) or clear an alarm; only an edge is an action. A cleared
+    /// alarm says what is over (the message given for raising it no longer holds).
     fn set_alarm(&mut self, alarm: Alarm, raised: bool, message: String, out: &mut Vec<Action>) {
         let changed = if raised { self.alarms.insert(alarm) } else { self.alarms.remove(&alarm) };
         if changed {
+            let message = if raised { message } else { self.cleared_text(alarm) };
             out.push(Action::Alarm { alarm, raised, message });
+        }
+    }
+
+    /// What a cleared alarm's event says.
+    fn cleared_text(&self, alarm: Alarm) -> String {
+        match alarm {
+            Alarm::ChannelDown(ch) => match self.cfg.channels.get(ch) {
+                Some(c) => format!("channel {c} works both ways again"),
+                None => format!("channel {ch} works both ways again"),
+            },
+            Alarm::PeerOneWay => "the peer hears us again".into(),
+            Alarm::TakeoverBlocked => "takeover no longer blocked".into(),
+            Alarm::EscalationBlocked => "escalation no longer blocked".into(),
+            Alarm::StartHooksFailed => "start hooks succeeded".into(),
+            Alarm::StopHooksFailed => "stop hooks succeeded".into(),
         }
     }
 
@@ -1415,6 +1433,11 @@ mod tests {
         assert_eq!(m.alarms(), vec![Alarm::ChannelDown(0)]);
         let out = run(&mut m, &mut p, &[0, 1], 10_000, 10_500);
         assert!(has(&out, |a| matches!(a, Action::Alarm { alarm: Alarm::ChannelDown(0), raised: false, .. })));
+        let cleared = out.iter().find_map(|a| match a {
+            Action::Alarm { raised: false, message, .. } => Some(message.clone()),
+            _ => None,
+        });
+        assert!(cleared.is_some_and(|t| t.contains("works both ways again")), "{out:?}");
     }
 
     /// Heard one way only (the peer does not echo us): still alive, no takeover.
