@@ -139,7 +139,7 @@ struct Pair {
 impl Pair {
     /// The primary captures `root` every second; the standby follows into `target`,
     /// checking every 200 ms; with `failover`, both run it (the primary holding the VIP).
-    fn start(failover: bool, max_lag: &str, setup: impl FnOnce(&Path)) -> Pair {
+    fn start(failover: bool, max_lag: &str, sync_extra: &str, setup: impl FnOnce(&Path)) -> Pair {
         let net = Net::new();
         let n = net.n;
         let (a, b) = (Sandbox::new(), Sandbox::new());
@@ -183,7 +183,7 @@ impl Pair {
             &format!(
                 "[http]\nlisten = \"10.{n}.1.2:8080\"\n[sync]\nserver = \"http://10.{n}.1.1:8080\"\n\
                  token_file = \"primary.token\"\nimage = \"head-a\"\ntarget = {target:?}\ninterval = \"200ms\"\n\
-                 max_lag = \"{max_lag}\"\n{extra_s}"
+                 max_lag = \"{max_lag}\"\n{sync_extra}{extra_s}"
             ),
         );
         Pair { net, a, b, p, s, root, target }
@@ -227,7 +227,7 @@ impl Pair {
 
 #[test]
 fn a_standby_follows_two_successive_captures_and_its_lag_returns_to_zero() {
-    let mut t = Pair::start(false, "2s", |r| tree(r, 0));
+    let mut t = Pair::start(false, "2s", "", |r| tree(r, 0));
     t.wait_current("the first version applied");
     assert_eq!(diff(&t.root, &t.target), "", "{}", log(&t.b));
     assert!(!t.target.join("etc/understudy").exists(), "the primary's understudy config was copied");
@@ -295,7 +295,9 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_takeover_during_an_update_stops_it_at_a_safe_point() {
-    let t = Pair::start(true, "1h", |r| tree(r, 0));
+    // Without the replica, the update itself pulls the change from the primary (with it,
+    // the replica would hold the bulk already and the update read it locally in a blink).
+    let t = Pair::start(true, "1h", "replicate = false\n", |r| tree(r, 0));
     wait("the primary to hold the VIP", Duration::from_secs(15), &[&t.a, &t.b], || t.net.has_vip(&t.net.p));
     t.wait_current("the first version applied");
     // Unchanged captures go on every second: the standby relabels, the content stays.
@@ -369,7 +371,7 @@ fn a_takeover_during_an_update_stops_it_at_a_safe_point() {
 /// deploy with no other server.
 #[test]
 fn after_a_takeover_the_new_primary_serves_the_image_from_its_replica() {
-    let mut t = Pair::start(true, "1h", |r| tree(r, 0));
+    let mut t = Pair::start(true, "1h", "", |r| tree(r, 0));
     wait("the primary to hold the VIP", Duration::from_secs(15), &[&t.a, &t.b], || t.net.has_vip(&t.net.p));
     t.wait_current("the first version applied");
     let replica_current = |t: &Pair| {
@@ -389,6 +391,10 @@ fn after_a_takeover_the_new_primary_serves_the_image_from_its_replica() {
     let f = t.follow();
     let more = f["replicated_bytes"].as_u64().unwrap() - first;
     assert!(more > 0 && more < 1 << 20, "the change pulled {more} bytes: {f}");
+    // The update read the change from the replica: it crossed the network once.
+    let ev = t.b.json(&["events", "--kind", "sync.applied", "--json"]);
+    assert!(ev[0]["message"].as_str().unwrap_or_default().contains("(from this node's replica)"), "{ev}");
+    assert_eq!(diff(&t.root, &t.target), "");
     // The replica keeps the primary's numbers, creation times and layout state.
     let label = f["replica"]["label"].as_str().unwrap().to_string();
     let there = api(&t.p, &t.net.p, "GET", &format!("/api/v1/images/{label}"));

@@ -287,13 +287,18 @@ impl Follower {
         }
     }
 
-    /// One round: ask, decide, act; then keep the replica (unless a takeover holds it).
+    /// One round: ask, keep the replica (unless a takeover holds it), decide, act.
     async fn check(&mut self) -> Result<Outcome, SyncError> {
         let newest = self.newest().await?;
         if self.held.applied.is_none() && self.held.partial.is_none() {
             self.adopt_record().await;
         }
         self.observe(&newest).await;
+        // The replica first: an update then takes every chunk from this machine's store,
+        // so nothing crosses the network twice. Not while this node holds the VIP.
+        if self.cfg.replicate && self.gate.closed() != Some(Closed::Takeover) {
+            self.keep_replica(&newest).await;
+        }
         let outcome = match decide::decide(&self.held, &newest, self.gate.closed()) {
             Action::Current => Outcome::Current,
             Action::Hold(c) => Outcome::Held(c),
@@ -307,11 +312,6 @@ impl Follower {
             }
             Action::Update => self.update(newest.clone()).await?,
         };
-        let took_over = matches!(outcome, Outcome::Stopped(Closed::Takeover) | Outcome::Held(Closed::Takeover))
-            || self.gate.closed() == Some(Closed::Takeover);
-        if self.cfg.replicate && !took_over {
-            self.keep_replica(&newest).await;
-        }
         Ok(outcome)
     }
 
@@ -399,8 +399,22 @@ impl Follower {
             // Closed since decide looked.
             return Ok(Outcome::Held(self.gate.closed().unwrap_or(Closed::Paused)));
         };
-        let (m, id, label) = self.client.manifest(&newest.label).await?;
-        let id = hex_id(&id);
+        // With the replica holding this version, its chunks are all on this machine.
+        let replica = self.status.borrow().replica.as_ref().is_some_and(|r| r.manifest == newest.manifest);
+        let (m, id, label, store) = if self.cfg.replicate && replica {
+            let (dd, want) = (self.data_dir.clone(), newest.manifest.clone());
+            let (m, store) = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
+                let store = crate::store::Store::open(&dd, crate::store::LockMode::Shared)?;
+                let id = crate::store::parse_id(&want).ok_or(crate::store::StoreError::ManifestMissing([0; 32]))?;
+                Ok((store.read_manifest(&id)?, store))
+            })
+            .await?
+            .map_err(|e| SyncError::Replica(e.into()))?;
+            (m, newest.manifest.clone(), newest.label.clone(), Some(store))
+        } else {
+            let (m, id, label) = self.client.manifest(&newest.label).await?;
+            (m, hex_id(&id), label, None)
+        };
         if id != newest.manifest {
             return Err(SyncError::Answer(format!(
                 "{} has manifest {id}, the image list said {}",
@@ -414,6 +428,7 @@ impl Follower {
             skip_paths: vec![self.data_dir.clone()],
             cache_dir: Some(self.data_dir.join(crate::update::scan_cache::CACHE_DIR)),
         };
+        let from = if store.is_some() { "this node's replica" } else { "the primary" };
         // u64::MAX until the plan is made.
         let planned = Arc::new(AtomicU64::new(u64::MAX));
         let ctl = pass.ctl.clone();
@@ -424,11 +439,18 @@ impl Follower {
             let p = crate::update::prepare(&target, &m, &opts)?;
             planned2.store(p.bytes_to_write(&m), Ordering::SeqCst);
             let (reuse, hashed) = p.reuse(&m)?;
-            let mut st = crate::update::cli::apply_remote(&p, &m, &reuse, (&client, &rt), (&label2, &id), true, &ctl2)?;
+            let mut st = match &store {
+                // Every chunk is here: a delta would save nothing.
+                Some(store) => {
+                    let src = crate::update::Sources { reuse: &reuse, chunks: store, whole: &|_| None };
+                    p.apply_with(&m, src, (&label2, &id), true, &ctl2)?
+                }
+                None => crate::update::cli::apply_remote(&p, &m, &reuse, (&client, &rt), (&label2, &id), true, &ctl2)?,
+            };
             st.bytes_hashed = hashed;
             Ok(st)
         });
-        tracing::info!("sync: updating {} to {label}", self.cfg.target.display());
+        tracing::info!("sync: updating {} to {label} from {from}", self.cfg.target.display());
         let pending = || {
             let p = planned.load(Ordering::SeqCst);
             if p == u64::MAX { 0 } else { p.saturating_sub(ctl.done_bytes.load(Ordering::Relaxed)) }
@@ -460,7 +482,8 @@ impl Follower {
                 self.event(
                     EventKind::SyncApplied,
                     format!(
-                        "{} is now {label}: {} created, {} removed, {} changed; {} bytes transferred, {} reused",
+                        "{} is now {label} (from {from}): {} created, {} removed, {} changed; {} bytes transferred, \
+                         {} reused",
                         self.cfg.target.display(),
                         st.created,
                         st.removed,
