@@ -5,6 +5,13 @@
 # deploys of one image (aggregate throughput, server peak memory).
 #
 # Source tree: the cached debootstrap rootfs that benches/store.sh builds.
+#
+# Every measured run writes into a filesystem of its own, made fresh (ext4 on a loop
+# device, as a node's new root would be): the host's own filesystem here is ext4 without
+# a journal, where creating inodes right after `rm -rf` of a large tree scans past every
+# recently deleted inode (ext4's recently_deleted(), 60 s or more): a run that followed
+# the deletion of the previous run's tree spent most of its time in ext4_create and was
+# 8x slower than the same run on a clean filesystem, whichever tool it was.
 set -euo pipefail
 export LC_ALL=C
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,9 +29,11 @@ NS_S=us-bench-srv-$ID
 NS_C=us-bench-cli-$ID
 WORK=$(mktemp -d /var/tmp/us-bench-remote.XXXXXX)
 PIDS=()
+MOUNTS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    for m in "${MOUNTS[@]}"; do umount "$m" 2>/dev/null || true; done
     ip netns del "$NS_S" 2>/dev/null || true
     ip netns del "$NS_C" 2>/dev/null || true
     rm -rf "$WORK"
@@ -77,34 +86,51 @@ ip netns exec "$NS_S" rsync --daemon --no-detach --address=10.77.0.1 --port=8873
 PIDS+=("$!")
 sleep 0.5
 
+# A fresh, empty ext4 filesystem mounted at $WORK/$1 (size $2), for one measured run.
+fresh_fs() {
+    truncate -s "$2" "$WORK/$1.img"
+    mkfs.ext4 -q -F "$WORK/$1.img"
+    mkdir -p "$WORK/$1"
+    mount -o loop "$WORK/$1.img" "$WORK/$1"
+    MOUNTS+=("$WORK/$1")
+}
+# Unmount and remove a run's filesystem.
+drop_fs() { umount "$WORK/$1"; rm -rf "${WORK:?}/$1" "$WORK/$1.img"; }
+
 warm() { tar -cf - -C "$SRC" . | cat > /dev/null; cat "$DATA"/store/packs/* > /dev/null; }
 
+FS_SIZE=$(awk -v b="$BYTES" 'BEGIN { printf "%d", b * 2 + 1073741824 }')
+
+fresh_fs local "$FS_SIZE"
 warm; sync
 log "local deploy"
-t=$(now); "$BIN" --data-dir "$DATA" deploy bench "$WORK/local" -q >/dev/null; T_LOCAL=$(since "$t")
-rm -rf "$WORK/local"
+t=$(now); "$BIN" --data-dir "$DATA" deploy bench "$WORK/local/t" -q >/dev/null; T_LOCAL=$(since "$t")
+drop_fs local
 
+fresh_fs remote "$FS_SIZE"
 warm; sync
 log "remote deploy over veth"
 t=$(now)
-ip netns exec "$NS_C" "$BIN" --data-dir "$WORK/cli-data" --server http://10.77.0.1:8080 --token "$TOKEN" deploy bench "$WORK/remote" -q >/dev/null
+ip netns exec "$NS_C" "$BIN" --data-dir "$WORK/cli-data" --server http://10.77.0.1:8080 --token "$TOKEN" deploy bench "$WORK/remote/t" -q >/dev/null
 T_REMOTE=$(since "$t")
-DIFF=$(rsync -naHAXc --numeric-ids --delete -i "$SRC/" "$WORK/remote/" | wc -l)
-rm -rf "$WORK/remote"
+DIFF=$(rsync -naHAXc --numeric-ids --delete -i "$SRC/" "$WORK/remote/t/" | wc -l)
+drop_fs remote
 
+fresh_fs rsync "$FS_SIZE"
 warm; sync
 log "rsync -aHAX from an rsync daemon over the same veth"
 t=$(now)
-ip netns exec "$NS_C" rsync -aHAX --numeric-ids rsync://10.77.0.1:8873/root/ "$WORK/rsync/"
+ip netns exec "$NS_C" rsync -aHAX --numeric-ids rsync://10.77.0.1:8873/root/ "$WORK/rsync/t/"
 T_RSYNC=$(since "$t")
-rm -rf "$WORK/rsync"
+drop_fs rsync
 
+fresh_fs conc $((FS_SIZE * CONCURRENT))
 warm; sync
 log "$CONCURRENT concurrent remote deploys"
 t=$(now)
 cpids=()
 for i in $(seq "$CONCURRENT"); do
-    ip netns exec "$NS_C" "$BIN" --data-dir "$WORK/cli-data" --server http://10.77.0.1:8080 --token "$TOKEN" deploy bench "$WORK/c$i" -q --no-sync >/dev/null &
+    ip netns exec "$NS_C" "$BIN" --data-dir "$WORK/cli-data" --server http://10.77.0.1:8080 --token "$TOKEN" deploy bench "$WORK/conc/c$i" -q --no-sync >/dev/null &
     cpids+=("$!")
 done
 fail=0
@@ -112,12 +138,12 @@ for p in "${cpids[@]}"; do wait "$p" || fail=$((fail + 1)); done
 sync
 T_CONC=$(since "$t")
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
-rm -rf "$WORK"/c*
+drop_fs conc
 
 MB=$(awk -v b="$BYTES" 'BEGIN { printf "%.1f", b / 1e6 }')
 {
     echo "understudy remote deploy benchmark — $(date -Is) on $(nproc) cores"
-    echo "tree: $SRC ($MB MB apparent); warm page cache; veth between two network namespaces"
+    echo "tree: $SRC ($MB MB apparent); warm page cache; veth between two network namespaces; each run into a fresh ext4"
     printf '%-52s %10s %10s %8s %s\n' metric understudy baseline ratio goal
     printf '%-52s %10s %10s %8s %s\n' "remote deploy (s) vs local deploy (s)" "$T_REMOTE" "$T_LOCAL" "$(ratio "$T_LOCAL" "$T_REMOTE")" "throughput ratio >= 0.8"
     printf '%-52s %10s %10s %8s %s\n' "remote deploy (s) vs rsync -aHAX daemon (s)" "$T_REMOTE" "$T_RSYNC" "$(ratio "$T_RSYNC" "$T_REMOTE")" "speed-up >= 2"
