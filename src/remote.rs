@@ -206,7 +206,7 @@ pub fn encode(s: &str) -> String {
 struct Buffers(Mutex<Vec<Vec<u8>>>);
 
 /// Buffers kept for reuse (of about 2 MiB each, the stored block size).
-const POOL_BUFFERS: usize = 16;
+const POOL_BUFFERS: usize = 8;
 
 impl Buffers {
     /// An empty buffer with room for `cap` bytes.
@@ -603,20 +603,11 @@ async fn fetch_once(
         .await?;
     let resp = Client::check(resp).await?;
     let mut body = resp.bytes_stream();
-    let mut buf = bytes::BytesMut::new();
+    let mut records = Records::default();
+    let mut got = Vec::new();
     while let Some(piece) = body.next().await {
-        buf.extend_from_slice(&piece?);
-        while buf.len() >= pack::RECORD_HEADER_LEN {
-            let (id, flags, raw, stored) =
-                pack::parse_record_header(&buf).map_err(|e| RemoteError::Protocol(e.to_string()))?;
-            if stored > 64 << 20 || raw > 64 << 20 {
-                return Err(RemoteError::Protocol("oversized chunk record".into()));
-            }
-            let need = pack::RECORD_HEADER_LEN + stored as usize;
-            if buf.len() < need {
-                break;
-            }
-            let rec = buf.split_to(need).freeze();
+        records.feed(&piece?, &mut got)?;
+        for (id, flags, raw, rec) in got.drain(..) {
             let payload = rec.slice(pack::RECORD_HEADER_LEN..);
             if flags == pack::FLAG_BLOCK {
                 receive_block(&id, raw, payload, remaining, sh, refs)?;
@@ -634,10 +625,56 @@ async fn fetch_once(
             sh.cv.notify_all();
         }
     }
-    if !buf.is_empty() {
+    if !records.is_empty() {
         return Err(RemoteError::Protocol("stream ended inside a record".into()));
     }
     Ok(())
+}
+
+/// A received record: id, encoding, raw length, and the whole record (header included).
+type Received = (ChunkId, u8, u32, bytes::Bytes);
+
+/// Cuts a chunk stream into records, each copied into an allocation of its own size: a
+/// record held in the window keeps alive no more memory than the window counts for it
+/// (slices of one growing receive buffer kept whole buffers alive).
+#[derive(Default)]
+struct Records {
+    cur: bytes::BytesMut,
+    /// Length of the record in `cur` once its header is complete, else 0.
+    need: usize,
+}
+
+impl Records {
+    /// Take in `piece` of the stream; complete records are appended to `out`.
+    fn feed(&mut self, mut piece: &[u8], out: &mut Vec<Received>) -> Result<(), RemoteError> {
+        let bad = |e: pack::FormatError| RemoteError::Protocol(e.to_string());
+        while !piece.is_empty() {
+            let want = if self.need == 0 { pack::RECORD_HEADER_LEN } else { self.need };
+            let take = (want - self.cur.len()).min(piece.len());
+            self.cur.extend_from_slice(&piece[..take]);
+            piece = &piece[take..];
+            if self.need == 0 && self.cur.len() == pack::RECORD_HEADER_LEN {
+                let (_, _, raw, stored) = pack::parse_record_header(&self.cur).map_err(bad)?;
+                if stored > 64 << 20 || raw > 64 << 20 {
+                    return Err(RemoteError::Protocol("oversized chunk record".into()));
+                }
+                self.need = pack::RECORD_HEADER_LEN + stored as usize;
+                self.cur.reserve(stored as usize);
+            }
+            if self.need != 0 && self.cur.len() == self.need {
+                let rec = std::mem::take(&mut self.cur).freeze();
+                self.need = 0;
+                let (id, flags, raw, _) = pack::parse_record_header(&rec).map_err(bad)?;
+                out.push((id, flags, raw, rec));
+            }
+        }
+        Ok(())
+    }
+
+    /// No record is half received.
+    fn is_empty(&self) -> bool {
+        self.cur.is_empty()
+    }
 }
 
 /// Hold the chunks of a received block (each is verified when the writers take it). Only
@@ -920,6 +957,38 @@ mod tests {
         let pool = src.shared.buffers.0.lock().unwrap();
         assert_eq!(pool.len(), 1, "the block's buffer is kept for the next block");
         assert!(pool[0].capacity() >= raw as usize);
+    }
+
+    #[test]
+    fn records_are_cut_from_any_split_of_the_stream() {
+        let (a, b) = (b"a chunk sent raw".as_slice(), vec![9u8; 3000]);
+        let mut stream = Vec::new();
+        for data in [a, &b[..]] {
+            stream.extend_from_slice(&pack::record_header(
+                blake3::hash(data).as_bytes(),
+                pack::FLAG_RAW,
+                data.len() as u32,
+                data.len() as u32,
+            ));
+            stream.extend_from_slice(data);
+        }
+        for step in [1, 7, 41, 100, stream.len()] {
+            let (mut r, mut out) = (Records::default(), Vec::new());
+            for piece in stream.chunks(step) {
+                r.feed(piece, &mut out).unwrap();
+            }
+            assert!(r.is_empty());
+            assert_eq!(out.len(), 2, "pieces of {step}");
+            assert_eq!(&out[0].3[pack::RECORD_HEADER_LEN..], a);
+            assert_eq!(&out[1].3[pack::RECORD_HEADER_LEN..], &b[..]);
+            assert_eq!(out[1].3.len(), pack::RECORD_HEADER_LEN + b.len());
+        }
+        let (mut r, mut out) = (Records::default(), Vec::new());
+        r.feed(&stream[..50], &mut out).unwrap();
+        assert!(!r.is_empty(), "a record cut short is noticed");
+        let mut huge = pack::record_header(&[1; 32], pack::FLAG_ZSTD, 100 << 20, 100 << 20).to_vec();
+        huge.push(0);
+        assert!(Records::default().feed(&huge, &mut out).is_err());
     }
 
     #[test]
