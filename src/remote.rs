@@ -472,6 +472,42 @@ fn batches(order: &[(ChunkId, u32)], groups: Option<&[u32]>, max: u64) -> Vec<(V
     out
 }
 
+/// Chunks per layout request: a request body (hex ids) stays far below the server's
+/// body limit however large the image.
+const LAYOUT_SEGMENT: usize = 1 << 16;
+
+/// The block layout of `ids`, asked for in segments of [`LAYOUT_SEGMENT`] chunks. Each
+/// answer numbers its blocks from 0: the numbers of later segments are moved past those
+/// of earlier ones (a block seen in two segments then counts as two, and its two parts go
+/// in different requests, which costs only that block's recompression).
+async fn layout_in_segments(client: &Client, image: &str, ids: &[ChunkId]) -> Result<Vec<u32>, RemoteError> {
+    let mut out = Vec::with_capacity(ids.len());
+    let mut base = 0u32;
+    for seg in ids.chunks(LAYOUT_SEGMENT) {
+        let groups = client.layout(image, seg).await?;
+        base = shift_groups(&groups, base, &mut out)
+            .ok_or_else(|| RemoteError::Protocol("block layout numbers out of range".into()))?;
+    }
+    Ok(out)
+}
+
+/// Append `groups` to `out` with every block number moved up by `base`; returns the
+/// first number not used yet, or `None` on an overflow.
+fn shift_groups(groups: &[u32], base: u32, out: &mut Vec<u32>) -> Option<u32> {
+    const ALONE: u32 = crate::http::stream::LAYOUT_ALONE;
+    let mut next = base;
+    for &g in groups {
+        if g == ALONE {
+            out.push(ALONE);
+            continue;
+        }
+        let v = base.checked_add(g).filter(|v| *v != ALONE)?;
+        out.push(v);
+        next = next.max(v.checked_add(1)?);
+    }
+    Some(next)
+}
+
 /// Why a pull stopped for good.
 #[derive(Debug, thiserror::Error)]
 enum PullFault {
@@ -503,7 +539,7 @@ async fn pull(
 ) -> Result<(), PullFault> {
     let refs = Arc::new(refs);
     let ids: Vec<ChunkId> = order.iter().map(|(id, _)| *id).collect();
-    let groups = match client.layout(image, &ids).await {
+    let groups = match layout_in_segments(client, image, &ids).await {
         Ok(g) => Some(g),
         // A server without the layout endpoint: requests in plain order, as before.
         Err(e) => {
@@ -853,6 +889,19 @@ mod tests {
         let mut all: Vec<ChunkId> = b.iter().flat_map(|(v, _)| v.clone()).collect();
         all.sort();
         assert_eq!(all, ids(&[0, 1, 2, 3, 4, 5, 6, 7]), "every chunk in exactly one request");
+    }
+
+    #[test]
+    fn layout_segments_do_not_share_block_numbers() {
+        const ALONE: u32 = crate::http::stream::LAYOUT_ALONE;
+        let mut out = Vec::new();
+        let next = shift_groups(&[0, ALONE, 1, 0], 0, &mut out).unwrap();
+        assert_eq!(next, 2);
+        let next = shift_groups(&[0, 0, ALONE, 1], next, &mut out).unwrap();
+        assert_eq!(next, 4);
+        assert_eq!(out, vec![0, ALONE, 1, 0, 2, 2, ALONE, 3]);
+        assert_eq!(shift_groups(&[ALONE], 7, &mut out), Some(7), "nothing new numbered");
+        assert!(shift_groups(&[5], u32::MAX - 3, &mut out).is_none(), "overflow is refused");
     }
 
     #[test]
