@@ -384,7 +384,8 @@ impl Default for PullOptions {
         // Each request costs the server a pass over the manifest: 32 MiB batches make ~30
         // of them for a 1 GB root. A server that sends blocks as stored outruns the writers,
         // so the window is full most of the time: 128 MiB (plus the requests in flight) kept
-        // the client at ~300 MB resident against ~430 MB with 256 MiB, at the same speed.
+        // the client at ~300 MB resident against ~430 MB with 256 MiB; on a 1 GB root the
+        // deploy times of the two differed less than the bench machine's noise.
         PullOptions { parallel: 4, batch_bytes: 32 << 20, window_bytes: 128 << 20, retries: 8 }
     }
 }
