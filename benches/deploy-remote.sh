@@ -5,6 +5,15 @@
 # deploys of one image (aggregate throughput, server peak memory).
 #
 # Source tree: the cached debootstrap rootfs that benches/store.sh builds.
+#
+# Each run (local deploy, remote deploy, rsync; UNDERSTUDY_BENCH_RUNS rounds, medians
+# reported) is timed up to a syncfs of its target, since deploy syncs and rsync does not.
+# Every measured run writes into a filesystem of its own, made fresh (ext4 on a loop
+# device, as a node's new root would be): the host's own filesystem here is ext4 without
+# a journal, where creating inodes right after `rm -rf` of a large tree scans past every
+# recently deleted inode (ext4's recently_deleted(), 60 s or more): a run that followed
+# the deletion of the previous run's tree spent most of its time in ext4_create and was
+# 8x slower than the same run on a clean filesystem, whichever tool it was.
 set -euo pipefail
 export LC_ALL=C
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,9 +31,11 @@ NS_S=us-bench-srv-$ID
 NS_C=us-bench-cli-$ID
 WORK=$(mktemp -d /var/tmp/us-bench-remote.XXXXXX)
 PIDS=()
+MOUNTS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    for m in "${MOUNTS[@]}"; do umount "$m" 2>/dev/null || true; done
     ip netns del "$NS_S" 2>/dev/null || true
     ip netns del "$NS_C" 2>/dev/null || true
     rm -rf "$WORK"
@@ -77,34 +88,79 @@ ip netns exec "$NS_S" rsync --daemon --no-detach --address=10.77.0.1 --port=8873
 PIDS+=("$!")
 sleep 0.5
 
+# A fresh, empty ext4 filesystem mounted at $WORK/$1 (size $2), for one measured run.
+fresh_fs() {
+    truncate -s "$2" "$WORK/$1.img"
+    mkfs.ext4 -q -F "$WORK/$1.img"
+    mkdir -p "$WORK/$1"
+    mount -o loop "$WORK/$1.img" "$WORK/$1"
+    MOUNTS+=("$WORK/$1")
+}
+# Unmount and remove a run's filesystem.
+drop_fs() { umount "$WORK/$1"; rm -rf "${WORK:?}/$1" "$WORK/$1.img"; }
+
 warm() { tar -cf - -C "$SRC" . | cat > /dev/null; cat "$DATA"/store/packs/* > /dev/null; }
 
-warm; sync
-log "local deploy"
-t=$(now); "$BIN" --data-dir "$DATA" deploy bench "$WORK/local" -q >/dev/null; T_LOCAL=$(since "$t")
-rm -rf "$WORK/local"
+FS_SIZE=$(awk -v b="$BYTES" 'BEGIN { printf "%d", b * 2 + 1073741824 }')
 
-warm; sync
-log "remote deploy over veth"
-t=$(now)
-ip netns exec "$NS_C" "$BIN" --data-dir "$WORK/cli-data" --server http://10.77.0.1:8080 --token "$TOKEN" deploy bench "$WORK/remote" -q >/dev/null
-T_REMOTE=$(since "$t")
-DIFF=$(rsync -naHAXc --numeric-ids --delete -i "$SRC/" "$WORK/remote/" | wc -l)
-rm -rf "$WORK/remote"
+# One measured run into a fresh filesystem: the write, then a syncfs of that filesystem
+# (deploys run with --no-sync and get it from outside, so every tool pays the same flush:
+# a deploy syncs by default, rsync never does). Sets W (write, s) and S (syncfs, s).
+timed() {
+    local name=$1 t
+    shift
+    fresh_fs "$name" "$FS_SIZE"
+    warm
+    sync
+    t=$(now)
+    "$@" >/dev/null
+    W=$(since "$t")
+    t=$(now)
+    sync -f "$WORK/$name"
+    S=$(since "$t")
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+sum() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a + b }'; }
+# Lowest and highest of the per-round ratios a[i]/b[i] (arrays named by $1 and $2).
+ratio_range() {
+    local -n xs=$1 ys=$2
+    local i out=()
+    for i in "${!xs[@]}"; do out+=("$(ratio "${xs[$i]}" "${ys[$i]}")"); done
+    printf '%s\n' "${out[@]}" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }'
+}
 
-warm; sync
-log "rsync -aHAX from an rsync daemon over the same veth"
-t=$(now)
-ip netns exec "$NS_C" rsync -aHAX --numeric-ids rsync://10.77.0.1:8873/root/ "$WORK/rsync/"
-T_RSYNC=$(since "$t")
-rm -rf "$WORK/rsync"
+# The machine may be shared: RUNS rounds of the three, interleaved, and their medians.
+RUNS=${UNDERSTUDY_BENCH_RUNS:-3}
+L=() R=() Y=() RW=() YW=() LS=() RS=() YS=()
+DIFF=
+for round in $(seq "$RUNS"); do
+    log "round $round/$RUNS: local deploy"
+    timed local "$BIN" --data-dir "$DATA" deploy bench "$WORK/local/t" -q --no-sync
+    LS+=("$S") L+=("$(sum "$W" "$S")")
+    drop_fs local
 
+    log "round $round/$RUNS: remote deploy over veth"
+    timed remote ip netns exec "$NS_C" "$BIN" --data-dir "$WORK/cli-data" --server http://10.77.0.1:8080 \
+        --token "$TOKEN" deploy bench "$WORK/remote/t" -q --no-sync
+    RW+=("$W") RS+=("$S") R+=("$(sum "$W" "$S")")
+    [[ -n $DIFF ]] || DIFF=$(rsync -naHAXc --numeric-ids --delete -i "$SRC/" "$WORK/remote/t/" | wc -l)
+    drop_fs remote
+
+    log "round $round/$RUNS: rsync -aHAX from an rsync daemon over the same veth"
+    timed rsync ip netns exec "$NS_C" rsync -aHAX --numeric-ids rsync://10.77.0.1:8873/root/ "$WORK/rsync/t/"
+    YW+=("$W") YS+=("$S") Y+=("$(sum "$W" "$S")")
+    drop_fs rsync
+done
+T_LOCAL=$(median "${L[@]}") T_REMOTE=$(median "${R[@]}") T_RSYNC=$(median "${Y[@]}")
+T_REMOTE_W=$(median "${RW[@]}") T_RSYNC_W=$(median "${YW[@]}")
+
+fresh_fs conc $((FS_SIZE * CONCURRENT))
 warm; sync
 log "$CONCURRENT concurrent remote deploys"
 t=$(now)
 cpids=()
 for i in $(seq "$CONCURRENT"); do
-    ip netns exec "$NS_C" "$BIN" --data-dir "$WORK/cli-data" --server http://10.77.0.1:8080 --token "$TOKEN" deploy bench "$WORK/c$i" -q --no-sync >/dev/null &
+    ip netns exec "$NS_C" "$BIN" --data-dir "$WORK/cli-data" --server http://10.77.0.1:8080 --token "$TOKEN" deploy bench "$WORK/conc/c$i" -q --no-sync >/dev/null &
     cpids+=("$!")
 done
 fail=0
@@ -112,15 +168,18 @@ for p in "${cpids[@]}"; do wait "$p" || fail=$((fail + 1)); done
 sync
 T_CONC=$(since "$t")
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
-rm -rf "$WORK"/c*
+drop_fs conc
 
 MB=$(awk -v b="$BYTES" 'BEGIN { printf "%.1f", b / 1e6 }')
 {
     echo "understudy remote deploy benchmark — $(date -Is) on $(nproc) cores"
     echo "tree: $SRC ($MB MB apparent); warm page cache; veth between two network namespaces"
+    echo "each run into a fresh ext4 and ends with its syncfs; medians of $RUNS interleaved rounds"
     printf '%-52s %10s %10s %8s %s\n' metric understudy baseline ratio goal
-    printf '%-52s %10s %10s %8s %s\n' "remote deploy (s) vs local deploy (s)" "$T_REMOTE" "$T_LOCAL" "$(ratio "$T_LOCAL" "$T_REMOTE")" "throughput ratio >= 0.8"
-    printf '%-52s %10s %10s %8s %s\n' "remote deploy (s) vs rsync -aHAX daemon (s)" "$T_REMOTE" "$T_RSYNC" "$(ratio "$T_RSYNC" "$T_REMOTE")" "speed-up >= 2"
+    printf '%-52s %10s %10s %8s %s\n' "remote deploy (s) vs local deploy (s)" "$T_REMOTE" "$T_LOCAL" "$(ratio "$T_LOCAL" "$T_REMOTE")" "throughput ratio >= 0.8 (rounds: $(ratio_range L R))"
+    printf '%-52s %10s %10s %8s %s\n' "remote deploy (s) vs rsync -aHAX daemon (s)" "$T_REMOTE" "$T_RSYNC" "$(ratio "$T_RSYNC" "$T_REMOTE")" "speed-up >= 2 (rounds: $(ratio_range Y R))"
+    printf '%-52s %10s %10s %8s %s\n' "  the same without the final syncfs (s)" "$T_REMOTE_W" "$T_RSYNC_W" "$(ratio "$T_RSYNC_W" "$T_REMOTE_W")" "rounds: $(ratio_range YW RW)"
+    printf '%-52s %10s\n' "syncfs after the write (s): local, remote, rsync" "$(median "${LS[@]}"), $(median "${RS[@]}"), $(median "${YS[@]}")"
     printf '%-52s %10s %10s %8s %s\n' "remote deploy throughput (MB/s)" "$(awk -v b="$BYTES" -v t="$T_REMOTE" 'BEGIN{printf "%.0f", b/t/1e6}')" "-" "-" "-"
     printf '%-52s %10s %10s %8s %s\n' "$CONCURRENT concurrent deploys: aggregate MB/s" "$(awk -v b="$BYTES" -v n="$CONCURRENT" -v t="$T_CONC" 'BEGIN{printf "%.0f", n*b/t/1e6}')" "-" "-" "failures: $fail"
     printf '%-52s %10s %10s %8s %s\n' "server peak RSS (MB)" "$(awk -v k="$RSS_KB" 'BEGIN{printf "%.0f", k/1024}')" "-" "-" "-"

@@ -18,6 +18,18 @@ use std::sync::Arc;
 pub trait ChunkSource: Sync {
     /// The uncompressed bytes of a chunk, already checked against its id.
     fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError>;
+
+    /// Hand the uncompressed bytes of a chunk, already checked against its id, to `f`,
+    /// and return what `f` returned. A source that holds the bytes already (a received
+    /// block) lends them instead of copying them into a new buffer first.
+    fn with_chunk(
+        &self,
+        id: &ChunkId,
+        f: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<std::io::Result<()>, StoreError> {
+        let data = self.read_chunk(id)?;
+        Ok(f(&data))
+    }
 }
 
 impl ChunkSource for Store {
@@ -349,17 +361,21 @@ fn write_file(src: &dyn ChunkSource, dir: BorrowedFd<'_>, e: &Entry, as_root: bo
         for x in extents {
             let mut off = x.offset;
             for c in &x.chunks {
-                let data = src
-                    .read_chunk(&c.id)
-                    .map_err(|source| DeployError::Chunk { path: display_path(&e.path), source })?;
-                if data.len() != c.len as usize {
+                // Written only when its length is the manifest's (the bytes are verified).
+                let mut got = 0usize;
+                src.with_chunk(&c.id, &mut |data| {
+                    got = data.len();
+                    if got == c.len as usize { file.write_all_at(data, off) } else { Ok(()) }
+                })
+                .map_err(|source| DeployError::Chunk { path: display_path(&e.path), source })?
+                .map_err(entry_err(e))?;
+                if got != c.len as usize {
                     return Err(DeployError::Chunk {
                         path: display_path(&e.path),
                         source: StoreError::ChunkCorrupt { id: c.id, why: "length differs from the manifest".into() },
                     });
                 }
-                file.write_all_at(&data, off).map_err(entry_err(e))?;
-                off += data.len() as u64;
+                off += got as u64;
             }
             end = off;
         }

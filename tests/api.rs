@@ -426,6 +426,60 @@ fn stream_sends_exactly_the_chunks_asked_for_even_out_of_shared_blocks() {
 }
 
 #[test]
+fn layout_names_the_stored_block_of_every_chunk() {
+    use understudy::store::pack;
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..300u64 {
+        std::fs::write(src.join(format!("s{i:03}")), noise(2000 + 37 * i as usize, i)).unwrap();
+    }
+    std::fs::write(src.join("big"), noise(3 << 20, 7)).unwrap();
+    sb.ok(&["capture", "--name", "img", src.to_str().unwrap()]);
+    let srv = Server::start(&sb, "");
+    let m = manifest(&srv, "img");
+    let mut seen = std::collections::HashSet::new();
+    let all: Vec<[u8; 32]> = m.chunk_refs().map(|(_, c)| c.id).filter(|id| seen.insert(*id)).collect();
+    let hex: Vec<String> = all.iter().map(hex::encode).collect();
+    let body = fetch(&srv, "/api/v1/images/img/layout", Some(json!({ "want": hex })));
+    assert_eq!(body.len(), 4 * all.len());
+    let groups: Vec<u32> = body.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect();
+    // The stored blocks, as a full stream sends them (every block whole).
+    let stream = fetch(&srv, "/api/v1/images/img/stream", Some(json!({})));
+    let mut blocks: Vec<std::collections::BTreeSet<[u8; 32]>> = Vec::new();
+    let mut rest = &stream[..];
+    while !rest.is_empty() {
+        let (id, flags, raw, stored) = pack::parse_record_header(rest).unwrap();
+        let payload = &rest[pack::RECORD_HEADER_LEN..pack::RECORD_HEADER_LEN + stored as usize];
+        if flags == pack::FLAG_BLOCK {
+            blocks.push(pack::parse_block_table(payload, &id, raw).unwrap().0.iter().map(|c| c.id).collect());
+        }
+        rest = &rest[pack::RECORD_HEADER_LEN + stored as usize..];
+    }
+    assert!(blocks.len() >= 2, "the small files make blocks");
+    // Chunks with one number are exactly one stored block; the others are stored alone.
+    let mut by_group: std::collections::BTreeMap<u32, std::collections::BTreeSet<[u8; 32]>> = Default::default();
+    for (id, g) in all.iter().zip(&groups) {
+        if *g != u32::MAX {
+            by_group.entry(*g).or_default().insert(*id);
+        }
+    }
+    let mut expected = blocks.clone();
+    expected.sort();
+    let mut got: Vec<_> = by_group.into_values().collect();
+    got.sort();
+    assert_eq!(got, expected);
+    // A chunk that is not in the image is refused, as by the stream.
+    let (s, b) = srv.curl(
+        "POST",
+        "/api/v1/images/img/layout",
+        Some(&srv.token),
+        Some(&json!({ "want": [hex::encode([1u8; 32])] }).to_string()),
+    );
+    assert_eq!((s, err_code(&b).as_str()), (404, "not_found"), "{b}");
+}
+
+#[test]
 fn stream_sends_deltas_whole_and_block_members_to_a_remote_deploy() {
     use understudy::store::{LockMode, Store, pack};
     let sb = Sandbox::new();

@@ -20,6 +20,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody};
 use crate::config::HttpConfig;
+use crate::store::manifest::Manifest;
 use crate::store::{self, ChunkId, Record, Store, hex_id, pack, parse_id};
 use crate::wire::StreamRequest;
 use axum::body::Body;
@@ -44,6 +45,7 @@ pub fn routes(cfg: &HttpConfig) -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(get_manifest))
         .routes(routes!(get_chunk))
+        .routes(routes!(chunk_layout).layer(axum::extract::DefaultBodyLimit::max(cfg.stream_body_limit as usize)))
         .routes(routes!(stream_chunks).layer(axum::extract::DefaultBodyLimit::max(cfg.stream_body_limit as usize)))
 }
 
@@ -140,6 +142,82 @@ async fn get_chunk(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
+/// The chunks a stream request names, in order, each once: its `want` (every chunk of
+/// the image when absent) minus its `have`. A wanted chunk outside the image is refused.
+fn requested(m: &Manifest, req: &StreamRequest, label: &str) -> ApiResult<Vec<ChunkId>> {
+    let have: HashSet<ChunkId> = parse_ids(&req.have, "have")?.into_iter().collect();
+    let mut seen = HashSet::new();
+    let in_image: Vec<ChunkId> = m.chunk_refs().map(|(_, c)| c.id).filter(|id| seen.insert(*id)).collect();
+    Ok(match &req.want {
+        Some(w) => {
+            let want = parse_ids(w, "want")?;
+            if let Some(bad) = want.iter().find(|id| !seen.contains(*id)) {
+                return Err(ApiError::not_found(format!("chunk {} is not part of image {label}", hex_id(bad))));
+            }
+            let mut dedup = HashSet::new();
+            want.into_iter().filter(|id| !have.contains(id) && dedup.insert(*id)).collect()
+        }
+        None => in_image.into_iter().filter(|id| !have.contains(id)).collect(),
+    })
+}
+
+/// Layout value of a chunk stored in a record of its own (not in a block).
+pub const LAYOUT_ALONE: u32 = u32::MAX;
+
+/// Number the stored blocks that `places` (each chunk's block as (pack, offset), or
+/// `None` for a chunk stored alone) fall in, densely in order of first appearance: the
+/// layout answer, one value per chunk, [`LAYOUT_ALONE`] for a chunk not in a block.
+fn block_groups(places: impl IntoIterator<Item = Option<(u32, u32)>>) -> Vec<u32> {
+    let mut groups: HashMap<(u32, u32), u32> = HashMap::new();
+    places
+        .into_iter()
+        .map(|p| match p {
+            Some(key) => {
+                let next = groups.len() as u32;
+                *groups.entry(key).or_insert(next)
+            }
+            None => LAYOUT_ALONE,
+        })
+        .collect()
+}
+
+/// Which stored block each chunk a stream request names lies in. A client that asks for
+/// all of a block's chunks in one stream request gets the block as it is stored; one
+/// that splits a block over several requests makes the server decompress it and
+/// recompress the part each request wants.
+#[utoipa::path(post, path = "/api/v1/images/{image}/layout", tag = "images",
+    params(("image" = String, Path, description = "NAME, NAME@N or id")), request_body = StreamRequest,
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>, description = "one u32 LE per chunk the request names, in its order: the number of the stored block holding it (blocks numbered from 0 in order of first appearance), 4294967295 for a chunk stored on its own"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn chunk_layout(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(image): ApiPath<String>,
+    ApiJson(req): ApiJson<StreamRequest>,
+) -> ApiResult<Response> {
+    let row = st.inv.resolve(&image).await?;
+    caller.image_content(&row.id)?;
+    let m = st.inv.manifest(&row).await?;
+    let list = requested(&m, &req, &format!("{}@{}", row.name, row.version))?;
+    let st2 = st.clone();
+    let groups = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, StreamFault> {
+        let store = Store::open_cached(&st2.data_dir(), &st2.index_cache)?;
+        let places = list
+            .iter()
+            .map(|id| {
+                let loc = store.locate(id).ok_or(StreamFault::Missing(*id))?;
+                Ok((loc.flags == pack::FLAG_BLOCK).then_some((loc.pack, loc.offset)))
+            })
+            .collect::<Result<Vec<_>, StreamFault>>()?;
+        Ok(block_groups(places))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let body: Vec<u8> = groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+    st.metrics.bytes_served.fetch_add(body.len() as u64, Ordering::Relaxed);
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
 /// Stream every chunk of the image the client lacks (or only those it wants), in
 /// manifest order, in one response.
 #[utoipa::path(post, path = "/api/v1/images/{image}/stream", tag = "images",
@@ -154,25 +232,7 @@ async fn stream_chunks(
     let row = st.inv.resolve(&image).await?;
     caller.image_content(&row.id)?;
     let m = st.inv.manifest(&row).await?;
-    let have: HashSet<ChunkId> = parse_ids(&req.have, "have")?.into_iter().collect();
-    let mut seen = HashSet::new();
-    let in_image: Vec<ChunkId> = m.chunk_refs().map(|(_, c)| c.id).filter(|id| seen.insert(*id)).collect();
-    let list: Vec<ChunkId> = match &req.want {
-        Some(w) => {
-            let want = parse_ids(w, "want")?;
-            if let Some(bad) = want.iter().find(|id| !seen.contains(*id)) {
-                return Err(ApiError::not_found(format!(
-                    "chunk {} is not part of image {}@{}",
-                    hex_id(bad),
-                    row.name,
-                    row.version
-                )));
-            }
-            let mut dedup = HashSet::new();
-            want.into_iter().filter(|id| !have.contains(id) && dedup.insert(*id)).collect()
-        }
-        None => in_image.into_iter().filter(|id| !have.contains(id)).collect(),
-    };
+    let list = requested(&m, &req, &format!("{}@{}", row.name, row.version))?;
     let count = list.len();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let stall = st.cfg.stream_stall_timeout;
@@ -205,6 +265,8 @@ async fn stream_chunks(
                 locs.push(loc);
             }
             let mut sent_blocks = HashSet::new();
+            // Blocks sent as stored, and blocks of which only a part was wanted (recompressed).
+            let (mut whole, mut recoded) = (0u32, 0u32);
             let mut batch = Vec::with_capacity(BATCH + (1 << 18));
             for (id, loc) in list.iter().zip(locs) {
                 if st2.shutdown.is_cancelled() {
@@ -216,7 +278,15 @@ async fn stream_chunks(
                 }
                 let rec = store.read_record(id, loc)?;
                 let (hdr, payload) = match wanted_in.get(&key) {
-                    Some(wanted) if loc.flags == pack::FLAG_BLOCK => block_record(rec, wanted)?,
+                    Some(wanted) if loc.flags == pack::FLAG_BLOCK => {
+                        let (hdr, payload, as_stored) = block_record(rec, wanted)?;
+                        if as_stored {
+                            whole += 1;
+                        } else {
+                            recoded += 1;
+                        }
+                        (hdr, payload)
+                    }
                     // A delta needs its base, which the client may not have: send it whole.
                     _ if rec.flags == pack::FLAG_DELTA => {
                         let data = store.read(id)?;
@@ -238,6 +308,7 @@ async fn stream_chunks(
                 sent += batch.len() as u64;
                 send(Ok(Bytes::from(batch)));
             }
+            tracing::debug!(image = %label, chunks = count, blocks_as_stored = whole, blocks_recompressed = recoded, "chunk stream sent");
             Ok(())
         })();
         if let Err(e) = res {
@@ -276,11 +347,12 @@ enum StreamFault {
 }
 
 /// The record to send for a stored block of which the client wants `wanted`: the block
-/// as stored if that is all of it, else a new block of just the wanted chunks.
+/// as stored if that is all of it, else a new block of just the wanted chunks; and
+/// whether it went as stored.
 fn block_record(
     rec: Record,
     wanted: &HashSet<ChunkId>,
-) -> Result<([u8; pack::RECORD_HEADER_LEN], Vec<u8>), StreamFault> {
+) -> Result<([u8; pack::RECORD_HEADER_LEN], Vec<u8>, bool), StreamFault> {
     let bad = |e: pack::FormatError| StreamFault::Block(format!("stored block {}: {e}", hex_id(&rec.id)));
     let (table, _) = pack::parse_block_table(&rec.payload, &rec.id, rec.raw_len).map_err(bad)?;
     let held: HashSet<ChunkId> = table.iter().map(|c| c.id).collect();
@@ -289,7 +361,7 @@ fn block_record(
     }
     if held.len() == wanted.len() {
         let hdr = pack::record_header(&rec.id, rec.flags, rec.raw_len, rec.payload.len() as u32);
-        return Ok((hdr, rec.payload));
+        return Ok((hdr, rec.payload, true));
     }
     let (table, data) = pack::decode_block(&rec.payload, &rec.id, rec.raw_len).map_err(bad)?;
     let mut list = Vec::new();
@@ -298,11 +370,25 @@ fn block_record(
         list.push((c.id, c.len));
         bytes.extend_from_slice(&data[c.inner as usize..(c.inner + c.len) as usize]);
     }
-    store::encode_block(&list, &bytes).map_err(|e| StreamFault::Block(format!("compressing block: {e}")))
+    let (hdr, payload) =
+        store::encode_block(&list, &bytes).map_err(|e| StreamFault::Block(format!("compressing block: {e}")))?;
+    Ok((hdr, payload, false))
 }
 
 fn tokio_stream_wrapper(
     mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_groups_number_blocks_in_order_of_first_appearance() {
+        let places = [Some((0, 16)), None, Some((1, 16)), Some((0, 16)), Some((0, 900)), None, Some((1, 16))];
+        assert_eq!(block_groups(places), vec![0, LAYOUT_ALONE, 1, 0, 2, LAYOUT_ALONE, 1]);
+        assert!(block_groups([]).is_empty());
+    }
 }
