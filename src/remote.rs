@@ -126,10 +126,10 @@ impl Client {
 
     /// The stored-block layout of `ids` in `image` (see the server's layout endpoint): one
     /// group number per id, equal for chunks stored in the same block.
-    pub async fn layout(&self, image: &str, ids: &[ChunkId]) -> Result<Vec<u32>, RemoteError> {
+    pub async fn block_layout(&self, image: &str, ids: &[ChunkId]) -> Result<Vec<u32>, RemoteError> {
         let want = Some(ids.iter().map(hex_id).collect());
         let resp = self
-            .req(reqwest::Method::POST, &format!("/api/v1/images/{}/layout", encode(image)))
+            .req(reqwest::Method::POST, &format!("/api/v1/images/{}/blocks", encode(image)))
             .json(&crate::wire::StreamRequest { have: vec![], want })
             .send()
             .await?;
@@ -485,7 +485,7 @@ async fn layout_in_segments(client: &Client, image: &str, ids: &[ChunkId]) -> Re
     let mut out = Vec::with_capacity(ids.len());
     let mut base = 0u32;
     for seg in ids.chunks(LAYOUT_SEGMENT) {
-        let groups = client.layout(image, seg).await?;
+        let groups = client.block_layout(image, seg).await?;
         base = shift_groups(&groups, base, &mut out)
             .ok_or_else(|| RemoteError::Protocol("block layout numbers out of range".into()))?;
     }

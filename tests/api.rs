@@ -441,7 +441,7 @@ fn layout_names_the_stored_block_of_every_chunk() {
     let mut seen = std::collections::HashSet::new();
     let all: Vec<[u8; 32]> = m.chunk_refs().map(|(_, c)| c.id).filter(|id| seen.insert(*id)).collect();
     let hex: Vec<String> = all.iter().map(hex::encode).collect();
-    let body = fetch(&srv, "/api/v1/images/img/layout", Some(json!({ "want": hex })));
+    let body = fetch(&srv, "/api/v1/images/img/blocks", Some(json!({ "want": hex })));
     assert_eq!(body.len(), 4 * all.len());
     let groups: Vec<u32> = body.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect();
     // The stored blocks, as a full stream sends them (every block whole).
@@ -472,7 +472,7 @@ fn layout_names_the_stored_block_of_every_chunk() {
     // A chunk that is not in the image is refused, as by the stream.
     let (s, b) = srv.curl(
         "POST",
-        "/api/v1/images/img/layout",
+        "/api/v1/images/img/blocks",
         Some(&srv.token),
         Some(&json!({ "want": [hex::encode([1u8; 32])] }).to_string()),
     );

@@ -185,7 +185,7 @@ fn block_groups(places: impl IntoIterator<Item = Option<(u32, u32)>>) -> Vec<u32
 /// all of a block's chunks in one stream request gets the block as it is stored; one
 /// that splits a block over several requests makes the server decompress it and
 /// recompress the part each request wants.
-#[utoipa::path(post, path = "/api/v1/images/{image}/layout", tag = "images",
+#[utoipa::path(post, path = "/api/v1/images/{image}/blocks", tag = "images",
     params(("image" = String, Path, description = "NAME, NAME@N or id")), request_body = StreamRequest,
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>, description = "one u32 LE per chunk the request names, in its order: the number of the stored block holding it (blocks numbered from 0 in order of first appearance), 4294967295 for a chunk stored on its own"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn chunk_layout(
