@@ -232,10 +232,17 @@ fn sigkill_at_any_moment_leaves_every_file_old_or_new() {
             assert!(got == old[i] || got == new[i], "f{i:03} is neither old nor new after a kill at {delay_ms} ms");
             fresh += usize::from(got == new[i]);
         }
-        eprintln!("round {round}: killed at {delay_ms} ms: {fresh} of 150 files new");
-        match fresh {
-            0 => delay_ms = delay_ms * 3 / 2 + 1,
-            150 => delay_ms = (delay_ms / 2).max(1),
+        // Files go into place in batches (written, synced, renamed): a kill inside the
+        // update leaves some old and some new, or the temporaries of a batch not yet
+        // renamed (which the next update removes).
+        let temps = (0..7)
+            .flat_map(|d| std::fs::read_dir(dst.join(format!("d{d}"))).unwrap().flatten())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".ustmp"))
+            .count();
+        eprintln!("round {round}: killed at {delay_ms} ms: {fresh} of 150 files new, {temps} temporaries");
+        match (fresh, temps) {
+            (0, 0) => delay_ms = delay_ms * 3 / 2 + 1,
+            (150, 0) => delay_ms = (delay_ms / 2).max(1),
             _ => mixed += 1,
         }
         if mixed == 3 {
@@ -247,6 +254,7 @@ fn sigkill_at_any_moment_leaves_every_file_old_or_new() {
         }
     }
     assert!(mixed > 0, "no kill landed in the middle of the update");
+    // The next update completes it: no temporary is left behind.
     sb.ok(&["update", "img@2", dst.to_str().unwrap()]);
     assert_eq!(rsync_diff(&src, &dst, &["--exclude=/var/"]), "");
 }
