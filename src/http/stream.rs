@@ -161,6 +161,21 @@ fn requested(m: &Manifest, req: &StreamRequest, label: &str) -> ApiResult<Vec<Ch
     })
 }
 
+/// The image a stream or blocks request is about (checked for the caller) and the chunks
+/// it names.
+async fn named_chunks(
+    st: &AppState,
+    caller: &Caller,
+    image: &str,
+    req: &StreamRequest,
+) -> ApiResult<(crate::wire::Image, Vec<ChunkId>)> {
+    let row = st.inv.resolve(image).await?;
+    caller.image_content(&row.id)?;
+    let m = st.inv.manifest(&row).await?;
+    let list = requested(&m, req, &row.label())?;
+    Ok((row, list))
+}
+
 /// Layout value of a chunk stored in a record of its own (not in a block).
 pub const LAYOUT_ALONE: u32 = u32::MAX;
 
@@ -194,10 +209,7 @@ async fn chunk_layout(
     ApiPath(image): ApiPath<String>,
     ApiJson(req): ApiJson<StreamRequest>,
 ) -> ApiResult<Response> {
-    let row = st.inv.resolve(&image).await?;
-    caller.image_content(&row.id)?;
-    let m = st.inv.manifest(&row).await?;
-    let list = requested(&m, &req, &format!("{}@{}", row.name, row.version))?;
+    let (_, list) = named_chunks(&st, &caller, &image, &req).await?;
     let st2 = st.clone();
     let groups = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, StreamFault> {
         let store = Store::open_cached(&st2.data_dir(), &st2.index_cache)?;
@@ -229,10 +241,7 @@ async fn stream_chunks(
     ApiPath(image): ApiPath<String>,
     ApiJson(req): ApiJson<StreamRequest>,
 ) -> ApiResult<Response> {
-    let row = st.inv.resolve(&image).await?;
-    caller.image_content(&row.id)?;
-    let m = st.inv.manifest(&row).await?;
-    let list = requested(&m, &req, &format!("{}@{}", row.name, row.version))?;
+    let (row, list) = named_chunks(&st, &caller, &image, &req).await?;
     let count = list.len();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let stall = st.cfg.stream_stall_timeout;
