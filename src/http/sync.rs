@@ -28,7 +28,7 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 fn configured(st: &AppState) -> ApiResult<&crate::sync::Handle> {
     st.sync
         .as_ref()
-        .filter(|h| h.follow.is_some() || h.capture.is_some() || !h.standbys.list(0).is_empty())
+        .filter(|h| h.follow.is_some() || h.capture.is_some() || !h.standbys.is_empty())
         .ok_or_else(|| ApiError::not_found("neither [sync] nor [capture] is configured on this server"))
 }
 

@@ -99,6 +99,11 @@ impl Board {
         m.insert(r.node.clone(), (r, now_ms));
     }
 
+    /// No standby has reported.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
     /// Every standby's last report, by name, aged at `now_ms`.
     pub fn list(&self, now_ms: u64) -> Vec<ReportedStandby> {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,7 +146,9 @@ mod tests {
     #[test]
     fn the_last_report_wins_and_old_ones_go_stale() {
         let b = Board::default();
+        assert!(b.is_empty());
         b.put(report("head-b"), 1_000);
+        assert!(!b.is_empty());
         let mut newer = report("head-b");
         newer.status.state = "current".into();
         b.put(newer, 2_000);
