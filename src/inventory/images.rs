@@ -215,15 +215,19 @@ impl Inventory {
 
     /// Delete the versions of `name` older than its newest `keep`, except those a node
     /// names explicitly (`NAME@N`) or a deployment still running uses. Returns the
-    /// versions deleted (their chunks go at the next `images gc`).
+    /// versions deleted (their chunks go at the next `images gc`). A `keep` of 0 keeps
+    /// them all (the `keep` keys of `[capture]` and `[sync]`).
     pub async fn prune(&self, name: &str, keep: usize) -> Result<Vec<i64>> {
+        if keep == 0 {
+            return Ok(Vec::new());
+        }
         let mut versions: Vec<Image> = self.images().await?.into_iter().filter(|r| r.name == name).collect::<Vec<_>>();
         versions.sort_by_key(|r| std::cmp::Reverse(r.version));
         let (nodes, _) = self.db.nodes(i64::MAX, 0).await?;
         let pinned: std::collections::HashSet<String> =
             nodes.into_iter().filter_map(|n| n.image).chain(self.db.active_deployment_images().await?).collect();
         let mut gone = Vec::new();
-        for r in versions.into_iter().skip(keep.max(1)) {
+        for r in versions.into_iter().skip(keep) {
             let label = r.label();
             if pinned.contains(&label) {
                 continue;

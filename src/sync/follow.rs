@@ -384,12 +384,10 @@ impl Follower {
             .await
             .map_err(SyncError::Replica)?;
         tracing::info!("sync: the store holds {} ({} chunks, {} bytes pulled)", r.image.label(), r.chunks, r.bytes);
-        if self.cfg.keep > 0 {
-            match self.inv.prune(&self.cfg.image, self.cfg.keep).await {
-                Ok(gone) if !gone.is_empty() => tracing::info!("sync: replica versions pruned: {gone:?}"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("sync: pruning replica versions of {}: {e}", self.cfg.image),
-            }
+        match self.inv.prune(&self.cfg.image, self.cfg.keep).await {
+            Ok(gone) if !gone.is_empty() => tracing::info!("sync: replica versions pruned: {gone:?}"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("sync: pruning replica versions of {}: {e}", self.cfg.image),
         }
         Ok(r.bytes)
     }

@@ -73,13 +73,13 @@ impl Schedule {
                 // Every run makes a version (an unchanged one shares its parent's manifest
                 // and chunks: it is how the standby knows it is still current); the old
                 // ones go.
-                let mut pruned = 0;
-                if self.cfg.keep > 0 {
-                    match self.inv.prune(&self.cfg.image, self.cfg.keep).await {
-                        Ok(gone) => pruned = gone.len() as u64,
-                        Err(e) => tracing::warn!("capture: pruning old versions of {}: {e}", self.cfg.image),
+                let pruned = match self.inv.prune(&self.cfg.image, self.cfg.keep).await {
+                    Ok(gone) => gone.len() as u64,
+                    Err(e) => {
+                        tracing::warn!("capture: pruning old versions of {}: {e}", self.cfg.image);
+                        0
                     }
-                }
+                };
                 self.status.send_modify(|s| {
                     s.running = false;
                     s.runs += 1;

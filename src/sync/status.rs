@@ -99,6 +99,12 @@ pub struct SyncReport {
 }
 
 impl SyncStatus {
+    /// This node's store holds the primary's newest version (it could serve it after a
+    /// takeover).
+    pub fn replica_current(&self) -> bool {
+        self.replica.as_ref().zip(self.newest.as_ref()).is_some_and(|(r, n)| r.manifest == n.manifest)
+    }
+
     /// What the root holds, as the follower reads it back at start.
     pub fn held(&self) -> Held {
         Held { applied: self.applied.clone(), partial: self.partial.clone() }
@@ -218,7 +224,7 @@ pub fn render_metrics(r: &SyncReport) -> String {
             f.replicated_bytes.to_string(),
         );
         if f.newest.is_some() {
-            let current = f.replica.as_ref().zip(f.newest.as_ref()).is_some_and(|(r, n)| r.manifest == n.manifest);
+            let current = f.replica_current();
             g(
                 &mut s,
                 "understudy_sync_replica_current",
@@ -264,11 +270,7 @@ pub fn render_metrics(r: &SyncReport) -> String {
         fam(
             "understudy_standby_replica_current",
             "1 while a standby reports its store holds the newest version.",
-            &|b| {
-                let s = &b.status;
-                let cur = s.replica.as_ref().zip(s.newest.as_ref()).is_some_and(|(r, n)| r.manifest == n.manifest);
-                u8::from(cur).to_string()
-            },
+            &|b| u8::from(b.status.replica_current()).to_string(),
         );
     }
     if let Some(c) = &r.capture {

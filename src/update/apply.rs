@@ -634,15 +634,17 @@ impl Batch {
                 synced.push(s.dev);
             }
         }
-        while !self.files.is_empty() {
-            let s = self.files.remove(0);
+        let mut files = std::mem::take(&mut self.files).into_iter();
+        self.bytes = 0;
+        while let Some(s) = files.next() {
             if let Err(x) = rustix::fs::renameat(&s.dir, s.tmp.as_c_str(), &s.dir, s.name.as_c_str()) {
                 let _ = rustix::fs::unlinkat(&s.dir, s.tmp.as_c_str(), AtFlags::empty());
+                // The rest keep their old version: dropping the batch removes their temporaries.
+                self.files = files.collect();
                 return Err(entry_err(&s.path)(x.into()));
             }
             ctl.done_bytes.fetch_add(s.size, Ordering::Relaxed);
         }
-        self.bytes = 0;
         Ok(())
     }
 }
