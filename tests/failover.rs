@@ -597,6 +597,28 @@ fn takeover_and_release_over_http_and_metrics() {
     assert_eq!(code, 200, "{body}");
     let st: Value = serde_json::from_str(&body).unwrap();
     assert!(st["rx"]["accepted"].as_u64().is_some_and(|n| n > 0), "{st}");
+    // The heartbeat loop runs on its own thread, at SCHED_FIFO (permitted: root), and says so.
+    assert_eq!(st["realtime"], Value::Bool(true), "{st}");
+    let pid = s.child.as_ref().expect("standby runs").id();
+    assert_eq!(thread_policy(pid, "failover"), Some(1), "no SCHED_FIFO thread named failover in {pid}");
+    // The dead time now: never below the configured floor (600 ms here).
+    assert!(st["dead_time_ms"].as_u64().is_some_and(|d| d >= 600), "{st}");
+    let m = ns_curl(&net.s, "GET", "/metrics", None).1;
+    let dead = m.lines().find_map(|l| l.strip_prefix("understudy_failover_dead_time_seconds "));
+    assert!(dead.and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 0.6), "{dead:?}");
+}
+
+/// The scheduling policy (field 41 of its stat) of the thread of `pid` named `name`.
+fn thread_policy(pid: u32, name: &str) -> Option<i64> {
+    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(") ")?;
+        if !head.ends_with(&format!("({name}")) {
+            return None;
+        }
+        // Fields after the command start at field 3.
+        rest.split_whitespace().nth(41 - 3)?.parse().ok()
+    })
 }
 
 /// Sniffs one heartbeat the standby sends on `priv`, then sends from the standby's own

@@ -7,9 +7,15 @@
 //! priority = 150                 # 1-254; ranks the nodes after role (default 100)
 //! key_file = "failover.key"      # relative to data_dir; `understudy failover keygen FILE`
 //!                                # writes one (0600); it may hold two keys during rotation
-//! interval = "100ms"             # heartbeat interval (default 100ms, at least 10ms)
-//! dead_time = "500ms"            # silence on every channel for this long = peer dead
-//!                                # (default 500ms; must exceed 2 x interval)
+//! interval = "50ms"              # heartbeat interval (default 50ms, at least 10ms)
+//! dead_time = "200ms"            # silence on every channel for this long = peer dead
+//!                                # (default 200ms; must exceed 2 x interval)
+//! dead_time_max = "2s"           # the dead time grows up to this while the peer's
+//!                                # heartbeats come irregularly (2 x the longest gap of the
+//!                                # last minute + interval); default the larger of 2s and
+//!                                # dead_time; = dead_time turns adaptation off
+//! realtime = true                # heartbeats on their own thread at SCHED_FIFO priority,
+//!                                # memory locked, where permitted (default true)
 //! tiebreaker = ["192.0.2.254"]   # optional: one must answer before a failover
 //! tiebreaker_timeout = "1s"      # how long the probe may take (default 1s)
 //! fence = ["/usr/sbin/fence_ipmilan", "-a", "10.1.0.2", "-l", "admin", "-o", "off"]
@@ -76,12 +82,17 @@ fn d_priority() -> u8 {
 fn d_key_file() -> PathBuf {
     PathBuf::from("failover.key")
 }
+fn de_opt_dur<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_dur(d).map(Some)
+}
+
 fn d_interval() -> Duration {
-    ms(100)
+    ms(50)
 }
 fn d_dead_time() -> Duration {
-    ms(500)
+    ms(200)
 }
+
 fn d_1s() -> Duration {
     ms(1000)
 }
@@ -112,9 +123,17 @@ pub struct FailoverConfig {
     /// Heartbeat interval.
     #[serde(default = "d_interval", deserialize_with = "de_dur")]
     pub interval: Duration,
-    /// Silence on every channel for this long means the peer is dead.
+    /// Silence on every channel for this long means the peer is dead (the floor of the
+    /// adaptive dead time).
     #[serde(default = "d_dead_time", deserialize_with = "de_dur")]
     pub dead_time: Duration,
+    /// The most the dead time grows to with measured jitter (None: the larger of 2 s and
+    /// `dead_time`).
+    #[serde(default, deserialize_with = "de_opt_dur")]
+    pub dead_time_max: Option<Duration>,
+    /// Run the heartbeat loop on its own real-time thread with locked memory, where permitted.
+    #[serde(default = "d_true")]
+    pub realtime: bool,
     /// Addresses probed before a failover; one must answer.
     #[serde(default)]
     pub tiebreaker: Vec<IpAddr>,
@@ -444,6 +463,15 @@ impl FailoverConfig {
         if self.dead_time > ms(3_600_000) {
             return Err("failover.dead_time must be at most 1h".into());
         }
+        if let Some(max) = self.dead_time_max
+            && (max < self.dead_time || max > ms(3_600_000))
+        {
+            return Err(format!(
+                "failover.dead_time_max ({max:?}) must be between dead_time ({:?}) and 1h",
+                self.dead_time
+            )
+            .into());
+        }
         for (what, d) in [
             ("tiebreaker_timeout", self.tiebreaker_timeout),
             ("fence_timeout", self.fence_timeout),
@@ -545,6 +573,11 @@ impl FailoverConfig {
         Ok(())
     }
 
+    /// The cap of the adaptive dead time.
+    pub fn dead_time_max(&self) -> Duration {
+        self.dead_time_max.unwrap_or_else(|| self.dead_time.max(ms(2000)))
+    }
+
     /// The state machine's configuration (call after [`FailoverConfig::validate`]).
     pub fn machine_config(&self) -> Result<MachineConfig, ValueError> {
         let node = NodeName::new(&self.node)?;
@@ -552,6 +585,7 @@ impl FailoverConfig {
             MachineConfig::new(node, self.role, self.priority, self.channels.iter().map(|c| c.name.clone()).collect());
         m.interval = self.interval;
         m.dead_time = self.dead_time;
+        m.dead_time_max = self.dead_time_max();
         m.tiebreaker = !self.tiebreaker.is_empty();
         m.tiebreaker_timeout = self.tiebreaker_timeout;
         m.fence = self.fence.is_some();

@@ -17,7 +17,8 @@
 //! # Decisions
 //!
 //! - The peer is dead only when nothing authentic came from it on any channel for the dead
-//!   time. One-way hearing counts as alive: a standby that still hears the primary never
+//!   time: the configured floor, lengthened while its heartbeats have lately been irregular
+//!   ([`super::jitter`]). One-way hearing counts as alive: a standby that still hears the primary never
 //!   takes over, whatever happens to the other direction.
 //! - Failover (peer dead): our public link must be up, the tie-breaker (if configured)
 //!   must answer, the fence (if configured) must succeed; then term+1 is persisted, and only
@@ -38,6 +39,7 @@
 //!   the tie-breaker or the fence: the leaver told it, authenticated, that it let go.
 
 use super::garp::GarpSchedule;
+use super::jitter::GapTracker;
 use super::link::{Link, SentLog};
 use super::packet::{Admission, Flags, Heartbeat, NodeName, PacketError, ReplayGuard, Role, RxStats, channel_tag};
 use std::cmp::Ordering;
@@ -68,8 +70,11 @@ pub struct MachineConfig {
     pub priority: u8,
     /// Heartbeat interval.
     pub interval: Duration,
-    /// Silence on every channel for this long means the peer is dead.
+    /// Silence on every channel for this long means the peer is dead: the floor of the
+    /// adaptive dead time ([`super::jitter`]).
     pub dead_time: Duration,
+    /// The most the adaptive dead time may grow to (equal to `dead_time`: no adaptation).
+    pub dead_time_max: Duration,
     /// Channel names, in configuration order (a channel index is a position here).
     pub channels: Vec<String>,
     /// Whether a tie-breaker must answer before a failover.
@@ -89,15 +94,16 @@ pub struct MachineConfig {
 }
 
 impl MachineConfig {
-    /// A configuration with the default timings (100 ms interval, 500 ms dead time), no
-    /// tie-breaker, no fence and manual fail-back.
+    /// A configuration with the default timings (50 ms interval, 200 ms dead time growing
+    /// to at most 2 s with measured jitter), no tie-breaker, no fence and manual fail-back.
     pub fn new(node: NodeName, role: Role, priority: u8, channels: Vec<String>) -> MachineConfig {
         MachineConfig {
             node,
             role,
             priority,
-            interval: Duration::from_millis(100),
-            dead_time: Duration::from_millis(500),
+            interval: Duration::from_millis(50),
+            dead_time: Duration::from_millis(200),
+            dead_time_max: Duration::from_secs(2),
             channels,
             tiebreaker: false,
             tiebreaker_timeout: Duration::from_secs(1),
@@ -143,6 +149,9 @@ pub enum Event {
         channel: usize,
         /// The decoded content.
         heartbeat: Heartbeat,
+        /// How long it waited in the kernel's queue before we read it (from the kernel's
+        /// receive timestamp; zero when unknown).
+        queued: Duration,
     },
     /// A datagram on `channel` failed to decode; counted, nothing else.
     Rejected {
@@ -404,6 +413,8 @@ pub struct Machine {
     clock: Duration,
     last_real: Duration,
     quiet_since: Duration,
+    /// Recent gaps between the peer's heartbeats, for the adaptive dead time.
+    gaps: GapTracker,
     seq: u64,
     next_send: Duration,
     send_now: bool,
@@ -453,7 +464,7 @@ impl Machine {
     /// crashed process: we cannot know whether the peer took over meanwhile).
     pub fn new(cfg: MachineConfig, init: MachineInit, now: Duration) -> (Machine, Vec<Action>) {
         let n = cfg.channels.len();
-        let keep = cfg.dead_time.saturating_mul(2);
+        let keep = cfg.dead_time_max.max(cfg.dead_time).saturating_mul(2);
         let mut m = Machine {
             tags: cfg.channels.iter().map(|c| channel_tag(c)).collect(),
             boot: init.boot,
@@ -463,6 +474,7 @@ impl Machine {
             clock: now,
             last_real: now,
             quiet_since: now,
+            gaps: GapTracker::default(),
             seq: 0,
             next_send: now,
             send_now: true,
@@ -507,7 +519,7 @@ impl Machine {
         self.advance(now, &mut out);
         match event {
             Event::Tick => {}
-            Event::Heartbeat { channel, heartbeat } => self.on_heartbeat(channel, heartbeat, &mut out),
+            Event::Heartbeat { channel, heartbeat, queued } => self.on_heartbeat(channel, heartbeat, queued, &mut out),
             Event::Rejected { error, .. } => self.stats.record(&error),
             Event::ChannelSendFailed { channel } => {
                 if let Some(l) = self.links.get_mut(channel) {
@@ -569,6 +581,12 @@ impl Machine {
         self.alarms.iter().copied().collect()
     }
 
+    /// The dead time now: the configured floor, longer while the peer's heartbeats have
+    /// lately been irregular ([`super::jitter`]).
+    pub fn dead_time(&self) -> Duration {
+        self.gaps.dead_time(self.clock, self.cfg.interval, self.cfg.dead_time, self.cfg.dead_time_max)
+    }
+
     /// Per-channel status.
     pub fn channels(&self) -> Vec<ChannelStatus> {
         let w = self.cfg.dead_time;
@@ -605,7 +623,7 @@ impl Machine {
             | Phase::Releasing { deadline } => consider(deadline),
             Phase::Backup | Phase::Holding { .. } => {}
         }
-        consider(self.silence_base().saturating_add(self.cfg.dead_time));
+        consider(self.silence_base().saturating_add(self.dead_time()));
         consider(self.retry_at);
         at.saturating_sub(self.clock).clamp(Duration::from_millis(1), self.cfg.interval)
     }
@@ -617,14 +635,16 @@ impl Machine {
             None => {
                 ev(out, EventKind::ClockBackwards, format!("time went back {:?}", self.last_real - now));
                 self.quiet_since = self.clock;
+                self.gaps.forget_last();
             }
             Some(gap) => {
                 self.clock = self.clock.saturating_add(gap);
                 if gap > self.cfg.stall_limit() {
                     ev(out, EventKind::SelfStall, format!("our loop stalled {gap:?}; that time is not silence"));
                     let shifted = self.silence_base().saturating_add(gap);
-                    let grace = self.clock.saturating_sub(self.cfg.dead_time).saturating_add(self.cfg.stall_limit());
+                    let grace = self.clock.saturating_sub(self.dead_time()).saturating_add(self.cfg.stall_limit());
                     self.quiet_since = shifted.max(grace).min(self.clock);
+                    self.gaps.forget_last();
                 }
             }
         }
@@ -633,7 +653,7 @@ impl Machine {
 
     // ---- receiving ----
 
-    fn on_heartbeat(&mut self, ch: usize, hb: Heartbeat, out: &mut Vec<Action>) {
+    fn on_heartbeat(&mut self, ch: usize, hb: Heartbeat, queued: Duration, out: &mut Vec<Action>) {
         if let Err(e) = self.screen(ch, &hb) {
             self.stats.record(&e);
             return;
@@ -649,6 +669,7 @@ impl Machine {
         };
         self.stats.accepted += 1;
         if let Admission::NewBoot { previous } = admission {
+            self.gaps.forget_last();
             self.links.iter_mut().for_each(Link::reset_peer_boot);
             self.last_rx_any = 0;
             let kind = if previous.is_some() { EventKind::PeerRestarted } else { EventKind::PeerFound };
@@ -657,6 +678,8 @@ impl Machine {
                 out.push(Action::PersistPeerBoot(hb.boot));
             }
         }
+        // Jitter is measured at the kernel's arrival, so our own late reading is not in it.
+        self.gaps.arrived(self.clock.saturating_sub(queued.min(self.cfg.dead_time_max)));
         let echo_sent_at = echo.and_then(|s| self.sent.sent_at(s));
         self.links[ch].on_receive(hb.seq, self.clock, echo_sent_at);
         self.last_rx_any = self.last_rx_any.max(hb.seq);
@@ -898,9 +921,11 @@ impl Machine {
         let dead = self.peer_dead();
         if dead && !self.peer_lost_reported && self.peer.is_some() {
             self.peer_lost_reported = true;
+            // Its silence is an outage, not jitter: no gap is measured across it.
+            self.gaps.forget_last();
             // A peer that said goodbye is not lost; its silence is expected.
             if !self.peer.as_ref().is_some_and(|p| p.left) {
-                ev(out, EventKind::PeerLost, format!("peer silent on every channel for {:?}", self.cfg.dead_time));
+                ev(out, EventKind::PeerLost, format!("peer silent on every channel for {:?}", self.dead_time()));
             }
         }
         match self.phase {
@@ -1058,7 +1083,7 @@ impl Machine {
         }
         let started = self.clock;
         let why = match reason {
-            AcquireReason::Failover => format!("failover: peer silent on every channel for {:?}", self.cfg.dead_time),
+            AcquireReason::Failover => format!("failover: peer silent on every channel for {:?}", self.dead_time()),
             AcquireReason::Coordinated => "coordinated: peer alive, nobody holds the VIP, we rank first".to_string(),
             AcquireReason::PeerLeft => "peer left: it shut down after releasing the VIP".to_string(),
         };
@@ -1186,17 +1211,18 @@ impl Machine {
 
     /// Silent on every channel for the dead time, counting only time our loop ran on time.
     fn peer_dead(&self) -> bool {
-        self.clock.saturating_sub(self.silence_base()) >= self.cfg.dead_time
+        self.clock.saturating_sub(self.silence_base()) >= self.dead_time()
     }
 
     /// The peer, if heard within the dead time (its advertised state is current).
     fn fresh_peer(&self) -> Option<&Peer> {
-        self.peer.as_ref().filter(|p| self.clock.saturating_sub(p.last_heard) < self.cfg.dead_time)
+        let w = self.dead_time();
+        self.peer.as_ref().filter(|p| self.clock.saturating_sub(p.last_heard) < w)
     }
 
     /// The peer echoed one of our recent packets (heard on any channel).
     fn peer_hears_us(&self) -> bool {
-        self.heard_us_sent_at.is_some_and(|t| self.clock.saturating_sub(t) < self.cfg.dead_time)
+        self.heard_us_sent_at.is_some_and(|t| self.clock.saturating_sub(t) < self.dead_time())
     }
 
     /// The peer could take the VIP from us now.
@@ -1307,9 +1333,14 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// The timings these tests were written for: 100 ms interval, a fixed 500 ms dead time.
     fn cfg(name: &str, role: Role, prio: u8, channels: usize) -> MachineConfig {
         let chans = (0..channels).map(|i| format!("ch{i}")).collect();
-        MachineConfig::new(NodeName::new(name).unwrap(), role, prio, chans)
+        let mut c = MachineConfig::new(NodeName::new(name).unwrap(), role, prio, chans);
+        c.interval = ms(100);
+        c.dead_time = ms(500);
+        c.dead_time_max = ms(500);
+        c
     }
 
     fn init(boot: u64, term: u64) -> MachineInit {
@@ -1377,7 +1408,9 @@ mod tests {
             if t.is_multiple_of(100) {
                 for &ch in chans {
                     let hb = peer.hb(m, ch);
-                    all.extend(m.handle(Event::Heartbeat { channel: ch, heartbeat: hb }, ms(t)));
+                    all.extend(
+                        m.handle(Event::Heartbeat { channel: ch, heartbeat: hb, queued: Duration::ZERO }, ms(t)),
+                    );
                 }
             }
             t += 50;
@@ -1451,11 +1484,59 @@ mod tests {
             let mut hb = p.hb(&m, 0);
             hb.echo_boot = 0;
             hb.echo_seq = 0;
-            m.handle(Event::Heartbeat { channel: 0, heartbeat: hb }, ms(t));
+            m.handle(Event::Heartbeat { channel: 0, heartbeat: hb, queued: Duration::ZERO }, ms(t));
             t += 100;
         }
         assert_eq!(m.state(), State::Backup);
         assert!(m.alarms().contains(&Alarm::PeerOneWay));
+    }
+
+    fn adaptive(m: Machine) -> Machine {
+        let mut c = m.cfg.clone();
+        c.dead_time_max = ms(2000);
+        Machine::new(c, init(77, 3), ms(0)).0
+    }
+
+    fn feed(m: &mut Machine, p: &mut FakePeer, at: u64, queued: u64) -> Vec<Action> {
+        let hb = p.hb(m, 0);
+        m.handle(Event::Heartbeat { channel: 0, heartbeat: hb, queued: ms(queued) }, ms(at))
+    }
+
+    /// One heartbeat 300 ms late (a 400 ms gap) makes the machine wait 2 x 400 + 100 ms of
+    /// silence, and a death after it is still caught at that bound; a steady peer gets the
+    /// configured floor.
+    #[test]
+    fn a_late_heartbeat_lengthens_the_dead_time_and_a_death_is_still_caught() {
+        let mut m = adaptive(standby(1));
+        let mut p = peer_holding(5);
+        run(&mut m, &mut p, &[0], 0, 3000);
+        assert_eq!(m.dead_time(), ms(500), "a steady peer gets the floor");
+        // Last heard at 2900, silent to 3300 (within the floor), then heard again.
+        let out = run(&mut m, &mut p, &[], 3000, 3300);
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))));
+        run(&mut m, &mut p, &[0], 3300, 5000);
+        assert_eq!(m.dead_time(), ms(900));
+        // It dies after its last heartbeat at 4900: nothing before 5800, a takeover then.
+        let out = run(&mut m, &mut p, &[], 5000, 5750);
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))), "declared dead inside the lengthened dead time");
+        let out = run(&mut m, &mut p, &[], 5750, 5900);
+        assert!(has(&out, |a| matches!(a, Action::PersistTerm(6))), "not declared dead at 2 x gap + interval");
+    }
+
+    /// A heartbeat that waited in the kernel while our loop was late is measured at its
+    /// arrival: our lateness is not the peer's jitter.
+    #[test]
+    fn time_in_the_kernel_queue_is_not_jitter() {
+        for (queued, want) in [(150, 500), (0, 600)] {
+            let mut m = adaptive(standby(1));
+            let mut p = peer_holding(5);
+            run(&mut m, &mut p, &[0], 0, 3000);
+            // Sent and arrived at 3000 and 3100, read at 3250 (our loop ran late).
+            feed(&mut m, &mut p, 3000, 0);
+            m.handle(Event::Tick, ms(3050));
+            feed(&mut m, &mut p, 3250, queued);
+            assert_eq!(m.dead_time(), ms(want), "queued {queued} ms");
+        }
     }
 
     #[test]
@@ -1619,7 +1700,7 @@ mod tests {
         // The loser releases: ARP again at once.
         p.flags.releasing = true;
         let hb = p.hb(&m, 0);
-        let out = m.handle(Event::Heartbeat { channel: 0, heartbeat: hb }, ms(1310));
+        let out = m.handle(Event::Heartbeat { channel: 0, heartbeat: hb, queued: Duration::ZERO }, ms(1310));
         assert!(has(&out, |a| *a == Action::SendGarp));
         assert_eq!(m.state(), State::Holding);
     }
@@ -1646,7 +1727,7 @@ mod tests {
             m.handle(Event::Tick, ms(t));
             let mut hb = p.hb(&m, 0);
             hb.echo_boot = 0;
-            m.handle(Event::Heartbeat { channel: 0, heartbeat: hb }, ms(t));
+            m.handle(Event::Heartbeat { channel: 0, heartbeat: hb, queued: Duration::ZERO }, ms(t));
             t += 100;
         }
         assert_eq!(m.state(), State::Holding, "yields only after a dead time of one-way hearing");
@@ -1654,7 +1735,7 @@ mod tests {
             m.handle(Event::Tick, ms(t));
             let mut hb = p.hb(&m, 0);
             hb.echo_boot = 0;
-            m.handle(Event::Heartbeat { channel: 0, heartbeat: hb }, ms(t));
+            m.handle(Event::Heartbeat { channel: 0, heartbeat: hb, queued: Duration::ZERO }, ms(t));
             t += 100;
         }
         assert_eq!(m.state(), State::Releasing);
@@ -1797,7 +1878,7 @@ mod tests {
                 let mut hb = p.hb(&m, 0);
                 hb.echo_any_seq = 0;
                 hb.echo_seq = 0;
-                out.extend(m.handle(Event::Heartbeat { channel: 0, heartbeat: hb }, ms(t)));
+                out.extend(m.handle(Event::Heartbeat { channel: 0, heartbeat: hb, queued: Duration::ZERO }, ms(t)));
             }
         }
         assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))));
@@ -1805,7 +1886,7 @@ mod tests {
         // The any-channel echo alone is enough: each direction may survive on another channel.
         let hb = p.hb(&m, 0);
         let hb = Heartbeat { echo_seq: 0, ..hb };
-        let out = m.handle(Event::Heartbeat { channel: 0, heartbeat: hb }, ms(3000));
+        let out = m.handle(Event::Heartbeat { channel: 0, heartbeat: hb, queued: Duration::ZERO }, ms(3000));
         assert!(has(&out, |a| matches!(a, Action::PersistTerm(_))));
     }
 
@@ -1845,16 +1926,16 @@ mod tests {
         let mut m = standby(2);
         let mut p = peer_holding(5);
         let hb = p.hb(&m, 0);
-        m.handle(Event::Heartbeat { channel: 0, heartbeat: hb.clone() }, ms(10));
-        m.handle(Event::Heartbeat { channel: 0, heartbeat: hb.clone() }, ms(20));
-        m.handle(Event::Heartbeat { channel: 1, heartbeat: hb.clone() }, ms(30));
-        m.handle(Event::Heartbeat { channel: 5, heartbeat: hb.clone() }, ms(40));
+        m.handle(Event::Heartbeat { channel: 0, heartbeat: hb.clone(), queued: Duration::ZERO }, ms(10));
+        m.handle(Event::Heartbeat { channel: 0, heartbeat: hb.clone(), queued: Duration::ZERO }, ms(20));
+        m.handle(Event::Heartbeat { channel: 1, heartbeat: hb.clone(), queued: Duration::ZERO }, ms(30));
+        m.handle(Event::Heartbeat { channel: 5, heartbeat: hb.clone(), queued: Duration::ZERO }, ms(40));
         let mut own = hb.clone();
         own.node = NodeName::new("head-b").unwrap();
-        m.handle(Event::Heartbeat { channel: 0, heartbeat: own }, ms(50));
+        m.handle(Event::Heartbeat { channel: 0, heartbeat: own, queued: Duration::ZERO }, ms(50));
         let mut other = p.hb(&m, 0);
         other.node = NodeName::new("head-c").unwrap();
-        m.handle(Event::Heartbeat { channel: 0, heartbeat: other }, ms(60));
+        m.handle(Event::Heartbeat { channel: 0, heartbeat: other, queued: Duration::ZERO }, ms(60));
         m.handle(Event::Rejected { channel: 0, error: PacketError::Mac(1) }, ms(70));
         let s = m.stats();
         assert_eq!(
@@ -1927,7 +2008,7 @@ mod tests {
         assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_) | Action::ProbeTieBreaker)));
         p.flags.leaving = true;
         let hb = p.hb(&m, 1);
-        let out = m.handle(Event::Heartbeat { channel: 1, heartbeat: hb }, ms(1210));
+        let out = m.handle(Event::Heartbeat { channel: 1, heartbeat: hb, queued: Duration::ZERO }, ms(1210));
         assert!(has(&out, |a| matches!(a, Action::RecordEvent { kind: EventKind::PeerLeft, .. })));
         assert!(has(&out, |a| *a == Action::PersistTerm(6)), "no dead time, no tie-breaker, no fence: {out:#?}");
         assert!(!has(&out, |a| matches!(a, Action::ProbeTieBreaker | Action::RunFence)));
@@ -1947,7 +2028,7 @@ mod tests {
         p.flags = Flags { leaving: true, healthy: true, link_up: true, ..Flags::default() };
         let mut hb = p.hb(&m, 0);
         hb.echo_boot = 1;
-        let out = m.handle(Event::Heartbeat { channel: 0, heartbeat: hb }, ms(1010));
+        let out = m.handle(Event::Heartbeat { channel: 0, heartbeat: hb, queued: Duration::ZERO }, ms(1010));
         assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))));
         assert!(!has(&out, |a| matches!(a, Action::RecordEvent { kind: EventKind::PeerLeft, .. })));
     }

@@ -45,6 +45,13 @@ pub fn render(s: &Status, now_unix_ms: u64) -> String {
     let _ = writeln!(o, "understudy_failover_holding {}", bit(s.holding));
     head(&mut o, "understudy_failover_term", "gauge", "Last term persisted by this node.");
     let _ = writeln!(o, "understudy_failover_term {}", s.term);
+    head(
+        &mut o,
+        "understudy_failover_dead_time_seconds",
+        "gauge",
+        "Silence after which the peer counts as dead now (the floor, longer after irregular heartbeats).",
+    );
+    let _ = writeln!(o, "understudy_failover_dead_time_seconds {}", s.dead_time_ms as f64 / 1000.0);
     if let Some(ms) = s.peer_last_heard_ms {
         head(
             &mut o,
@@ -206,6 +213,7 @@ mod tests {
             term: 7,
             peer: Some("head-b".into()),
             peer_last_heard_ms: Some(40),
+            dead_time_ms: 450,
             alarms: vec!["channel_down:public".into()],
             updated_unix_ms: 10_000,
             ..Status::default()
@@ -252,6 +260,7 @@ mod tests {
             "understudy_failover_state{state=\"backup\"} 0",
             "understudy_failover_holding 1",
             "understudy_failover_term 7",
+            "understudy_failover_dead_time_seconds 0.45",
             "understudy_failover_peer_last_heard_seconds 0.040",
             "understudy_failover_channel_up{channel=\"public\"} 0",
             "understudy_failover_channel_loss_ratio{channel=\"private\"} 0.2500",

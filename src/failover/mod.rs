@@ -10,12 +10,15 @@
 //! - [`monitor`]: the service-monitor policy (thresholds, restart budget, escalation);
 //! - [`config`]: the `[failover]` section; [`join`]: the standby's derived from the primary's;
 //! - [`garp`] and [`link`]: the gratuitous-ARP schedule and per-channel bookkeeping;
+//! - [`jitter`]: the adaptive dead time, from the peer's recent heartbeat gaps;
 //! - [`metrics`]: a [`Status`] rendered in the Prometheus text format;
 //! - `sim` (tests only): the machine pair under a simulated clock and network.
 //!
 //! The adapter does the I/O and only translates between the world and [`Event`]/[`Action`]:
 //!
 //! - [`service`]: the start (key, state file, sockets) and the loop that owns the machine;
+//! - [`rt`]: the loop's own thread (real-time priority, locked memory, where permitted);
+//! - [`stamp`]: kernel receive timestamps, so the loop's lateness is not the peer's jitter;
 //! - `tasks`: its helper tasks (heartbeat receivers, carrier poller, monitors, VIP worker);
 //! - `checks`: monitor checks, hooks, the fence command, the tie-breaker probe;
 //! - [`net`]: rtnetlink for the VIP, gratuitous ARP, carrier and MAC from sysfs;
@@ -39,8 +42,11 @@
 //!   [`Action::PersistPeerBoot`]: same file, no answer.
 //! - Sockets: one UDP socket per channel bound to `local`, sending to `peer:port`; drop
 //!   datagrams whose source address is not the configured peer; [`decode`] each one with
-//!   the [`Keyring`] and pass [`Event::Heartbeat`] or [`Event::Rejected`]; report send
-//!   errors as [`Event::ChannelSendFailed`]. Never block the machine on I/O.
+//!   the [`Keyring`] and pass [`Event::Heartbeat`] (with the time it waited in the kernel's
+//!   queue, [`stamp`]) or [`Event::Rejected`]; report send errors as
+//!   [`Event::ChannelSendFailed`]. Before a [`Event::Tick`], pass every event already
+//!   queued and every datagram the sockets hold, so what arrived in time is never judged
+//!   as silence. Never block the machine on I/O; run it on its own thread ([`rt`]).
 //! - Tie-breaker, fence, hooks: run them off the machine's task with their timeouts and
 //!   report [`Event::TieBreakerResult`], [`Event::FenceResult`], [`Event::StartHooksDone`],
 //!   [`Event::StopHooksDone`]. Hooks run in configuration order; the first failure stops
@@ -61,6 +67,7 @@ mod checks;
 pub mod config;
 pub mod garp;
 pub mod handle;
+pub mod jitter;
 pub mod join;
 pub mod link;
 pub mod machine;
@@ -69,9 +76,11 @@ pub mod monitor;
 pub mod net;
 pub mod packet;
 pub mod request;
+pub mod rt;
 pub mod service;
 #[cfg(test)]
 mod sim;
+pub mod stamp;
 pub mod state_file;
 pub mod status;
 mod tasks;

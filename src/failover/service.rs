@@ -31,9 +31,11 @@ use super::packet::{Keyring, encode, next_boot_id, parse_key_file};
 use super::request::{spawn_request_file_poller, spawn_request_intake};
 use super::state_file::{Persisted, STATE_FILE, persister, write_durably};
 use super::status::{STATUS_FILE, Status, status_writer, wall_micros};
-use super::tasks::{VipOp, spawn_link_poller, spawn_monitors, spawn_receivers, spawn_report, vip_worker};
+use super::tasks::{
+    VipOp, datagram_event, spawn_link_poller, spawn_monitors, spawn_receivers, spawn_report, vip_worker,
+};
 use super::view::View;
-use super::{FailoverConfig, checks};
+use super::{FailoverConfig, checks, rt, stamp};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -100,7 +102,8 @@ pub struct Prepared {
     cfg: FailoverConfig,
     data_dir: PathBuf,
     keys: Keyring,
-    sockets: Vec<Arc<UdpSocket>>,
+    /// Bound and non-blocking; registered with the loop's own runtime once it runs.
+    sockets: Vec<std::net::UdpSocket>,
     init: MachineInit,
     persisted: Persisted,
     /// Closed before the VIP is added, opened after it is removed (see [`Prepared::with_sync_gate`]).
@@ -155,8 +158,8 @@ fn read_keys(path: &Path) -> Result<Keyring, FailoverError> {
 }
 
 /// A UDP socket bound to the channel's local address (not 0.0.0.0, so heartbeats only
-/// ever leave and arrive on that network).
-fn bind_channel(c: &Channel) -> Result<Arc<UdpSocket>, FailoverError> {
+/// ever leave and arrive on that network), with receive timestamps on.
+fn bind_channel(c: &Channel) -> Result<std::net::UdpSocket, FailoverError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = SocketAddr::new(c.local, c.port);
     let err = |source| FailoverError::Socket { channel: c.name.clone(), addr, source };
@@ -165,7 +168,9 @@ fn bind_channel(c: &Channel) -> Result<Arc<UdpSocket>, FailoverError> {
     s.set_reuse_address(true).map_err(err)?;
     s.bind(&addr.into()).map_err(err)?;
     s.set_nonblocking(true).map_err(err)?;
-    UdpSocket::from_std(s.into()).map(Arc::new).map_err(err)
+    let s: std::net::UdpSocket = s.into();
+    stamp::enable(&s);
+    Ok(s)
 }
 
 /// Handles to the helper tasks the machine task hands work to.
@@ -185,19 +190,48 @@ struct Helpers {
 /// ([`Event::Shutdown`]): a held VIP is removed and the stop hooks run while heartbeats go
 /// on, then `leaving` heartbeats tell the peer to take over at once. A stopped service
 /// never leaves the kernel answering ARP for the VIP.
+///
+/// The service runs on its own thread ([`rt`]); the returned future only waits for it, so
+/// dropping that future does not stop the service: cancel `parent`.
 pub fn start(
     p: Prepared,
     events: EventSink,
     parent: &CancellationToken,
 ) -> (Handle, impl Future<Output = Result<(), FailoverError>> + Send + 'static) {
     let (handle, end) = handle::channel(Status { node: p.cfg.node.clone(), ..Status::default() });
-    (handle, serve(p, end, events, parent.child_token()))
+    let shutdown = parent.child_token();
+    let realtime = p.cfg.realtime;
+    let run =
+        rt::on_own_thread("failover", realtime, move |elevation| Box::pin(serve(p, end, events, shutdown, elevation)));
+    (
+        handle,
+        async move { run.await.map_err(|e| FailoverError::Config(format!("cannot start the failover thread: {e}")))? },
+    )
 }
 
-async fn serve(p: Prepared, end: ServiceEnd, log: EventSink, shutdown: CancellationToken) -> Result<(), FailoverError> {
+async fn serve(
+    p: Prepared,
+    end: ServiceEnd,
+    log: EventSink,
+    shutdown: CancellationToken,
+    elevation: Option<rt::Elevation>,
+) -> Result<(), FailoverError> {
     let Prepared { cfg, data_dir, keys, sockets, init, mut persisted, gate } = p;
     let ServiceEnd { status, requests } = end;
     let mcfg = cfg.machine_config().map_err(|e| FailoverError::Config(e.to_string()))?;
+    let sockets = cfg
+        .channels
+        .iter()
+        .zip(sockets)
+        .map(|(c, s)| {
+            let addr = SocketAddr::new(c.local, c.port);
+            UdpSocket::from_std(s).map(Arc::new).map_err(|source| FailoverError::Socket {
+                channel: c.name.clone(),
+                addr,
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let tasks = TaskTracker::new();
     // Token-driven helpers stop with it: after the loop, or if this future is dropped.
@@ -205,6 +239,7 @@ async fn serve(p: Prepared, end: ServiceEnd, log: EventSink, shutdown: Cancellat
     let _stop_helpers = helper_stop.clone().drop_guard();
     let status_task = tasks.spawn(status_writer(data_dir.join(STATUS_FILE), status.subscribe()));
     let mut view = View::new(&cfg, status);
+    view.realtime = Some(elevation.is_some_and(|e| e.fifo));
     spawn_receivers(&tasks, &cfg, &sockets, &keys, &ev_tx, &helper_stop, &view.foreign);
     spawn_link_poller(&tasks, &cfg, &ev_tx, &helper_stop);
     spawn_monitors(&tasks, &cfg.monitors, &ev_tx, &helper_stop, &view.monitors);
@@ -244,7 +279,10 @@ async fn serve(p: Prepared, end: ServiceEnd, log: EventSink, shutdown: Cancellat
             }
         }
         let wait = m.next_wakeup_in();
+        // Biased: input already queued is taken before a tick, and a tick first reads
+        // what the sockets hold, so nothing that arrived in time is judged as silence.
         let event = tokio::select! {
+            biased;
             _ = shutdown.cancelled(), if hard_stop.is_none() => {
                 hard_stop = Some(tokio::time::Instant::now() + cfg.hook_timeout + Duration::from_secs(5));
                 Event::Shutdown
@@ -255,7 +293,10 @@ async fn serve(p: Prepared, end: ServiceEnd, log: EventSink, shutdown: Cancellat
                 break;
             }
             e = ev_rx.recv() => match e { Some(e) => e, None => break },
-            _ = tokio::time::sleep(wait) => Event::Tick,
+            _ = tokio::time::sleep(wait) => {
+                drain_sockets(&cfg, &sockets, &keys, &view.foreign, &mut pending);
+                Event::Tick
+            }
             _ = status_every.tick() => {
                 view.publish(&m);
                 continue;
@@ -279,6 +320,26 @@ async fn serve(p: Prepared, end: ServiceEnd, log: EventSink, shutdown: Cancellat
     let _ = persist_task.await;
     tasks.wait().await;
     Ok(())
+}
+
+/// Read every datagram waiting on the channels' sockets without waiting (the receiver
+/// tasks read the rest; on this single-threaded runtime they never run meanwhile).
+fn drain_sockets(
+    cfg: &FailoverConfig,
+    sockets: &[Arc<UdpSocket>],
+    keys: &Keyring,
+    foreign: &std::sync::atomic::AtomicU64,
+    pending: &mut VecDeque<Event>,
+) {
+    let mut buf = [0u8; 512];
+    for (channel, (sock, c)) in sockets.iter().zip(&cfg.channels).enumerate() {
+        while let Ok((n, from)) = sock.try_recv_from(&mut buf) {
+            let queued = stamp::queued(sock.as_ref());
+            if let Some(e) = datagram_event(channel, &buf[..n], from, c.peer, keys, queued, foreign) {
+                pending.push_back(e);
+            }
+        }
+    }
 }
 
 /// Carry out the machine's actions; true when it asks to exit.

@@ -10,7 +10,12 @@
 //! - (b) at most one VIP holder among nodes that hear each other (both ways, or one way)
 //!   for longer than [`CONVERGE`];
 //! - (c) every `AddVip` carries a term already on the node's disk, higher than any term
-//!   that node held before; and VIP add/remove alternate.
+//!   that node held before; and VIP add/remove alternate;
+//! - (d) the adaptive dead time stays within the configured floor and cap.
+//!
+//! And per scenario: a crashed peer is replaced within the dead time plus one interval (at
+//! the defaults too), and a peer whose loop stalled once under the floor is not taken over
+//! at its next, longer stalls while the dead time remembers the last one.
 
 use super::machine::{AcquireReason, Action, Event, EventKind, Failback, Machine, MachineConfig, MachineInit};
 use super::packet::{Keyring, NodeName, Role, decode, encode, next_boot_id};
@@ -38,6 +43,7 @@ struct SimConfig {
     channels: usize,
     interval: Duration,
     dead_time: Duration,
+    dead_time_max: Duration,
     tiebreaker: bool,
     fence: bool,
     failback: Failback,
@@ -57,6 +63,7 @@ impl SimConfig {
             channels,
             interval: ms(100),
             dead_time: ms(500),
+            dead_time_max: secs(2),
             tiebreaker: false,
             fence: false,
             failback: Failback::Manual,
@@ -244,6 +251,7 @@ impl Sim {
                 let mut mc = MachineConfig::new(NodeName::new(names[i]).expect("name"), role, [150, 100][i], chans);
                 mc.interval = cfg.interval;
                 mc.dead_time = cfg.dead_time;
+                mc.dead_time_max = cfg.dead_time_max;
                 mc.tiebreaker = cfg.tiebreaker;
                 mc.fence = cfg.fence;
                 mc.failback = cfg.failback;
@@ -418,6 +426,11 @@ impl Sim {
         let local = self.nodes[n].local(self.now);
         let Some(m) = self.nodes[n].m.as_mut() else { return };
         let actions = m.handle(event, local);
+        let (floor, cap) = (self.cfg.dead_time, self.cfg.dead_time_max.max(self.cfg.dead_time));
+        let dead = m.dead_time();
+        if dead < floor || dead > cap {
+            self.fail(&format!("(d) node {n}'s dead time {dead:?} is outside {floor:?}..={cap:?}"));
+        }
         self.execute(n, actions);
         self.schedule_tick(n);
     }
@@ -634,7 +647,7 @@ impl Sim {
             return;
         }
         let event = match decode(bytes, &self.nodes[to].keys) {
-            Ok(d) => Event::Heartbeat { channel, heartbeat: d.heartbeat },
+            Ok(d) => Event::Heartbeat { channel, heartbeat: d.heartbeat, queued: Duration::ZERO },
             Err(error) => Event::Rejected { channel, error },
         };
         self.feed(to, event);
@@ -829,21 +842,28 @@ fn takeover_times(cfg: &SimConfig, runs: u64) -> Vec<Duration> {
         .collect()
 }
 
-#[test]
-fn takeover_time_after_crash() {
-    let cfg = SimConfig::new(2);
-    let mut v = takeover_times(&cfg, 40);
+/// 40 crashes of the primary under `cfg`: each replaced within the dead time (less one
+/// interval, as the last heartbeat may come just before) plus one interval and 20 ms of
+/// processing; prints the spread. Returns the upper bound.
+fn crash_replaced_within_the_dead_time(cfg: &SimConfig, what: &str) -> Duration {
+    let mut v = takeover_times(cfg, 40);
     let (lo, hi) = (cfg.dead_time - cfg.interval, cfg.dead_time + cfg.interval + ms(20));
     for t in &v {
         assert!(*t >= lo && *t <= hi, "takeover after {t:?}, expected {lo:?}..{hi:?}");
     }
     let med = median(&mut v);
     println!(
-        "SIM takeover after primary crash (interval 100ms, dead_time 500ms, 2 channels, 40 runs): \
-         min {:?} median {med:?} max {:?}",
+        "SIM takeover after primary crash ({what}, 2 channels, 40 runs): min {:?} median {med:?} max {:?}",
         v[0],
         v[v.len() - 1]
     );
+    hi
+}
+
+#[test]
+fn takeover_time_after_crash() {
+    let cfg = SimConfig::new(2);
+    let hi = crash_replaced_within_the_dead_time(&cfg, "interval 100ms, dead_time 500ms");
     let mut full = SimConfig::new(2);
     full.tiebreaker = true;
     full.fence = true;
@@ -857,6 +877,48 @@ fn takeover_time_after_crash() {
         v[0],
         v[v.len() - 1]
     );
+}
+
+/// The product's default timings (50 ms interval, 200 ms floor, 2 s cap).
+fn defaults(channels: usize) -> SimConfig {
+    let d = MachineConfig::new(NodeName::new("x").expect("name"), Role::Primary, 100, Vec::new());
+    SimConfig {
+        interval: d.interval,
+        dead_time: d.dead_time,
+        dead_time_max: d.dead_time_max,
+        ..SimConfig::new(channels)
+    }
+}
+
+#[test]
+fn takeover_time_after_crash_at_the_defaults() {
+    crash_replaced_within_the_dead_time(&defaults(2), "defaults: interval 50ms, dead_time 200ms");
+}
+
+/// The primary's loop stalls once for 120 ms (a gap under the 200 ms floor), then every
+/// 10 s for 200, 300 and 400 ms: each stall lengthens the standby's dead time past the
+/// next one, so it waits them all out. The same script with adaptation off takes over:
+/// the test can tell them apart.
+#[test]
+fn a_peer_that_stalled_once_is_waited_for_at_its_next_stalls() {
+    let run = |adapt: bool| {
+        let mut cfg = defaults(2);
+        if !adapt {
+            cfg.dead_time_max = cfg.dead_time;
+        }
+        let mut sim = Sim::new(cfg, 48);
+        sim.run_until(secs(3));
+        assert_eq!(sim.holder(), Some(0));
+        sim.stall(0, ms(120));
+        sim.run_until(secs(5));
+        for (i, d) in [200, 300, 400].into_iter().enumerate() {
+            sim.stall(0, ms(d));
+            sim.run_until(secs(15 + i as u64 * 10));
+        }
+        sim.stats.takeovers.len()
+    };
+    assert_eq!(run(true), 1, "only the cold start: the stalls were waited for");
+    assert!(run(false) > 1, "with a fixed 200 ms dead time a 350 ms stall is a takeover");
 }
 
 /// One simulated hour with lossy channels, nobody crashes: every failover is false.
@@ -884,16 +946,22 @@ fn false_takeovers_under_loss() {
         assert_eq!(s.takeovers.len(), 1, "only the cold-start acquisition");
         let mut one = SimConfig::new(1);
         one.loss[0] = [loss, loss];
-        let s1 = false_takeovers(one, 7);
+        let adaptive = false_takeovers(one.clone(), 7);
+        one.dead_time_max = one.dead_time;
+        let fixed = false_takeovers(one, 7);
         println!(
-            "SIM 1 h, 1 channel, {:.0}% loss both ways: {} false takeovers, longest double hold {:?}",
+            "SIM 1 h, 1 channel, {:.0}% loss both ways: {} false takeovers with the adaptive dead time \
+             (longest double hold {:?}), {} with it fixed at the floor",
             loss * 100.0,
-            s1.false_takeovers,
-            s1.max_both_hold
+            adaptive.false_takeovers,
+            adaptive.max_both_hold,
+            fixed.false_takeovers
         );
-        results.push(s1.false_takeovers);
+        assert!(adaptive.false_takeovers <= fixed.false_takeovers, "adapting made a lossy channel flap more");
+        results.push(fixed.false_takeovers);
     }
-    // Not a goal but a check that the loss model bites: one channel at 50% must flap.
+    // Not a goal but a check that the loss model bites: one channel at 50% with a fixed
+    // dead time must flap (adapting to the loss is what keeps it from flapping).
     assert!(results[1] > 0, "single channel at 50% loss never flapped: the simulated loss is not applied");
 }
 

@@ -96,6 +96,10 @@ pub struct Status {
     pub peer: Option<String>,
     /// Milliseconds since the peer was last heard on any channel.
     pub peer_last_heard_ms: Option<u64>,
+    /// The dead time now, in milliseconds (the floor, or longer after irregular heartbeats).
+    pub dead_time_ms: u64,
+    /// Whether the heartbeat loop runs on its real-time thread (`null`: not reported).
+    pub realtime: Option<bool>,
     /// Per-channel health.
     pub channels: Vec<ChannelInfo>,
     /// Raised alarms.
@@ -124,7 +128,12 @@ impl Status {
         let _ = writeln!(o, "node {} ({}): {}, term {}", self.node, self.role, self.state, self.term);
         let _ = writeln!(o, "holder: {}", self.holder.as_deref().unwrap_or("nobody (or unknown)"));
         let heard = self.peer_last_heard_ms.map(|m| format!("{m} ms ago")).unwrap_or_else(|| "never".into());
-        let _ = writeln!(o, "peer: {} (last heard {heard})", self.peer.as_deref().unwrap_or("-"));
+        let _ = writeln!(
+            o,
+            "peer: {} (last heard {heard}; dead after {} ms of silence)",
+            self.peer.as_deref().unwrap_or("-"),
+            self.dead_time_ms
+        );
         for c in &self.channels {
             let last = c.last_heard_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
             let _ = writeln!(

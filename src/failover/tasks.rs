@@ -10,8 +10,11 @@ use super::machine::Event;
 use super::monitor::{MonitorAction, MonitorTracker};
 use super::net;
 use super::packet::{Keyring, decode};
+use super::stamp;
 use super::status::{MonitorInfo, health_name};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -82,20 +85,35 @@ pub(super) fn spawn_receivers(
                     r = sock.recv_from(&mut buf) => r,
                 };
                 let Ok((n, from)) = r else { continue };
-                if from.ip() != peer {
-                    foreign.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    continue;
-                }
-                let e = match decode(&buf[..n], &keys) {
-                    Ok(d) => Event::Heartbeat { channel, heartbeat: d.heartbeat },
-                    Err(error) => Event::Rejected { channel, error },
-                };
+                let queued = stamp::queued(sock.as_ref());
+                let Some(e) = datagram_event(channel, &buf[..n], from, peer, &keys, queued, &foreign) else { continue };
                 if events.send(e).is_err() {
                     return;
                 }
             }
         });
     }
+}
+
+/// The event for a datagram from `from` on `channel`: none (counted in `foreign`) unless
+/// it comes from the configured peer.
+pub(super) fn datagram_event(
+    channel: usize,
+    bytes: &[u8],
+    from: SocketAddr,
+    peer: IpAddr,
+    keys: &Keyring,
+    queued: Duration,
+    foreign: &AtomicU64,
+) -> Option<Event> {
+    if from.ip() != peer {
+        foreign.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return None;
+    }
+    Some(match decode(bytes, keys) {
+        Ok(d) => Event::Heartbeat { channel, heartbeat: d.heartbeat, queued },
+        Err(error) => Event::Rejected { channel, error },
+    })
 }
 
 /// Poll the carrier of the VIP interfaces once per interval; report changes (and the first

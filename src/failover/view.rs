@@ -23,7 +23,8 @@ pub(super) struct View {
     node: String,
     channels: Vec<Channel>,
     role: String,
-    dead_time: Duration,
+    /// Whether the loop got its real-time thread (set by the service at start).
+    pub(super) realtime: Option<bool>,
     peer: Option<(String, bool, Duration)>,
     /// Raised alarms.
     pub(super) alarms: BTreeSet<Alarm>,
@@ -45,7 +46,7 @@ impl View {
             node: cfg.node.clone(),
             channels: cfg.channels.clone(),
             role: format!("{:?}", cfg.role).to_lowercase(),
-            dead_time: cfg.dead_time,
+            realtime: None,
             peer: None,
             alarms: Default::default(),
             events: VecDeque::new(),
@@ -80,7 +81,7 @@ impl View {
     pub(super) fn publish(&self, m: &Machine) {
         let holding = m.state() == State::Holding;
         let since = self.peer.as_ref().map(|(_, _, t)| self.origin.elapsed().saturating_sub(*t));
-        let peer_alive = since.is_some_and(|d| d < self.dead_time);
+        let peer_alive = since.is_some_and(|d| d < m.dead_time());
         let peer_holds = peer_alive && self.peer.as_ref().is_some_and(|p| p.1);
         let node = self.node.clone();
         let holder = if holding {
@@ -100,6 +101,8 @@ impl View {
             boot: m.boot(),
             peer: self.peer.as_ref().map(|p| p.0.clone()),
             peer_last_heard_ms: since.map(|d| d.as_millis() as u64),
+            dead_time_ms: u64::try_from(m.dead_time().as_millis()).unwrap_or(u64::MAX),
+            realtime: self.realtime,
             channels: m
                 .channels()
                 .into_iter()
