@@ -368,6 +368,8 @@ ip netns exec "$P" cat /proc/net/snmp | awk '/^Udp:/ { if (!h) { for (i = 2; i <
 printf '%s %s %s\n' "$(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.0f", b - a }')" "$(sample "$PID_P")" "$(sample "$PID_S")" >"$WORK/res/samples.after"
 
 # ---------------------------------------------------------------- checks
+# Every check runs and prints, whatever an earlier one found.
+set +e +o pipefail
 FAILED=()
 check() { # NAME OK(0/1) DETAIL
     if [ "$2" -eq 0 ]; then printf '  [ok]   %-28s %s\n' "$1" "$3"; else printf '  [FAIL] %-28s %s\n' "$1" "$3"; FAILED+=("$1"); fi
@@ -390,10 +392,11 @@ echo "checks:"
 d_ok=$(count 'deploy-*' ok) d_fail=$(count 'deploy-*' fail)
 check "deploys identical" $(( d_fail > 0 || d_ok == 0 )) "$d_ok deploys equal to the image under rsync -naHAXc, $d_fail failed"
 [ "$d_fail" -eq 0 ] || grep -h ' fail ' "$WORK"/res/deploy-* | head -5 | sed 's/^/           /'
-ids=$(cat "$WORK"/res/deploy-* 2>/dev/null | awk '$3 == "ok" { sub("id=", "", $4); print $4 }' | sort -n)
-deps=$(api 10.91.0.1 GET "/deployments?limit=1000" | jq -r '.items[] | "\(.id) \(.status)"' | sort -n)
-not_done=$(join <(echo "$ids") <(echo "$deps") | awk '$2 != "done"' | wc -l)
-missing=$(comm -23 <(echo "$ids") <(echo "$deps" | cut -d' ' -f1) | grep -c . || true)
+ids=$(cat "$WORK"/res/deploy-* 2>/dev/null | awk '$3 == "ok" { sub("id=", "", $4); print $4 }')
+deps=$(api 10.91.0.1 GET "/deployments?limit=1000" | jq -r '.items[] | "\(.id) \(.status)"')
+# Deployed ids against the server's list: not done, or not listed at all.
+read -r not_done missing <<<"$(awk -v d="$deps" 'BEGIN { n = split(d, l, "\n"); for (i = 1; i <= n; i++) { split(l[i], x, " "); st[x[1]] = x[2] } }
+    NF { if (!($1 in st)) m++; else if (st[$1] != "done") nd++ } END { print nd + 0, m + 0 }' <<<"$ids")"
 check "deployments recorded done" $(( not_done + missing > 0 )) "$(echo "$ids" | grep -c .) deployed, $not_done not done, $missing missing (GET /deployments)"
 events() { # ADDR KIND: every event's "kind message" since the start, paged
     local off=0 page
@@ -404,8 +407,8 @@ events() { # ADDR KIND: every event's "kind message" since the start, paged
         off=$((off + 1000))
     done
 }
-done_ev=$(events 10.91.0.1 deploy.done | sed -n 's/^deploy.done deployment \([0-9]*\):.*/\1/p' | sort -n)
-ev_missing=$(comm -23 <(echo "$ids") <(echo "$done_ev") | grep -c . || true)
+done_ev=$(events 10.91.0.1 deploy.done | sed -n 's/^deploy.done deployment \([0-9]*\):.*/\1/p')
+ev_missing=$(awk -v d="$done_ev" 'BEGIN { n = split(d, l, "\n"); for (i = 1; i <= n; i++) seen[l[i]] = 1 } NF && !($1 in seen) { m++ } END { print m + 0 }' <<<"$ids")
 check "deploy.done events" $(( ev_missing > 0 )) "$ev_missing of the deployed ids without a deploy.done event"
 
 t_fail=$(count tftp fail) t_ok=$(count tftp ok)
