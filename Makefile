@@ -19,7 +19,7 @@ TEST_PKGS  += debootstrap man-db systemd
 TEST_PKGS  += chromium chromium-driver
 BENCH_PKGS := $(TEST_PKGS) debootstrap casync kea-admin kea-dhcp4-server dnsmasq-base jq time tftpd-hpa keepalived
 
-.PHONY: all build run test bench demo deps bench-deps fmt lint clean fuzz-api fuzz pxe-binaries pxe-kernel standby-root install deb
+.PHONY: all build run test bench soak demo deps bench-deps fmt lint clean fuzz-api fuzz pxe-binaries pxe-kernel standby-root install deb
 
 # iPXE binaries served over TFTP/HTTP, from Debian's ipxe package (gitignored in pxe/).
 PXE_BINARIES := pxe/undionly.kpxe pxe/ipxe.efi pxe/snponly.efi
@@ -93,6 +93,14 @@ bench: bench-deps build pxe-kernel standby-root
 	UNDERSTUDY_BIN=$(BIN) ./benches/tftp.sh
 	UNDERSTUDY_BIN=$(BIN) ./benches/failover.sh
 	./benches/standby.sh
+
+# The soak: a perfdhcp storm, 20 concurrent remote deploys, TFTP downloads, API listing
+# loops and planned switchovers every few seconds, all at once for SOAK_SECS (default 600;
+# `make soak SOAK_SECS=90` for a quick check), then its checks: failed requests, deployed
+# trees, the lease table, the event log, RSS and fds flat (see README, Soak).
+SOAK_SECS ?= 600
+soak: bench-deps build
+	SOAK_SECS=$(SOAK_SECS) UNDERSTUDY_BIN=$(BIN) ./benches/soak.sh
 
 # Install the binary, the systemd unit, a default config (kept when one exists), the man
 # pages and shell completions (generated from the binary's own argument definitions) and
