@@ -225,6 +225,9 @@ crash_trials() {
         wait_for 10 bash -c "[ \$(grep -c 'bytes from' '$WORK/ping.log') -ge 20 ]" || { log "  trial $i: VIP not answering"; exit 1; }
         local stalls0; stalls0=$(stall_count $t)
         rand_sleep
+        # The standby's dead time just before the crash (it grows after irregular heartbeats).
+        local dead=""
+        [ "$kind" = us ] && dead=" (dead time $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["dead_time_ms"])' "$WORK/$t/s/failover.status.json" 2>/dev/null) ms)"
         links $t down
         if [ "$kind" = us ]; then kill9 $t p; else ka_kill9 $t p; fi
         # Taken once the links are down: no reply stamped later can come from the primary.
@@ -232,7 +235,7 @@ crash_trials() {
         wait_for 30 reply_after "$t0" || log "  trial $i: no reply within 30 s"
         prober_stop
         outage "$t0" first >> "$out"
-        log "  $kind ${adv}s trial $i: outage $(tail -1 "$out") s"
+        log "  $kind ${adv}s trial $i: outage $(tail -1 "$out") s$dead"
         if [ "$kind" = us ]; then
             # Whether the standby's loop saw a stall of its own during the trial (the
             # machine paused it): such a stall is not counted as silence.
