@@ -144,7 +144,7 @@ async fn get_chunk(
 
 /// The chunks a stream request names, in order, each once: its `want` (every chunk of
 /// the image when absent) minus its `have`. A wanted chunk outside the image is refused.
-fn requested(m: &Manifest, req: &StreamRequest, label: &str) -> ApiResult<Vec<ChunkId>> {
+pub fn requested(m: &Manifest, req: &StreamRequest, label: &str) -> ApiResult<Vec<ChunkId>> {
     let have: HashSet<ChunkId> = parse_ids(&req.have, "have")?.into_iter().collect();
     let mut seen = HashSet::new();
     let in_image: Vec<ChunkId> = m.chunk_refs().map(|(_, c)| c.id).filter(|id| seen.insert(*id)).collect();
