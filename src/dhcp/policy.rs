@@ -293,6 +293,11 @@ fn base_reply(s: &Settings, req: &Message, t: MessageType) -> Message {
         .set_siaddr(s.server_ip);
     r.opts_mut().insert(DhcpOption::MessageType(t));
     r.opts_mut().insert(DhcpOption::ServerIdentifier(s.server_ip));
+    // RFC 6842: the client identifier goes back unaltered, so that a client (or a relay, or
+    // a test client simulating thousands) can tell which of its clients a reply is for.
+    if let Some(id @ DhcpOption::ClientIdentifier(_)) = req.opts().get(OptionCode::ClientIdentifier) {
+        r.opts_mut().insert(id.clone());
+    }
     r
 }
 
@@ -548,6 +553,35 @@ mod tests {
         let mut rel = msg(MessageType::Release, MAC, vec![DhcpOption::ServerIdentifier(s.server_ip)]);
         rel.set_ciaddr(ip);
         assert_eq!(handle(&s, &rel, &k, &l, 2002).removed, Some(ip));
+    }
+
+    #[test]
+    fn replies_echo_the_client_identifier() {
+        let (s, k, mut l) = (settings(), Known::default(), Leases::default());
+        let id = DhcpOption::ClientIdentifier(vec![1, 0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        let echoed =
+            |r: &Message| decode(&encode(r).unwrap()).unwrap().opts().get(OptionCode::ClientIdentifier).cloned();
+        let o = handle(&s, &msg(MessageType::Discover, MAC, vec![id.clone()]), &k, &l, 1000);
+        let offer = o.reply.clone().unwrap();
+        assert_eq!(echoed(&offer), Some(id.clone()));
+        apply(&mut l, &o);
+        let req = msg(
+            MessageType::Request,
+            MAC,
+            vec![DhcpOption::RequestedIpAddress(offer.yiaddr()), DhcpOption::ServerIdentifier(s.server_ip), id.clone()],
+        );
+        let o = handle(&s, &req, &k, &l, 1001);
+        let ack = o.reply.clone().unwrap();
+        assert!(ack.opts().has_msg_type(MessageType::Ack));
+        assert_eq!(echoed(&ack), Some(id.clone()));
+        apply(&mut l, &o);
+        let steal = msg(MessageType::Request, MAC2, vec![DhcpOption::RequestedIpAddress(offer.yiaddr()), id.clone()]);
+        let nak = handle(&s, &steal, &k, &l, 1002).reply.unwrap();
+        assert!(nak.opts().has_msg_type(MessageType::Nak));
+        assert_eq!(echoed(&nak), Some(id));
+        // A client that sent none gets none.
+        let plain = handle(&s, &msg(MessageType::Discover, MAC2, vec![]), &k, &l, 1003).reply.unwrap();
+        assert_eq!(echoed(&plain), None);
     }
 
     #[test]
