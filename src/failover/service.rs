@@ -292,14 +292,15 @@ async fn serve(
                 tracing::error!("failover: shutdown did not complete in time; stopping anyway");
                 break;
             }
+            // Before the input, so a flood of datagrams cannot starve the status.
+            _ = status_every.tick() => {
+                view.publish(&m);
+                continue;
+            }
             e = ev_rx.recv() => match e { Some(e) => e, None => break },
             _ = tokio::time::sleep(wait) => {
                 drain_sockets(&cfg, &sockets, &keys, &view.foreign, &mut pending);
                 Event::Tick
-            }
-            _ = status_every.tick() => {
-                view.publish(&m);
-                continue;
             }
         };
         pending.push_back(event);
