@@ -63,13 +63,15 @@ pub fn elevate() -> Elevation {
 /// Run `fut` to completion on a new thread named `name` with its own runtime (elevated
 /// first when `realtime`), and await its result from the caller's runtime. The thread's
 /// end does not depend on the returned future: cancel the service's token to stop it.
-pub fn on_own_thread<F, T>(
+pub fn on_own_thread<F, Fut, T>(
     name: &str,
     realtime: bool,
     fut: F,
 ) -> impl Future<Output = Result<T, std::io::Error>> + Send + 'static
 where
-    F: FnOnce(Option<Elevation>) -> std::pin::Pin<Box<dyn Future<Output = T> + Send>> + Send + 'static,
+    // The future is made and run on the new thread, so only the closure crosses threads.
+    F: FnOnce(Option<Elevation>) -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
     T: Send + 'static,
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -106,12 +108,10 @@ mod tests {
     #[tokio::test]
     async fn runs_on_its_own_named_thread_and_returns_the_result() {
         let caller = std::thread::current().id();
-        let r = on_own_thread("us-rt-test", false, move |e| {
-            Box::pin(async move {
-                tokio::task::yield_now().await;
-                let t = std::thread::current();
-                (t.id() != caller, t.name().map(str::to_string), e)
-            })
+        let r = on_own_thread("us-rt-test", false, move |e| async move {
+            tokio::task::yield_now().await;
+            let t = std::thread::current();
+            (t.id() != caller, t.name().map(str::to_string), e)
         })
         .await
         .unwrap();
@@ -128,7 +128,7 @@ mod tests {
     #[tokio::test]
     async fn the_pool_is_raised_with_the_loop_and_what_they_start_is_not() {
         let r = on_own_thread("us-rt-test2", true, |e| {
-            Box::pin(async move {
+            async move {
                 let pool = tokio::task::spawn_blocking(policy).await.unwrap();
                 let thread = std::thread::spawn(policy).join().unwrap();
                 // Field 41 of /proc/PID/stat is the policy of the process the shell forks.
@@ -139,7 +139,7 @@ mod tests {
                     .unwrap();
                 let child: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
                 (e.unwrap(), policy(), pool, thread, child)
-            })
+            }
         })
         .await
         .unwrap();

@@ -201,8 +201,7 @@ pub fn start(
     let (handle, end) = handle::channel(Status { node: p.cfg.node.clone(), ..Status::default() });
     let shutdown = parent.child_token();
     let realtime = p.cfg.realtime;
-    let run =
-        rt::on_own_thread("failover", realtime, move |elevation| Box::pin(serve(p, end, events, shutdown, elevation)));
+    let run = rt::on_own_thread("failover", realtime, move |elevation| serve(p, end, events, shutdown, elevation));
     (
         handle,
         async move { run.await.map_err(|e| FailoverError::Config(format!("cannot start the failover thread: {e}")))? },
@@ -239,7 +238,7 @@ async fn serve(
     let _stop_helpers = helper_stop.clone().drop_guard();
     let status_task = tasks.spawn(status_writer(data_dir.join(STATUS_FILE), status.subscribe()));
     let mut view = View::new(&cfg, status);
-    view.realtime = Some(elevation.is_some_and(|e| e.fifo));
+    view.realtime = elevation.is_some_and(|e| e.fifo);
     spawn_receivers(&tasks, &cfg, &sockets, &keys, &ev_tx, &helper_stop, &view.foreign);
     spawn_link_poller(&tasks, &cfg, &ev_tx, &helper_stop);
     spawn_monitors(&tasks, &cfg.monitors, &ev_tx, &helper_stop, &view.monitors);

@@ -24,7 +24,7 @@ pub(super) struct View {
     channels: Vec<Channel>,
     role: String,
     /// Whether the loop got its real-time thread (set by the service at start).
-    pub(super) realtime: Option<bool>,
+    pub(super) realtime: bool,
     peer: Option<(String, bool, Duration)>,
     /// Raised alarms.
     pub(super) alarms: BTreeSet<Alarm>,
@@ -46,7 +46,7 @@ impl View {
             node: cfg.node.clone(),
             channels: cfg.channels.clone(),
             role: format!("{:?}", cfg.role).to_lowercase(),
-            realtime: None,
+            realtime: false,
             peer: None,
             alarms: Default::default(),
             events: VecDeque::new(),
@@ -102,7 +102,7 @@ impl View {
             peer: self.peer.as_ref().map(|p| p.0.clone()),
             peer_last_heard_ms: since.map(|d| d.as_millis() as u64),
             dead_time_ms: u64::try_from(m.dead_time().as_millis()).unwrap_or(u64::MAX),
-            realtime: self.realtime,
+            realtime: Some(self.realtime),
             channels: m
                 .channels()
                 .into_iter()
