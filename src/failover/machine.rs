@@ -21,8 +21,10 @@
 //!   ([`super::jitter`]). One-way hearing counts as alive: a standby that still hears the primary never
 //!   takes over, whatever happens to the other direction.
 //! - Failover (peer dead): our public link must be up, the tie-breaker (if configured)
-//!   must answer, the fence (if configured) must succeed; then term+1 is persisted, and only
-//!   once the adapter confirms it is on disk is the VIP added.
+//!   must answer, the fence (if configured) must succeed; then the VIP is added under
+//!   term+1, which must be on disk first. The next term is reserved on disk ahead of need
+//!   ([`Action::ReserveTerm`]), so a takeover normally adds the VIP at once; when the
+//!   reservation is not confirmed yet, it waits for [`Action::PersistTerm`].
 //! - Coordinated acquisition (peer alive, nobody holds): only when the link works both
 //!   ways, by the node ranked first on (public link up, healthy, requesting, not yielding,
 //!   primary role, priority, name), and only with our public link up. A node whose
@@ -250,8 +252,12 @@ pub enum Action {
         /// Content.
         heartbeat: Heartbeat,
     },
-    /// Write the term durably (fsync), then report [`Event::TermPersisted`].
+    /// Write the term durably (fsync), then report [`Event::TermPersisted`]: a takeover
+    /// waits for the answer.
     PersistTerm(u64),
+    /// As [`Action::PersistTerm`], for the term the next takeover will use, written ahead
+    /// so that the takeover need not wait for the disk; nothing waits for the answer.
+    ReserveTerm(u64),
     /// Write the peer's boot id durably (no answer needed); read back as `peer_boot_floor`.
     PersistPeerBoot(u64),
     /// Probe the tie-breaker addresses, then report [`Event::TieBreakerResult`].
@@ -407,7 +413,12 @@ pub struct Machine {
     cfg: MachineConfig,
     tags: Vec<u32>,
     boot: u64,
+    /// The highest term we held, or read from the disk at start.
     term: u64,
+    /// The highest term the adapter confirmed on disk: a takeover up to it need not wait.
+    disk_term: u64,
+    /// A reservation in flight: its term, and when to ask again if no answer came.
+    reserving: Option<(u64, Duration)>,
     observed_term: u64,
     phase: Phase,
     clock: Duration,
@@ -469,6 +480,8 @@ impl Machine {
             tags: cfg.channels.iter().map(|c| channel_tag(c)).collect(),
             boot: init.boot,
             term: init.term,
+            disk_term: init.term,
+            reserving: None,
             observed_term: init.term,
             phase: Phase::Backup,
             clock: now,
@@ -561,9 +574,15 @@ impl Machine {
         }
     }
 
-    /// The last term persisted (acknowledged by the adapter).
+    /// The highest term held (or read from the disk at start).
     pub fn term(&self) -> u64 {
         self.term
+    }
+
+    /// The highest term the adapter confirmed on disk (at least [`Machine::term`]; one more
+    /// once the next takeover's term is reserved).
+    pub fn disk_term(&self) -> u64 {
+        self.disk_term
     }
 
     /// Our boot id.
@@ -753,12 +772,21 @@ impl Machine {
     }
 
     fn on_term_persisted(&mut self, t: u64, out: &mut Vec<Action>) {
-        // Whatever the phase, the disk now holds t: never reuse a lower term.
-        self.term = self.term.max(t);
-        let Phase::Persisting { reason, term, .. } = self.phase else { return };
-        if term != t {
-            return;
+        // Whatever the phase, the disk now holds t, so a takeover up to t may go ahead
+        // at once. (A term is never reused: the next one is above every term held.)
+        self.disk_term = self.disk_term.max(t);
+        if self.reserving.is_some_and(|(r, _)| r <= t) {
+            self.reserving = None;
         }
+        let Phase::Persisting { reason, term, .. } = self.phase else { return };
+        if term <= t {
+            self.hold(reason, term, out);
+        }
+    }
+
+    /// Take the VIP at `term`, which is on disk.
+    fn hold(&mut self, reason: AcquireReason, term: u64, out: &mut Vec<Action>) {
+        self.term = self.term.max(term);
         self.phase = Phase::Holding { term };
         self.garp = Some(GarpSchedule::start(self.clock));
         self.yielding = false;
@@ -892,6 +920,9 @@ impl Machine {
             return self.farewell(out);
         }
         self.update_alarms(out);
+        if !self.leaving {
+            self.reserve(out);
+        }
         if self.send_now || self.clock >= self.next_send {
             self.send_round(out);
         }
@@ -1108,10 +1139,34 @@ impl Machine {
     }
 
     fn persist(&mut self, reason: AcquireReason, started: Duration, out: &mut Vec<Action>) {
-        let term = self.term.max(self.observed_term).saturating_add(1);
+        let term = self.next_term();
+        if term <= self.disk_term {
+            // Reserved ahead: no fsync between the decision and the VIP.
+            return self.hold(reason, term, out);
+        }
         self.phase = Phase::Persisting { reason, started, deadline: self.clock + self.cfg.persist_timeout, term };
         self.send_now = true;
         out.push(Action::PersistTerm(term));
+    }
+
+    /// The term the next takeover uses: above every term held here or seen from the peer.
+    fn next_term(&self) -> u64 {
+        self.term.max(self.observed_term).saturating_add(1)
+    }
+
+    /// Keep the next takeover's term on disk ahead of need, so that taking over does not
+    /// wait for an fsync (under I/O load, one can take longer than the dead time). Asked
+    /// again after `persist_timeout` without an answer.
+    fn reserve(&mut self, out: &mut Vec<Action>) {
+        let want = self.next_term();
+        if want <= self.disk_term
+            || self.reserving.is_some_and(|(r, until)| r >= want && self.clock < until)
+            || matches!(self.phase, Phase::Persisting { term, .. } if term >= want)
+        {
+            return;
+        }
+        self.reserving = Some((want, self.clock + self.cfg.persist_timeout));
+        out.push(Action::ReserveTerm(want));
     }
 
     fn abort(&mut self, why: &str, out: &mut Vec<Action>) {
@@ -1453,6 +1508,40 @@ mod tests {
             &out,
             |a| matches!(a, Action::Send { heartbeat, .. } if heartbeat.flags.vip_held && heartbeat.term == 6)
         ));
+    }
+
+    #[test]
+    fn a_reserved_term_lets_a_failover_add_the_vip_without_waiting_for_the_disk() {
+        let mut m = standby(2);
+        let mut p = peer_holding(5);
+        // Hearing the holder's term 5, the standby reserves 6, once (no answer yet).
+        let out = run(&mut m, &mut p, &[0, 1], 0, 1000);
+        assert_eq!(out.iter().filter(|a| **a == Action::ReserveTerm(6)).count(), 1, "{out:#?}");
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))));
+        // Unanswered, it is asked again after the persist timeout (5 s).
+        let out = run(&mut m, &mut p, &[0, 1], 1000, 5500);
+        assert_eq!(out.iter().filter(|a| **a == Action::ReserveTerm(6)).count(), 1, "{out:#?}");
+        m.handle(Event::TermPersisted(6), ms(5510));
+        assert_eq!((m.term(), m.disk_term()), (3, 6));
+        let out = run(&mut m, &mut p, &[0, 1], 5550, 6000);
+        assert!(!has(&out, |a| matches!(a, Action::ReserveTerm(_) | Action::PersistTerm(_))));
+        // The peer dies: the VIP is added in the step that declares it dead, and the term
+        // after it is reserved behind it.
+        let out = run(&mut m, &mut p, &[], 6000, 6600);
+        assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))), "waited for the disk: {out:#?}");
+        let lost = pos(&out, |a| matches!(a, Action::RecordEvent { kind: EventKind::PeerLost, .. }));
+        let add = pos(&out, |a| matches!(a, Action::AddVip { term: 6, reason: AcquireReason::Failover }));
+        let reserve = pos(&out, |a| *a == Action::ReserveTerm(7));
+        assert!(lost < add && add < reserve, "{out:#?}");
+        assert_eq!((m.state(), m.term()), (State::Holding, 6));
+        // A takeover by the peer at a higher term moves the reservation above it.
+        let mut m = standby(2);
+        let out = run(&mut m, &mut p, &[0, 1], 0, 500);
+        assert!(has(&out, |a| *a == Action::ReserveTerm(6)));
+        m.handle(Event::TermPersisted(6), ms(510));
+        p.term = 9;
+        let out = run(&mut m, &mut p, &[0, 1], 550, 1000);
+        assert!(has(&out, |a| *a == Action::ReserveTerm(10)), "{out:#?}");
     }
 
     #[test]
@@ -1903,7 +1992,8 @@ mod tests {
         assert_eq!(m.state(), State::Backup);
         let out = m.handle(Event::TermPersisted(4), ms(120));
         assert!(!has(&out, |a| matches!(a, Action::AddVip { .. })));
-        assert_eq!(m.term(), 4, "a persisted term is never reused");
+        // On disk, but never held: the next takeover may use it without waiting.
+        assert_eq!((m.term(), m.disk_term()), (3, 4));
         // Yielding: it ranks below the standby now and does not retry.
         let out = run(&mut m, &mut p, &[0], 150, 3000);
         assert!(!has(&out, |a| matches!(a, Action::PersistTerm(_))));

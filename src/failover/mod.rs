@@ -37,8 +37,9 @@
 //! - At start: read the state file (term, last boot id, highest peer boot id), compute
 //!   [`next_boot_id`], write it durably *before* the first send, and tell the machine
 //!   whether the VIP is already on the interface ([`MachineInit`]).
-//! - [`Action::PersistTerm`]: write + fsync the file and its directory, then send
-//!   [`Event::TermPersisted`]; on failure send nothing (the machine times out and retries).
+//! - [`Action::PersistTerm`] and [`Action::ReserveTerm`]: write + fsync the file and its
+//!   directory (the term in it never goes down), then send [`Event::TermPersisted`]; on
+//!   failure send nothing (the machine times out and retries).
 //!   [`Action::PersistPeerBoot`]: same file, no answer.
 //! - Sockets: one UDP socket per channel bound to `local`, sending to `peer:port`; drop
 //!   datagrams whose source address is not the configured peer; [`decode`] each one with

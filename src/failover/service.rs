@@ -365,8 +365,9 @@ fn run_actions(
                     pending.push_back(Event::ChannelSendFailed { channel });
                 }
             }
-            Action::PersistTerm(t) => {
-                persisted.term = t;
+            Action::PersistTerm(t) | Action::ReserveTerm(t) => {
+                // The file's term never goes down (a later boot starts above it).
+                persisted.term = persisted.term.max(t);
                 let _ = h.persist.send((*persisted, Some(t)));
             }
             Action::PersistPeerBoot(b) => {
