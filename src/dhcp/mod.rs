@@ -74,6 +74,9 @@ pub fn bind(iface: &str, port: u16) -> Result<UdpSocket, DhcpError> {
     s.set_reuse_address(true).map_err(err)?;
     s.set_broadcast(true).map_err(err)?;
     s.bind_device(Some(iface.as_bytes())).map_err(err)?;
+    // Room for the packets that arrive while a batch gathers (the kernel caps it at
+    // net.core.rmem_max).
+    s.set_recv_buffer_size(1 << 20).map_err(err)?;
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into()).map_err(err)?;
     s.set_nonblocking(true).map_err(err)?;
     UdpSocket::from_std(s.into()).map_err(err)
@@ -105,7 +108,7 @@ struct Cached {
     reserved: std::sync::Arc<HashSet<Ipv4Addr>>,
     collecting: bool,
     /// MAC -> (node, reserved IPv4, state).
-    nodes: HashMap<String, (String, Option<Ipv4Addr>, NodeState)>,
+    nodes: HashMap<[u8; 6], (String, Option<Ipv4Addr>, NodeState)>,
 }
 
 impl Cached {
@@ -119,7 +122,7 @@ impl Cached {
             .reservations()
             .await?
             .into_iter()
-            .map(|r| (r.mac, (r.node, r.ipv4.and_then(|i| i.parse().ok()), r.state)))
+            .filter_map(|r| Some((parse_mac(&r.mac)?, (r.node, r.ipv4.and_then(|i| i.parse().ok()), r.state))))
             .collect();
         self.at = Some(Instant::now());
         Ok(())
@@ -170,29 +173,20 @@ pub async fn serve(
                 _ = futures_util::future::select_all(readable) => {}
             }
         }
-        // Gather for up to GATHER after the first packet, so that under load one commit
-        // (one fsync) covers many ACKs; an idle server answers within GATHER.
-        let deadline = Instant::now() + GATHER;
-        loop {
-            for (i, sock) in socks.iter().enumerate() {
-                while batch.len() < BATCH {
-                    match sock.try_recv_from(&mut buf) {
-                        Ok((n, from)) => batch.push((i, buf[..n].to_vec(), from)),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            log.warn("recv", || format!("receive failed: {e}"));
-                            break;
-                        }
+        // Gather for GATHER after the first packet, so that under load one commit (one
+        // fsync) covers many ACKs; an idle server answers within GATHER. One sleep rather
+        // than a wake-up per arriving packet: the kernel queues them meanwhile.
+        tokio::time::sleep(GATHER).await;
+        for (i, sock) in socks.iter().enumerate() {
+            while batch.len() < BATCH {
+                match sock.try_recv_from(&mut buf) {
+                    Ok((n, from)) => batch.push((i, buf[..n].to_vec(), from)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        log.warn("recv", || format!("receive failed: {e}"));
+                        break;
                     }
                 }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if batch.len() >= BATCH || left.is_zero() {
-                break;
-            }
-            let readable: Vec<_> = socks.iter().map(|s| Box::pin(s.readable())).collect();
-            if tokio::time::timeout(left, futures_util::future::select_all(readable)).await.is_err() {
-                break;
             }
         }
         let now = now_secs();
@@ -214,8 +208,7 @@ pub async fn serve(
                 log.warn("flood", || format!("{} sends too fast; dropping", mac_str(&mac)));
                 continue;
             }
-            let ms = mac_str(&mac);
-            let node = cache.nodes.get(&ms);
+            let node = cache.nodes.get(&mac);
             let known = Known {
                 reserved_ip: node.and_then(|n| n.1).filter(|ip| s.in_subnet(*ip)),
                 state: node.map(|n| n.2),
@@ -225,7 +218,7 @@ pub async fn serve(
             };
             if known.collecting && req.opts().has_msg_type(dhcproto::v4::MessageType::Discover) {
                 let info = policy::client_info(&req);
-                found.push((ms.clone(), info.arch, info.vendor_class));
+                found.push((mac_str(&mac), info.arch, info.vendor_class));
             }
             if req.opts().has_msg_type(dhcproto::v4::MessageType::Decline)
                 && let Some(dhcproto::v4::DhcpOption::RequestedIpAddress(ip)) =
@@ -243,7 +236,7 @@ pub async fn serve(
                 if l.bound {
                     puts.push(LeaseRecord {
                         ip: l.ip.to_string(),
-                        mac: ms.clone(),
+                        mac: mac_str(&mac),
                         expires: l.expires as i64,
                         state: LeaseState::Bound,
                     });

@@ -184,7 +184,13 @@ pub fn client_info(m: &Message) -> ClientInfo {
 
 /// Format a MAC.
 pub fn mac_str(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    use std::fmt::Write;
+    let mut s = String::with_capacity(17);
+    for (i, b) in mac.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ":" };
+        let _ = write!(s, "{sep}{b:02x}");
+    }
+    s
 }
 
 /// The boot file for a client, if it should network-boot: iPXE gets its per-node script
