@@ -74,7 +74,7 @@ bench-deps:
 
 test: deps pxe-kernel standby-root pxe-binaries
 	UNDERSTUDY_TEST_KERNEL=$(PXE_KERNEL)/root UNDERSTUDY_TEST_STANDBY_ROOT=$(STANDBY_ROOT)/root \
-		$(CARGO) test --locked --no-fail-fast -- --test-threads=4
+		CARGO=$(CARGO) ./.ci/test-lanes
 
 # The showcase: a namespace lab with a primary (a capture of a small Debian with understudy
 # installed), `understudy standby add` against a QEMU VM that network-boots, each step's

@@ -10,32 +10,35 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-/// At most this many QEMU VMs run at once in one test binary (each wants a core under
-/// TCG; the test threads may be more).
+/// At most this many QEMU VMs run at once on this machine, across test binaries (each
+/// wants a core under TCG; `make test` runs the VM binaries side by side).
 pub const QEMU_SLOTS: usize = 2;
-static RUNNING: (std::sync::Mutex<usize>, std::sync::Condvar) = (std::sync::Mutex::new(0), std::sync::Condvar::new());
 
-/// One of the [`QEMU_SLOTS`], given back on drop.
-pub struct Slot;
+/// One of the [`QEMU_SLOTS`]: an exclusive lock on its file under the temp dir, given back
+/// on drop, and by the kernel when the test process dies.
+pub struct Slot {
+    _lock: std::fs::File,
+}
 
 impl Slot {
     /// Wait for a free slot and take it.
     pub fn take() -> Slot {
-        let (m, cv) = &RUNNING;
-        let mut n = m.lock().unwrap_or_else(|e| e.into_inner());
-        while *n >= QEMU_SLOTS {
-            n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        let dir = std::env::temp_dir().join("understudy-qemu-slots");
+        std::fs::create_dir_all(&dir).unwrap();
+        loop {
+            for i in 0..QEMU_SLOTS {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.join(format!("slot{i}")))
+                    .unwrap();
+                if f.try_lock().is_ok() {
+                    return Slot { _lock: f };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
-        *n += 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let (m, cv) = &RUNNING;
-        *m.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        cv.notify_one();
     }
 }
 
