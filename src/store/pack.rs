@@ -48,6 +48,12 @@ pub const FLAG_BLOCK: u8 = 3;
 pub const BLOCK_ENTRY_LEN: usize = 32 + 4;
 /// Smallest block payload: the chunk count and one table entry.
 pub const BLOCK_MIN_STORED: u32 = 4 + BLOCK_ENTRY_LEN as u32;
+/// The longest record this build reads, raw or stored: over 16 times the longest this
+/// format writes (a 256 KiB chunk; a block of about 2.25 MiB with its table), so that a
+/// damaged length in a record header or an index entry cannot make a read allocate
+/// gigabytes. Found by fuzzing: a 4 GiB raw length went straight to zstd's output buffer
+/// (`scan_pack`), a 4 GiB stored length to the read buffer (`Store::read_record`).
+pub const RECORD_RAW_MAX: u32 = 64 << 20;
 
 /// Errors decoding a pack or index.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -102,6 +108,9 @@ impl IndexEntry {
 
     /// Check the fields against each other (a writer never produces anything else).
     fn check(&self) -> Result<(), FormatError> {
+        if self.record_raw > RECORD_RAW_MAX || self.stored_len > RECORD_RAW_MAX {
+            return Err(FormatError::Invalid("index entry length over RECORD_RAW_MAX"));
+        }
         let ok = match self.flags {
             FLAG_RAW => self.inner == 0 && self.record_raw == self.raw_len && self.stored_len == self.raw_len,
             FLAG_ZSTD => self.inner == 0 && self.record_raw == self.raw_len,
@@ -176,6 +185,9 @@ pub fn parse_record_header(h: &[u8]) -> Result<(ChunkId, u8, u32, u32), FormatEr
     }
     let raw = u32::from_le_bytes([h[33], h[34], h[35], h[36]]);
     let stored = u32::from_le_bytes([h[37], h[38], h[39], h[40]]);
+    if raw > RECORD_RAW_MAX || stored > RECORD_RAW_MAX {
+        return Err(FormatError::Invalid("record length over RECORD_RAW_MAX"));
+    }
     if flags == FLAG_RAW && raw != stored {
         return Err(FormatError::Invalid("raw record length"));
     }
@@ -325,6 +337,27 @@ pub fn decode_index(data: &[u8]) -> Result<Vec<IndexEntry>, FormatError> {
 mod tests {
     use super::*;
     use crate::store::noise as garbage;
+
+    #[test]
+    fn lengths_over_the_record_maximum_are_refused() {
+        // A zstd record claiming 4 GiB (the fuzzer's find): refused before any read.
+        let mut h = vec![7u8; 32];
+        h.push(FLAG_ZSTD);
+        h.extend_from_slice(&0xffff_0000u32.to_le_bytes());
+        h.extend_from_slice(&100u32.to_le_bytes());
+        assert!(matches!(parse_record_header(&h), Err(FormatError::Invalid(_))));
+        h[33..37].copy_from_slice(&RECORD_RAW_MAX.to_le_bytes());
+        assert!(parse_record_header(&h).is_ok());
+        h[37..41].copy_from_slice(&(RECORD_RAW_MAX + 1).to_le_bytes());
+        assert!(matches!(parse_record_header(&h), Err(FormatError::Invalid(_))));
+        // The same lengths in an index entry (the index target's find: a 4 GiB stored
+        // length became `read_record`'s buffer).
+        let stored = IndexEntry::single([1; 32], 16, RECORD_RAW_MAX + 1, 50, FLAG_ZSTD);
+        assert!(decode_index(&encode_index(&[stored])).is_err());
+        let big = IndexEntry::single([1; 32], 16, 50, RECORD_RAW_MAX + 1, FLAG_ZSTD);
+        assert!(decode_index(&encode_index(&[entry(1), big])).is_err());
+        assert!(decode_index(&encode_index(&[IndexEntry::single([1; 32], 16, 50, RECORD_RAW_MAX, FLAG_ZSTD)])).is_ok());
+    }
 
     fn entry(i: u8) -> IndexEntry {
         IndexEntry::single([i; 32], 16 + i as u32 * 100, 50, 80, FLAG_ZSTD)
