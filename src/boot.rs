@@ -30,15 +30,21 @@ pub fn check_cmdline(s: &str) -> Result<(), BootSettingError> {
     {
         return Err(BootSettingError(format!("{k} is set by the server")));
     }
+    // The agent reads the optional keys strictly: a value it would refuse fails here.
+    cmdline::options(s).map_err(setting_error)?;
     Ok(())
+}
+
+fn setting_error(e: cmdline::CmdlineError) -> BootSettingError {
+    match e {
+        cmdline::CmdlineError::Invalid(m) => BootSettingError(m),
+        other => BootSettingError(other.to_string()),
+    }
 }
 
 /// Check a server URL (`boot.server_url`).
 pub fn check_server_url(u: &str) -> Result<(), BootSettingError> {
-    cmdline::check_server_url(u).map_err(|e| match e {
-        cmdline::CmdlineError::Invalid(m) => BootSettingError(m),
-        other => BootSettingError(other.to_string()),
-    })
+    cmdline::check_server_url(u).map_err(setting_error)
 }
 
 /// The server URL as seen by the booting machine: the configured one, else the Host it
@@ -82,6 +88,19 @@ mod tests {
         assert!(check_cmdline("understudy.token=x").is_err());
         assert!(check_cmdline("a\nb").is_err());
         assert!(check_cmdline("init=\"/bin/sh\"").is_err());
+        // What the agent would refuse at boot is refused here (the fuzzer's find: a
+        // `boot.cmdline` with understudy.keep_ssh_keys=2 was accepted, then every node's
+        // agent stopped on it).
+        assert!(check_cmdline("understudy.bootloader=none understudy.reboot=0 understudy.disk=/dev/vdb").is_ok());
+        for bad in [
+            "understudy.keep_ssh_keys=2",
+            "understudy.reboot=maybe",
+            "understudy.bootloader=grub",
+            "understudy.disk=vda",
+        ] {
+            let e = check_cmdline(&format!("quiet {bad}")).expect_err(bad);
+            assert!(e.0.contains(bad.split('=').next().unwrap_or(bad)) || e.0.contains("disk"), "{bad}: {}", e.0);
+        }
         assert!(check_server_url("http://10.0.0.1:8080").is_ok());
         assert!(check_server_url("ftp://x").is_err());
         assert_eq!(server_url(None, Some("10.0.0.1:8080")).as_deref(), Some("http://10.0.0.1:8080"));

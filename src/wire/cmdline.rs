@@ -148,16 +148,44 @@ pub fn parse(cmdline: &str) -> Result<BootArgs, CmdlineError> {
     check_node(node)?;
     let token = get(TOKEN).ok_or(CmdlineError::Missing(TOKEN))?;
     check_token(token)?;
-    let disk = match get(DISK) {
-        Some(d) if d.starts_with("/dev/") && !d.contains("..") && d.len() < 64 => Some(d.to_string()),
-        Some(d) => return Err(CmdlineError::Invalid(format!("disk {d:?} must be a /dev path"))),
-        None => None,
-    };
+    let o = options(cmdline)?;
     Ok(BootArgs {
         server: server.trim_end_matches('/').to_string(),
         deployment,
         node: node.to_string(),
         token: token.to_string(),
+        disk: o.disk,
+        bootloader: o.bootloader,
+        keep_ssh_keys: o.keep_ssh_keys,
+        reboot: o.reboot,
+    })
+}
+
+/// The optional keys the admin may set (`understudy.disk`, `.bootloader`,
+/// `.keep_ssh_keys`, `.reboot`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// `understudy.disk`.
+    pub disk: Option<String>,
+    /// `understudy.bootloader`.
+    pub bootloader: bool,
+    /// `understudy.keep_ssh_keys`.
+    pub keep_ssh_keys: bool,
+    /// `understudy.reboot`.
+    pub reboot: bool,
+}
+
+/// Read the optional keys as the agent does (the last of a key wins). The server checks
+/// the admin's `boot.cmdline` with this too, so a value the agent would refuse is refused
+/// when it is configured, not at a node's boot.
+pub fn options(cmdline: &str) -> Result<Options, CmdlineError> {
+    let get = |key: &str| cmdline.split_whitespace().filter_map(|w| w.strip_prefix(key)?.strip_prefix('=')).next_back();
+    let disk = match get(DISK) {
+        Some(d) if d.starts_with("/dev/") && !d.contains("..") && d.len() < 64 => Some(d.to_string()),
+        Some(d) => return Err(CmdlineError::Invalid(format!("disk {d:?} must be a /dev path"))),
+        None => None,
+    };
+    Ok(Options {
         disk,
         bootloader: flag(BOOTLOADER, get(BOOTLOADER), true)?,
         keep_ssh_keys: flag(KEEP_SSH_KEYS, get(KEEP_SSH_KEYS), false)?,
