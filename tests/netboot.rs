@@ -62,10 +62,6 @@ enum Firmware {
 
 const MAC: &str = "52:54:00:be:ef:01";
 
-fn start_vm(sb: &Sandbox, net: &Net, fw: Firmware, disk: &Path, run: u32) -> Vm {
-    start_vm_with(sb, net, fw, &[disk], run, false, false)
-}
-
 /// A VM with these disks; with `reboot`, a reboot restarts it (the firmware boots from
 /// the network again) instead of ending QEMU. With `nvram_order`, UEFI firmware follows
 /// its own BootOrder variable: QEMU names no boot device (OVMF would otherwise move every
@@ -343,16 +339,12 @@ fn agent_phases(console: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-fn standby_boots_its_own_disk(fw: Firmware) {
-    deploy_standby(fw, &[4 << 30], None, false);
-}
-
 /// BIOS, one disk, the default layout. `make test` leaves it out: `standby_join` makes the
 /// same deploy (and more) in its own binary. `make bench` runs it for the BIOS figure.
 #[test]
 #[ignore = "the same deploy as standby_join's; run by `make bench` (benches/standby.sh)"]
 fn bios_standby_boots_its_own_disk_to_login() {
-    standby_boots_its_own_disk(Firmware::Bios);
+    deploy_standby(Firmware::Bios, &[4 << 30], None, false);
 }
 
 const MIB: u64 = 1 << 20;
@@ -820,7 +812,7 @@ fn uefi_unknown_machine_collected_then_a_disk_too_small_is_refused_untouched() {
     std::fs::File::create(&disk).unwrap().set_len(3 << 30).unwrap();
     srv.ok(&sb, &["nodes", "collect", "--minutes", "10"]);
     let t = Instant::now();
-    let mut vm = start_vm(&sb, &net, fw, &disk, 1);
+    let mut vm = start_vm_with(&sb, &net, fw, &[&disk], 1, false, false);
     let limit = Duration::from_secs(600);
     wait_for("a second check of the unknown machine", limit, &mut vm, |c| c.contains("(check 2 of"));
     let (_, disc) = srv.curl("GET", "/api/v1/discovered", None);

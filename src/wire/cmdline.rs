@@ -133,9 +133,14 @@ pub fn render(
     Ok(s)
 }
 
+/// The value of the last `key=value` word, as the kernel reads its own parameters.
+fn last_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline.split_whitespace().filter_map(|w| w.strip_prefix(key)?.strip_prefix('=')).next_back()
+}
+
 /// Parse `/proc/cmdline`. The last occurrence of a key wins, as with the kernel's own.
 pub fn parse(cmdline: &str) -> Result<BootArgs, CmdlineError> {
-    let get = |key: &str| cmdline.split_whitespace().filter_map(|w| w.strip_prefix(key)?.strip_prefix('=')).next_back();
+    let get = |key: &str| last_value(cmdline, key);
     let server = get(SERVER).ok_or(CmdlineError::Missing(SERVER))?;
     check_server_url(server)?;
     let deployment = get(DEPLOYMENT).ok_or(CmdlineError::Missing(DEPLOYMENT))?;
@@ -179,7 +184,7 @@ pub struct Options {
 /// the admin's `boot.cmdline` with this too, so a value the agent would refuse is refused
 /// when it is configured, not at a node's boot.
 pub fn options(cmdline: &str) -> Result<Options, CmdlineError> {
-    let get = |key: &str| cmdline.split_whitespace().filter_map(|w| w.strip_prefix(key)?.strip_prefix('=')).next_back();
+    let get = |key: &str| last_value(cmdline, key);
     let disk = match get(DISK) {
         Some(d) if d.starts_with("/dev/") && !d.contains("..") && d.len() < 64 => Some(d.to_string()),
         Some(d) => return Err(CmdlineError::Invalid(format!("disk {d:?} must be a /dev path"))),
